@@ -1,0 +1,1 @@
+"""Metric sinks (console, JSONL) and the MFU peak."""

@@ -1,0 +1,66 @@
+"""Turns per-step tensors into logged numbers: loss averaged over ranks, tokens/s, MFU, ETA."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dist_llm.callbacks.base import Callback
+from dist_llm.distributed import all_reduce_sum
+from dist_llm.log import get_logger
+from dist_llm.metrics.peak import peak_tflops
+from dist_llm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from dist_llm.models import flops_per_token
+
+if TYPE_CHECKING:
+    from dist_llm.trainer import Trainer
+
+log = get_logger("metrics")
+
+
+class MetricsCallback(Callback):
+    def __init__(self) -> None:
+        self.sinks: list[Sink] = []
+        self.peak = 0.0
+        self.flops_per_token = 0.0
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        cfg = trainer.cfg
+        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        self.peak, source = peak_tflops(trainer.world.device, cfg.train.precision, cfg.logging.peak_tflops)
+        log.info("MFU is stated against %.2f TFLOP/s per device (%s); %.3g FLOPs/token",
+                 self.peak, source, self.flops_per_token)
+        if trainer.world.is_main:
+            self.sinks.append(ConsoleSink(cfg.train.max_steps))
+            if cfg.logging.jsonl:
+                self.sinks.append(JsonlSink(os.path.join(cfg.logging.run_dir, "metrics.jsonl")))
+
+    def on_step_end(self, trainer: "Trainer", m: dict[str, Any]) -> None:
+        step = m["step"]
+        if step % trainer.cfg.train.log_interval and step != trainer.cfg.train.max_steps:
+            return
+        loss = all_reduce_sum(m["loss"].float().reshape(1).clone()).item() / trainer.world.size
+        tokens_per_s = m["tokens"] / m["step_time_s"]
+        per_device = tokens_per_s / trainer.world.size
+        remaining = trainer.cfg.train.max_steps - step
+        trainer.emit({
+            "step": step, "loss": loss, "lr": m["lr"], "grad_norm": float(m["grad_norm"]),
+            "tokens_per_s": tokens_per_s, "mfu": per_device * self.flops_per_token / (self.peak * 1e12),
+            "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
+            "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
+            "peak_tflops": self.peak,
+        })
+        if not math.isfinite(loss):
+            log.warning("non-finite loss %s at step %d", loss, step)
+
+    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        for sink in self.sinks:
+            sink.close()
+

@@ -1,0 +1,33 @@
+"""Names inside a checkpoint root. One place, so writer, reader and retention agree."""
+
+from __future__ import annotations
+
+import re
+
+from dist_llm.checkpoint.storage import join
+
+LATEST = "latest"
+MANIFEST = "manifest.json"
+COMMITTED = "COMMITTED"
+MODEL = "model.pt"
+OPTIMIZER = "optimizer.pt"
+TRAINER = "trainer.json"
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def step_of(name: str) -> int | None:
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def rng_name(rank: int) -> str:
+    return f"rng-rank{rank:05d}.pt"
+
+
+def step_uri(root: str, step: int) -> str:
+    return join(root, step_dir_name(step))

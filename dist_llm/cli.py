@@ -1,0 +1,139 @@
+"""`dist-llm <command>`: thin argument parsing over the library. Errors print as one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from dist_llm.errors import DistLLMError
+
+
+def _add_prep(sub: argparse._SubParsersAction) -> None:
+    from data_prep.cli import add_arguments
+
+    p = sub.add_parser("prep", help="tokenize a corpus into Arrow shards + manifest "
+                                    "(no inputs = the built-in default corpus)")
+    add_arguments(p)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train from a YAML config (dotted key=value overrides)")
+    p.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+    p.add_argument("--resume", help="none | auto | checkpoint path (sets checkpoint.resume)")
+    p.add_argument("--nproc-per-node", type=int,
+                   help="start this many ranks through torchrun (sets launch.nproc_per_node)")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint or run directory")
+    p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
+    p.add_argument("--data", help="dataset dir (default: the one the run trained on)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, help="default: the whole validation split")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="dataset dir whose tokenizer to use (default: the run's)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from data_prep.manifest import read_manifest
+    from dist_llm.config import dump_config, load_config
+    from dist_llm.launch.torchrun import in_torchrun, torchrun_command
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    if args.nproc_per_node:
+        overrides.append(f"launch.nproc_per_node={args.nproc_per_node}")
+    cfg = load_config(args.config, overrides)
+    world = int(os.environ["WORLD_SIZE"]) if in_torchrun() else None
+    cfg.validate(world_size=world, origin=args.config)
+    read_manifest(cfg.data.path)  # fail on a missing dataset here, not in N spawned ranks
+    if not in_torchrun() and cfg.launch.nproc_per_node > 1:
+        argv = ["train", args.config, *overrides]
+        return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
+
+    from dist_llm.distributed import init_distributed, shutdown
+    from dist_llm.trainer import Trainer
+
+    dist_world = init_distributed(cfg.engine.backend)
+    try:
+        trainer = Trainer(cfg, dist_world)
+        if dist_world.is_main:
+            os.makedirs(cfg.logging.run_dir, exist_ok=True)
+            with open(os.path.join(cfg.logging.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(dump_config(cfg))
+        trainer.fit()
+    finally:
+        shutdown()
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dist_llm.evaluate import evaluate_perplexity, load_trained_model
+
+    result = evaluate_perplexity(load_trained_model(args.checkpoint), args.data, args.batch_size,
+                                 args.max_batches)
+    print(json.dumps(result))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from data_prep.tokenizer import load_tokenizer
+    from dist_llm.evaluate import load_trained_model, tokenizer_path
+    from dist_llm.models import generate
+
+    loaded = load_trained_model(args.checkpoint)
+    tok = load_tokenizer(tokenizer_path(args.data or loaded.cfg.data.path))
+    ids = [tok.bos_id, *tok.encode(args.prompt)]
+    out = generate(loaded.model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id,
+                   generator=torch.Generator().manual_seed(args.seed))
+    print(tok.decode(out[0, 1:].tolist()))
+    return 0
+
+
+def _prep(args: argparse.Namespace) -> int:
+    from data_prep.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
+            "generate": (_add_generate, _generate)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dist-llm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except DistLLMError as e:
+        print(f"dist-llm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

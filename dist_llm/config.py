@@ -1,0 +1,332 @@
+"""The one typed config tree: model / data / optim / train / engine / checkpoint / logging / launch.
+
+Loaded from YAML (a file may name `base:` files it extends), overridden with dotted `key=value`
+arguments, and validated before any process is spawned. Every error names the file, line and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from dist_llm.errors import ConfigError
+from dist_llm.models.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = "runs/data"
+    """Dataset directory written by `dist-llm prep` (holds manifest.json). A URI string."""
+    seq_len: int = 256
+    """Tokens per training sample (context window); samples are packed across documents."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate (reached after warmup)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr` for cosine/linear/wsd schedules."""
+    schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    """Decay after warmup. wsd = warmup-stable-decay (constant, then linear decay at the end)."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to `lr`."""
+    wsd_decay_fraction: float = 0.2
+    """For schedule=wsd: the final fraction of steps spent decaying."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices only (not norms)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    global_batch_size: int = 32
+    """Samples per optimizer step across all data-parallel ranks."""
+    micro_batch_size: int = 8
+    """Samples per forward/backward on one rank; the rest is gradient accumulation."""
+    seed: int = 1234
+    """Global seed; data order and init derive per-purpose seeds from it."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Autocast dtype for forward/backward; weights and optimizer stay fp32. fp16 needs CUDA."""
+    eval_interval: int = 100
+    """Run validation every N steps (and at the end); 0 = only at the end."""
+    eval_batches: int = 20
+    """Micro-batches per rank per validation run."""
+    log_interval: int = 1
+    """Log metrics every N steps."""
+
+
+@dataclass
+class EngineConfig:
+    type: Literal["ddp"] = "ddp"
+    """Which engine runs the model: ddp (torch DistributedDataParallel)."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Process-group backend; auto = nccl when CUDA is present, else gloo."""
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""
+    """Checkpoint location (URI string); empty = <logging.run_dir>/checkpoints."""
+    interval: int = 0
+    """Save every N steps; 0 = only at the end of training."""
+    keep_last: int = 3
+    """Retention: keep the newest N committed checkpoints."""
+    resume: str = "none"
+    """none | auto (newest committed checkpoint in `dir`, if any) | a checkpoint path."""
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = "runs/tiny"
+    """Where metrics.jsonl, config.yaml and (by default) checkpoints go."""
+    jsonl: bool = True
+    """Write one JSON line of metrics per logged step to <run_dir>/metrics.jsonl."""
+    peak_tflops: Optional[float] = None
+    """Peak TFLOP/s per device used for MFU; None = measured with a matmul at start-up."""
+
+
+@dataclass
+class LaunchConfig:
+    nproc_per_node: int = 1
+    """Processes per node that `dist-llm train` starts through torchrun."""
+    nnodes: int = 1
+    """Number of nodes (for validation of batch divisibility before launch)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or os.path.join(self.logging.run_dir, "checkpoints")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def where(self, key: str, default: str = "config") -> str:
+        """File:line (or override) that set `key`, for error messages."""
+        return getattr(self, "_sources", {}).get(key, default)
+
+    def validate(self, world_size: int | None = None, origin: str = "config") -> None:
+        """Cross-field checks; `world_size` defaults to launch.nproc_per_node * launch.nnodes."""
+        world = world_size or self.launch.nproc_per_node * self.launch.nnodes
+        t = self.train
+
+        def fail(key: str, message: str) -> None:
+            raise ConfigError(f"{self.where(key, origin)}: {message}")
+
+        positive = {
+            "train.max_steps": t.max_steps, "train.global_batch_size": t.global_batch_size,
+            "train.micro_batch_size": t.micro_batch_size, "data.seq_len": self.data.seq_len,
+            "launch.nproc_per_node": self.launch.nproc_per_node, "launch.nnodes": self.launch.nnodes,
+            "train.log_interval": t.log_interval, "train.eval_batches": t.eval_batches,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                fail(key, f"{key}={value} must be > 0")
+        for key, value in {"train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
+                           "checkpoint.interval": self.checkpoint.interval}.items():
+            if value < 0:
+                fail(key, f"{key}={value} must be >= 0")
+        if t.global_batch_size % (t.micro_batch_size * world) != 0:
+            fail("train.global_batch_size",
+                 f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                 f"train.micro_batch_size={t.micro_batch_size} x {world} data-parallel ranks; "
+                 f"pick a global batch that is a multiple of {t.micro_batch_size * world}")
+        if self.data.seq_len > self.model.max_seq_len:
+            fail("data.seq_len", f"data.seq_len={self.data.seq_len} exceeds "
+                                 f"model.max_seq_len={self.model.max_seq_len}")
+        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            fail("optim.min_lr_ratio", f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
+        if self.checkpoint.keep_last < 1:
+            fail("checkpoint.keep_last", f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1 "
+                                         "(the newest committed checkpoint is always kept)")
+        if self.train.precision == "fp16" and not _cuda_available():
+            fail("train.precision", "train.precision=fp16 needs CUDA (fp16 loss scaling); use bf16 on CPU")
+        try:
+            self.model.validate(require_vocab=False)
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML with line numbers, `base:` inheritance, dotted overrides, strict typing.
+
+
+class _Source:
+    """Where a value came from, for error messages: 'configs/x.yaml:12' or 'override a.b=1'."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+
+    def get(self, key: str, default: str) -> str:
+        return self.where.get(key, default)
+
+
+def _node_to_python(node: yaml.Node, path: str, prefix: str, source: _Source) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            source.where[dotted] = f"{path}:{key_node.start_mark.line + 1}"
+            out[key] = _node_to_python(value_node, path, dotted, source)
+        return out
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _read_yaml(path: str, source: _Source) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            node = yaml.compose(f, Loader=yaml.SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (model:, train:, ...)")
+    return _node_to_python(node, path, "", source)
+
+
+def _load_with_bases(path: str, source: _Source, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"{path}: circular `base:` chain: {' -> '.join(seen)}")
+    own = _Source()
+    raw = _read_yaml(path, own)
+    bases = raw.pop("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = os.path.join(os.path.dirname(path), base)
+        _deep_merge(merged, _load_with_bases(base_path, source, seen + (os.path.abspath(path),)))
+    _deep_merge(merged, raw)
+    # This file's positions win over its bases', so errors point at the file that set the value.
+    source.where.update(own.where)
+    return merged
+
+
+def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_merge(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _apply_override(raw: dict[str, Any], override: str, source: _Source) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.max_steps=20")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = value
+    source.where[key] = f"override {override!r}"
+
+
+def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], key, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {key}={value!r} is not one of {list(choices)}")
+        return value
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise ConfigError(f"{where}: {key} has unsupported type {tp}")
+    if not ok:
+        raise ConfigError(f"{where}: {key}={value!r} should be {tp.__name__}, "
+                          f"got {type(value).__name__}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: _Source, default_where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        where = source.get(dotted, default_where)
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {dotted}{hint}; valid keys: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted} must be a mapping, got {value!r}")
+            kwargs[key] = _build(tp, value, dotted, source, default_where)
+        else:
+            kwargs[key] = _check_type(value, tp, dotted, where)
+    return cls(**kwargs)
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load, override and type-check a config (cross-field checks are `Config.validate`)."""
+    source = _Source()
+    raw = _load_with_bases(path, source) if path else {}
+    for override in overrides:
+        _apply_override(raw, override, source)
+    cfg = _build(Config, raw, "", source, path or "config")
+    cfg._sources = dict(source.where)  # not a field: positions are for messages, never saved
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "checkpoint config") -> Config:
+    """Rebuild a Config saved with `Config.to_dict()` (e.g. from a checkpoint)."""
+    return _build(Config, raw, "", _Source(), origin)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

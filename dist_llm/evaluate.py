@@ -1,0 +1,93 @@
+"""Load a trained model from a checkpoint (or run directory) for evaluation and sampling."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dist_llm.checkpoint import layout
+from dist_llm.checkpoint.discovery import find_resumable
+from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+from dist_llm.checkpoint.storage import exists, join
+from dist_llm.config import Config, config_from_dict
+from dist_llm.data.loader import PackedSamples, eval_batches
+from dist_llm.data.shards import TokenShards
+from dist_llm.distributed import all_reduce_sum
+from dist_llm.errors import CheckpointError
+from dist_llm.models import build_model
+
+
+def resolve_checkpoint(path: str) -> str:
+    """Accept a step directory, a checkpoint root, or a run directory (uses <run>/checkpoints)."""
+    if exists(join(path, layout.COMMITTED)):
+        return path
+    for root in (path, join(path, "checkpoints")):
+        found = find_resumable(root)
+        if found:
+            return found
+    raise CheckpointError(f"no committed checkpoint found at {path} (looked for {layout.COMMITTED} in "
+                          f"{path}, step directories in it and in {join(path, 'checkpoints')})")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    cfg: Config
+    step: int
+    checkpoint: str
+
+
+def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
+    uri = resolve_checkpoint(path)
+    trainer_state = load_trainer_state(uri)
+    cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    model.load_state_dict(load_model_state(uri, device), assign=True)
+    model.eval()
+    return LoadedModel(model=model, cfg=cfg, step=trainer_state["step"], checkpoint=uri)
+
+
+def validation_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], samples: PackedSamples,
+                    micro_batch: int, num_batches: int, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
+    """Token-weighted mean loss over the first validation windows, identical on every rank.
+    Returns (loss, tokens counted)."""
+    totals = torch.zeros(2, dtype=torch.float64)
+    for input_ids, labels in eval_batches(samples, micro_batch, num_batches, rank, world_size):
+        totals[0] += loss_fn(input_ids, labels).double().cpu() * labels.numel()
+        totals[1] += labels.numel()
+    all_reduce_sum(totals)
+    return (totals[0] / totals[1]).item(), int(totals[1].item())
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))  # capped: an untrained model's exp(loss) is not informative
+
+
+@torch.no_grad()
+def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch_size: int = 8,
+                        max_batches: int | None = None) -> dict[str, object]:
+    """Validation loss and perplexity of a trained model over the validation split (all of it by default)."""
+    cfg = loaded.cfg
+    samples = PackedSamples(TokenShards(data_path or cfg.data.path, "validation"), cfg.data.seq_len)
+    device = next(loaded.model.parameters()).device
+
+    def loss_fn(input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            return loaded.model(input_ids.to(device), labels=labels.to(device))
+
+    num_batches = max_batches or math.ceil(samples.num_samples / batch_size)
+    loss, tokens = validation_loss(loss_fn, samples, batch_size, num_batches)
+    return {"step": loaded.step, "val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": tokens,
+            "checkpoint": loaded.checkpoint}
+
+
+def tokenizer_path(data_path: str) -> str:
+    from data_prep.manifest import read_manifest
+
+    return os.path.join(data_path, read_manifest(data_path)["tokenizer"]["path"])

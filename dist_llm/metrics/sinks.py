@@ -1,0 +1,57 @@
+"""Where metrics go: console (human, with ETA) and JSONL (machine, one line per logged step)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Protocol
+
+from dist_llm.log import get_logger
+
+log = get_logger("metrics")
+
+
+class Sink(Protocol):
+    def write(self, metrics: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleSink:
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+
+    def write(self, m: dict[str, Any]) -> None:
+        if "val_loss" in m:
+            log.info("step %d | val_loss %.4f | val_ppl %.2f", m["step"], m["val_loss"], m["val_ppl"])
+            return
+        eta = m.get("eta_s")
+        log.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
+                 m["step"], self.max_steps, m["loss"], m["lr"], m["grad_norm"],
+                 f"{m['tokens_per_s']:,.0f}", 100 * m["mfu"], _fmt_eta(eta))
+
+    def close(self) -> None:
+        pass
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+class JsonlSink:
+    """Appends, so a resumed run continues the same file."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, m: dict[str, Any]) -> None:
+        self._file.write(json.dumps(m) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,117 @@
+"""The training loop: fetch, forward/backward over micro-batches, step, and hand off to callbacks.
+
+Everything else (metrics, evaluation, checkpoints) is a callback, so the loop stays readable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
+from dist_llm.checkpoint.discovery import resolve_resume
+from dist_llm.checkpoint.state import load_checkpoint
+from dist_llm.config import Config
+from dist_llm.data.loader import PackedSamples, TrainBatches
+from dist_llm.data.shards import TokenShards
+from dist_llm.distributed import World, broadcast_object
+from dist_llm.errors import CheckpointError
+from dist_llm.engine import build_engine
+from dist_llm.log import get_logger
+from dist_llm.models import build_model
+from dist_llm.schedule import lr_at
+from dist_llm.seeding import derive_seed
+
+log = get_logger("trainer")
+
+
+def fill_vocab_size(cfg: Config, shards: TokenShards) -> None:
+    """A model config with vocab_size 0 takes the dataset tokenizer's vocabulary."""
+    vocab = shards.manifest["tokenizer"]["vocab_size"]
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+
+
+class Trainer:
+    def __init__(self, cfg: Config, world: World, callbacks: list[Callback] | None = None) -> None:
+        self.cfg = cfg
+        self.world = world
+        train_shards = TokenShards(cfg.data.path, "train")
+        fill_vocab_size(cfg, train_shards)
+        cfg.model.validate()
+        torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+        self.engine = build_engine(build_model(cfg.model), cfg, world)
+        # Per-rank stream for dropout and sampling; distinct per rank, reproducible per run.
+        torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
+        self.batches = TrainBatches(PackedSamples(train_shards, cfg.data.seq_len),
+                                    derive_seed(cfg.train.seed, "data"), cfg.train.global_batch_size,
+                                    cfg.train.micro_batch_size, world.rank, world.size)
+        val_samples = PackedSamples(TokenShards(cfg.data.path, "validation"), cfg.data.seq_len)
+        self.callbacks = [MetricsCallback(), EvalCallback(val_samples), CheckpointCallback(),
+                          *(callbacks or [])]
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.global_batch_size * self.cfg.data.seq_len
+
+    def state(self) -> dict[str, Any]:
+        """Trainer part of a checkpoint: small, JSON, independent of the world size."""
+        return {"step": self.step, "data": asdict(self.batches.state()), "config": self.cfg.to_dict(),
+                "world_size": self.world.size, "consumed_tokens": self.step * self.tokens_per_step}
+
+    def resume(self) -> None:
+        """Rank 0 picks the checkpoint (verifying checksums once); every rank loads it."""
+        choice: tuple[str | None, str | None] = (None, None)
+        if self.world.is_main:
+            try:
+                choice = (resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir), None)
+            except CheckpointError as e:  # raised on every rank below, so none waits forever
+                choice = (None, str(e))
+        uri, error = broadcast_object(choice)
+        if error:
+            raise CheckpointError(error)
+        if uri is None:
+            return
+        saved = load_checkpoint(uri, self.engine, self.world)
+        self.batches.load_state(saved["data"])
+        self.step = saved["step"]
+        log.info("resumed from %s at step %d (saved on %d ranks, now %d)", uri, self.step,
+                 saved["world_size"], self.world.size)
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Log a finished record (train step or validation) through every callback's sinks."""
+        self.history.append(record)
+        for cb in self.callbacks:
+            cb.on_metrics(self, record)
+
+    def fit(self) -> list[dict[str, Any]]:
+        self.resume()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        self.history.clear()
+        while self.step < self.cfg.train.max_steps:
+            start = time.perf_counter()
+            micro_batches = self.batches.next_step()
+            data_time = time.perf_counter() - start
+            loss = torch.zeros((), device=self.world.device)
+            for i, (input_ids, labels) in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                loss += self.engine.forward_backward(input_ids, labels, sync_grads=last,
+                                                     loss_scale=1.0 / len(micro_batches))
+            lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
+            grad_norm = self.engine.step(lr)
+            self.step += 1
+            metrics = {"step": self.step, "loss": loss / len(micro_batches), "lr": lr,
+                       "grad_norm": grad_norm, "tokens": self.tokens_per_step,
+                       "consumed_tokens": self.step * self.tokens_per_step,
+                       "step_time_s": time.perf_counter() - start, "data_time_s": data_time}
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history

@@ -1,0 +1,73 @@
+"""Typed config loading: bases, overrides, and errors that name the file, line and key."""
+
+import pytest
+
+from dist_llm.config import config_from_dict, load_config
+from dist_llm.errors import ConfigError
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_and_overrides_merge(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  d_model: 64\n  n_heads: 2\ntrain:\n  max_steps: 7\n")
+    top = write(tmp_path, "top.yaml", "base: base.yaml\ntrain:\n  max_steps: 9\n  micro_batch_size: 4\n")
+    cfg = load_config(top, ["optim.lr=0.5", "model.n_kv_heads=1"])
+    assert (cfg.model.d_model, cfg.model.n_heads, cfg.model.n_kv_heads) == (64, 2, 1)
+    assert cfg.train.max_steps == 9 and cfg.train.micro_batch_size == 4
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.where("train.max_steps").endswith("top.yaml:3")
+    assert cfg.where("model.d_model").endswith("base.yaml:2")
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = write(tmp_path, "c.yaml", "train:\n  max_steps: 5\n  micro_batch: 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:3: unknown key train\.micro_batch \(did you mean train\.micro_batch_size\?\)"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, "c.yaml", "train:\n  max_steps: lots\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: train\.max_steps='lots' should be int"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"train\.precision='fp8' is not one of"):
+        load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="should be bool"):
+        load_config(None, ["model.tie_embeddings=3"])
+
+
+def test_batch_divisibility_checked_against_world_size(tmp_path):
+    path = write(tmp_path, "c.yaml", "train:\n  global_batch_size: 24\n  micro_batch_size: 4\n")
+    cfg = load_config(path)
+    cfg.validate(world_size=2)  # 24 = 4 x 2 x 3
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: train\.global_batch_size=24 is not divisible by "
+                                          r"train\.micro_batch_size=4 x 4 data-parallel ranks"):
+        cfg.validate(world_size=4)
+
+
+def test_impossible_combinations_rejected():
+    with pytest.raises(ConfigError, match="data.seq_len=512 exceeds model.max_seq_len=256"):
+        load_config(None, ["data.seq_len=512"]).validate()
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config(None, ["model.n_heads=3"]).validate()
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        load_config(None, ["train.precision=fp16"]).validate()
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = write(tmp_path, "bad.yaml", "train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("configs/tiny.yaml", ["train.max_steps=3"])
+    again = config_from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
