@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from data_prep.atomic import atomic_write_text
-from data_prep.tokenizer import Tokenizer
 from dist_llm.errors import DataError
+
+if TYPE_CHECKING:  # the training loader imports this module; keep sentencepiece out of it
+    from data_prep.tokenizer import Tokenizer
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dist_llm.shards/1"
@@ -38,7 +41,9 @@ def remove_manifest(data_dir: str) -> None:
         pass
 
 
-def build_manifest(tokenizer: Tokenizer, tokenizer_rel_path: str, splits: dict, skipped: dict, args: dict) -> dict:
+def build_manifest(
+    tokenizer: Tokenizer, tokenizer_rel_path: str, splits: dict, skipped: dict, args: dict
+) -> dict:
     """Assemble the manifest dict in the documented key order."""
     return {
         "format": FORMAT,
@@ -70,7 +75,10 @@ def _require(mapping: object, keys: tuple[str, ...], where: str, path: str) -> N
     for key in keys:
         if key not in mapping:
             dotted = f"{where}.{key}" if where else key
-            raise DataError(f"{path}: missing key {dotted!r}; the prep run was incomplete or too old, re-run `dist-llm prep`")
+            raise DataError(
+                f"{path}: missing key {dotted!r}; the prep run was incomplete or older than "
+                "this format, re-run `dist-llm prep`"
+            )
 
 
 def read_manifest(data_dir: str) -> dict:
@@ -88,7 +96,9 @@ def read_manifest(data_dir: str) -> dict:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); re-run `dist-llm prep`") from exc
     _require(manifest, _TOP_KEYS, "", path)
     if manifest["format"] != FORMAT:
-        raise DataError(f"{path}: key 'format' is {manifest['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`")
+        raise DataError(
+            f"{path}: key 'format' is {manifest['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`"
+        )
     if manifest["token_dtype"] != TOKEN_DTYPE:
         raise DataError(f"{path}: key 'token_dtype' is {manifest['token_dtype']!r}, expected {TOKEN_DTYPE!r}")
     _require(manifest["tokenizer"], _TOKENIZER_KEYS, "tokenizer", path)

@@ -107,7 +107,10 @@ def _prepare_tokenizer(cfg: PrepConfig, inputs: list[str]) -> tuple[Tokenizer, s
                  time.perf_counter() - started)
     tokenizer = load_tokenizer(os.path.join(cfg.out, rel))
     if tokenizer.eos_id is None:
-        raise DataError(f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every document")
+        raise DataError(
+            f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every "
+            "document; use a tokenizer with an eos_token"
+        )
     if cfg.add_bos and tokenizer.bos_id is None:
         raise DataError(f"--tokenizer {cfg.tokenizer}: it has no BOS token; drop --add-bos")
     return tokenizer, rel

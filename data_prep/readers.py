@@ -91,7 +91,9 @@ def _read_bytes(path: str, policy: ErrorPolicy) -> bytes | None:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read input ({exc.strerror}); check the path and permissions") from exc
+        raise DataError(
+            f"{path}: cannot read input ({exc.strerror}); check the path and permissions"
+        ) from exc
     if not data:
         policy.bad("empty_file", f"{path}:1", "file is empty")
         return None

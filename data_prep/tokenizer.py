@@ -71,6 +71,10 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
+    def token_to_id(self, token: str) -> int | None:
+        """Id of one vocabulary entry (e.g. "<extra_id_0>"), or None if it is not in the vocab."""
+        raise NotImplementedError
+
     def special_ids(self) -> dict[str, int | None]:
         """The ids the manifest records."""
         return {name: getattr(self, name) for name in ("bos_id", "eos_id", "pad_id", "unk_id", "mask_id")}
@@ -91,12 +95,15 @@ class SentencePieceTokenizer(Tokenizer):
         self.vocab_size = self._sp.get_piece_size()
         self.bos_id, self.eos_id = self._optional(self._sp.bos_id()), self._optional(self._sp.eos_id())
         self.pad_id, self.unk_id = self._optional(self._sp.pad_id()), self._optional(self._sp.unk_id())
-        mask = self._sp.piece_to_id("<mask>")
-        self.mask_id = mask if self._sp.id_to_piece(mask) == "<mask>" else None
+        self.mask_id = self.token_to_id("<mask>")
 
     @staticmethod
     def _optional(token_id: int) -> int | None:
         return None if token_id < 0 else token_id  # sentencepiece uses -1 for "disabled"
+
+    def token_to_id(self, token: str) -> int | None:
+        token_id = self._sp.piece_to_id(token)  # returns unk_id for unknown pieces
+        return token_id if self._sp.id_to_piece(token_id) == token else None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # One thread: parallelism comes from the process pool; threads here would oversubscribe.
@@ -127,6 +134,9 @@ class HFTokenizer(Tokenizer):
         tok = self._tok
         self.bos_id, self.eos_id, self.pad_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         self.unk_id, self.mask_id = tok.unk_token_id, tok.mask_token_id
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.get_vocab().get(token)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # verbose=False: documents are longer than model_max_length by design (we pack later).

@@ -55,6 +55,9 @@ class OptimConfig:
 class TrainConfig:
     max_steps: int = 1000
     """Optimizer steps to train for."""
+    exit_at_step: int = 0
+    """Stop (after saving a checkpoint) once this step is done, although the LR schedule runs to
+    max_steps: for time-sliced jobs and resume tests. 0 = run to max_steps."""
     global_batch_size: int = 32
     """Samples per optimizer step across all data-parallel ranks."""
     micro_batch_size: int = 8
@@ -149,7 +152,8 @@ class Config:
             if value <= 0:
                 fail(key, f"{key}={value} must be > 0")
         for key, value in {"train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
-                           "checkpoint.interval": self.checkpoint.interval}.items():
+                           "checkpoint.interval": self.checkpoint.interval,
+                           "train.exit_at_step": t.exit_at_step}.items():
             if value < 0:
                 fail(key, f"{key}={value} must be >= 0")
         if t.global_batch_size % (t.micro_batch_size * world) != 0:

@@ -56,6 +56,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     @property
+    def stop_step(self) -> int:
+        exit_at = self.cfg.train.exit_at_step
+        return min(exit_at, self.cfg.train.max_steps) if exit_at else self.cfg.train.max_steps
+
+    @property
     def tokens_per_step(self) -> int:
         return self.cfg.train.global_batch_size * self.cfg.data.seq_len
 
@@ -94,7 +99,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         self.history.clear()
-        while self.step < self.cfg.train.max_steps:
+        while self.step < self.stop_step:
             start = time.perf_counter()
             micro_batches = self.batches.next_step()
             data_time = time.perf_counter() - start
@@ -112,6 +117,6 @@ class Trainer:
                        "step_time_s": time.perf_counter() - start, "data_time_s": data_time}
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
-        for cb in self.callbacks:
+        for cb in reversed(self.callbacks):  # teardown in reverse: sinks close after the final eval
             cb.on_train_end(self)
         return self.history

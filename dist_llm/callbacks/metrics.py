@@ -40,12 +40,12 @@ class MetricsCallback(Callback):
 
     def on_step_end(self, trainer: "Trainer", m: dict[str, Any]) -> None:
         step = m["step"]
-        if step % trainer.cfg.train.log_interval and step != trainer.cfg.train.max_steps:
+        if step % trainer.cfg.train.log_interval and step != trainer.stop_step:
             return
         loss = all_reduce_sum(m["loss"].float().reshape(1).clone()).item() / trainer.world.size
         tokens_per_s = m["tokens"] / m["step_time_s"]
         per_device = tokens_per_s / trainer.world.size
-        remaining = trainer.cfg.train.max_steps - step
+        remaining = trainer.stop_step - step
         trainer.emit({
             "step": step, "loss": loss, "lr": m["lr"], "grad_norm": float(m["grad_norm"]),
             "tokens_per_s": tokens_per_s, "mfu": per_device * self.flops_per_token / (self.peak * 1e12),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from dist_llm.seeding import derive_seed
+
 
 class GlobalOrder:
     """Maps a global sample counter to a sample id; reshuffles each epoch."""
@@ -22,7 +24,7 @@ class GlobalOrder:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, f"epoch{epoch}"))
             self._perm = torch.randperm(self.num_samples, generator=gen)
             self._epoch = epoch
         return self._perm

@@ -24,7 +24,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     cfg.validate(require_vocab=True)
     if cfg.arch == "decoder":
         return DecoderLM(cfg)
-    raise ConfigError(f"model.arch={cfg.arch!r} is not implemented yet; only 'decoder' can be built")
+    raise ConfigError(
+        f"model.arch={cfg.arch!r} is not implemented yet; only 'decoder' can be built"
+    )
 
 
 def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:

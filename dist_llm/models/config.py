@@ -1,4 +1,4 @@
-"""The model's config: shape and init hyperparameters, read from the `model:` section of a YAML file.
+"""The model's config: shape and init hyperparameters, from the `model:` section of a YAML file.
 
 Fields are plain types (int/float/bool/str/Optional) so the typed config loader can read them from
 YAML and dotted CLI overrides without custom parsers. Derived values (`head_dim`, `kv_heads`,
@@ -18,7 +18,7 @@ class ModelConfig:
     arch: str = "decoder"
     """Model family: "decoder" (GPT/Llama-style causal LM); "encoder", "encoder_decoder" to come."""
     vocab_size: int = 0
-    """Vocabulary size; 0 = filled in from the dataset's tokenizer by the trainer before building."""
+    """Vocabulary size; 0 = filled in from the dataset's tokenizer by the trainer."""
     d_model: int = 256
     """Width of the residual stream (hidden size)."""
     n_layers: int = 4
@@ -42,7 +42,7 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on attention probabilities and residual branches; 0 for pretraining."""
     init_std: float = 0.02
-    """Std of the normal init of weights; residual output projections get init_std/sqrt(2*n_layers)."""
+    """Std of the normal weight init; residual output projections get init_std/sqrt(2*n_layers)."""
 
     @property
     def kv_heads(self) -> int:
@@ -64,8 +64,9 @@ class ModelConfig:
         return -(-hidden // self.ffn_multiple_of) * self.ffn_multiple_of
 
     def validate(self, require_vocab: bool = False) -> None:
-        """Raise ConfigError naming the first bad key. `require_vocab=True` is for build time: the
-        config loader validates before the tokenizer is known, so vocab_size=0 is legal until then."""
+        """Raise ConfigError naming the first bad key. `require_vocab=True` is for build time:
+        the config loader validates before the tokenizer is known, so vocab_size=0 is legal
+        until then."""
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch={self.arch!r} is unknown; choose one of {list(ARCHS)}")
         positive = ("d_model", "n_layers", "n_heads", "ffn_multiple_of", "max_seq_len")
@@ -80,7 +81,9 @@ class ModelConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
         if self.vocab_size < 0:
-            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0 (0 = from tokenizer)")
+            raise ConfigError(
+                f"model.vocab_size={self.vocab_size} must be >= 0 (0 = from the tokenizer)"
+            )
         if require_vocab and self.vocab_size == 0:
             raise ConfigError(
                 "model.vocab_size=0 must be set before building the model "
@@ -89,7 +92,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.d_model % self.n_heads:
-            raise ConfigError(f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}")
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}"
+            )
         if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"

@@ -1,4 +1,4 @@
-"""Decoder-only causal language model (Llama-style GPT): embeddings -> N pre-norm blocks -> norm -> head.
+"""Decoder-only causal LM (Llama-style GPT): embeddings -> N pre-norm blocks -> norm -> LM head.
 
 Read top to bottom: `__init__` builds the modules, `init_weights` says how they start, `forward`
 runs them. No parallelism lives here; tensor/pipeline parallelism and activation checkpointing are

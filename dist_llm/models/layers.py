@@ -52,9 +52,8 @@ class RotaryEmbedding(nn.Module):
         """(Re)compute the tables in fp32; also needed after `to_empty()` from the meta device,
         which leaves buffers uninitialized."""
         device = self.cos.device
-        inv_freq = 1.0 / (
-            self.theta ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
-        )
+        channels = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
+        inv_freq = 1.0 / self.theta ** (channels / self.head_dim)
         positions = torch.arange(self.max_seq_len, device=device, dtype=torch.float32)
         angles = torch.outer(positions, inv_freq)
         angles = torch.cat((angles, angles), dim=-1)  # [T, head_dim]: both halves share a frequency

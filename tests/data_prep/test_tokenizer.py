@@ -11,7 +11,8 @@ def test_trained_sentencepiece_roundtrips_and_has_special_tokens(sp_model, corpu
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 1, 2, 3, 4)
     assert len(tok.sha256) == 64
     for offset, piece in enumerate(SPECIAL_TOKENS):
-        assert tok.encode(piece) == [4 + offset]
+        assert tok.token_to_id(piece) == 4 + offset
+        assert 4 + offset in tok.encode(f"x {piece} y")  # one id, never split into pieces
     assert "<extra_id_31>" in SPECIAL_TOKENS
     # Lossless, including whitespace runs, tabs, newlines and characters never seen in training.
     for text in corpus_docs[:50] + ["  two  spaces\tand tab\n\nnew 日本語 ✓ ", "x"]:
@@ -50,28 +51,11 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(str(tmp_path))  # a directory without tokenizer files
 
 
-def test_hf_tokenizer_directory(tmp_path, corpus_docs):
-    hf_dir = build_hf_tokenizer(tmp_path / "hf", corpus_docs)
-    tok = load_tokenizer(str(hf_dir))
+def test_hf_tokenizer_directory(hf_tokenizer_dir, corpus_docs):
+    tok = load_tokenizer(str(hf_tokenizer_dir))
     assert tok.kind == "hf"
     assert tok.eos_id is not None and tok.bos_id is not None and tok.mask_id is not None
     assert tok.vocab_size >= 300
     assert tok.decode(tok.encode(corpus_docs[0])) == corpus_docs[0]
     assert len(tok.sha256) == 64
 
-
-def build_hf_tokenizer(out, texts):
-    """A small byte-level BPE trained in-test and saved as a HF tokenizer directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<mask>"]
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", mask_token="<mask>"
-    )
-    fast.save_pretrained(str(out))
-    return out
