@@ -70,15 +70,14 @@ def _train(args: argparse.Namespace) -> int:
     from dist_llm.trainer import Trainer
 
     dist_world = init_distributed(cfg.engine.backend)
-    try:
-        trainer = Trainer(cfg, dist_world)
-        if dist_world.is_main:
-            os.makedirs(cfg.logging.run_dir, exist_ok=True)
-            with open(os.path.join(cfg.logging.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(dump_config(cfg))
-        trainer.fit()
-    finally:
-        shutdown()
+    trainer = Trainer(cfg, dist_world)
+    if dist_world.is_main:
+        os.makedirs(cfg.logging.run_dir, exist_ok=True)
+        with open(os.path.join(cfg.logging.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+    trainer.fit()
+    # Only after success: on an error the ranks are not in step and torchrun tears the job down.
+    shutdown()
     return 0
 
 
@@ -127,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`train cfg.yaml --resume auto a.b=1`), which argparse's
+    # positional handling does not accept in one pass; collect the stragglers explicitly.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command][1](args)
     except DistLLMError as e:

@@ -39,7 +39,10 @@ def init_distributed(backend: str = "auto") -> World:
 
 
 def shutdown() -> None:
+    """Leave the group together: a rank that tears gloo down while its peer is still mid-collective
+    can abort the peer ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -46,9 +46,11 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     uri = resolve_checkpoint(path)
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory for weights that the checkpoint overwrites anyway
         model = build_model(cfg.model)
-    model.load_state_dict(load_model_state(uri, device), assign=True)
+    model.to_empty(device=device)
+    model.init_weights()  # re-ties embeddings and rebuilds the rotary tables after to_empty
+    model.load_state_dict(load_model_state(uri, device))
     model.eval()
     return LoadedModel(model=model, cfg=cfg, step=trainer_state["step"], checkpoint=uri)
 

@@ -24,6 +24,11 @@ class EvalCallback(Callback):
         self.last_step = trainer.step
         trainer.emit({"step": trainer.step, "val_loss": loss, "val_ppl": perplexity(loss)})
 
+    def on_train_start(self, trainer: "Trainer") -> None:
+        # The loss at initialization is the baseline every later validation is read against.
+        if trainer.step == 0 and trainer.cfg.train.eval_interval:
+            self._run(trainer)
+
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         interval = trainer.cfg.train.eval_interval
         if interval and trainer.step % interval == 0:

@@ -1,0 +1,60 @@
+"""The README's main job through the real `dist-llm` command: prep -> train on 2 ranks -> eval ->
+generate; and bad input that must fail before any process is spawned."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, SMALL_MODEL, read_metrics
+
+
+def dist_llm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["dist-llm", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.distributed
+def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
+    run = str(tmp_path / "run")
+    train = dist_llm("train", "configs/tiny.yaml", "--nproc-per-node", "2", f"data.path={dataset}",
+                     f"logging.run_dir={run}", *SMALL_MODEL, "train.max_steps=40", "train.eval_interval=20",
+                     "optim.lr=0.01", "checkpoint.interval=20")
+    assert train.returncode == 0, train.stderr[-4000:]
+    vals = [m for m in read_metrics(run) if "val_loss" in m]
+    assert [v["step"] for v in vals] == [0, 20, 40]
+    assert vals[0]["val_loss"] == pytest.approx(math.log(1024), abs=0.3), "untrained loss ~ ln(vocab)"
+    assert vals[-1]["val_loss"] < vals[0]["val_loss"] - 0.8, f"validation loss did not fall: {vals}"
+    steps = [m for m in read_metrics(run) if "loss" in m]
+    assert all(k in steps[-1] for k in ("lr", "grad_norm", "tokens_per_s", "mfu"))
+    assert os.path.exists(os.path.join(run, "config.yaml"))
+
+    result = dist_llm("eval", run, "--max-batches", "2", "--batch-size", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads(result.stdout)
+    assert evaluated["step"] == 40
+    assert evaluated["val_loss"] == pytest.approx(vals[-1]["val_loss"], rel=0.02)
+    assert evaluated["val_ppl"] == pytest.approx(math.exp(evaluated["val_loss"]))
+
+    sample = dist_llm("generate", run, "--prompt", "Return the", "--max-new-tokens", "20", "--seed", "1")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert sample.stdout.startswith("Return the") and len(sample.stdout) > len("Return the") + 5
+    again = dist_llm("generate", run, "--prompt", "Return the", "--max-new-tokens", "20", "--seed", "1")
+    assert again.stdout == sample.stdout, "seeded sampling is reproducible"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.global_batch_size=12"], "override 'train.global_batch_size=12': train.global_batch_size=12 is "
+                                     "not divisible by train.micro_batch_size=8 x 2"),
+    (["train.max_stepz=3"], "unknown key train.max_stepz (did you mean train.max_steps?)"),
+    (["data.path=/nonexistent/ds"], "/nonexistent/ds"),
+])
+def test_bad_config_fails_before_spawning(args, message):
+    result = dist_llm("train", "configs/tiny.yaml", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "torch.distributed" not in result.stderr and "Traceback" not in result.stderr
