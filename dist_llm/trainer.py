@@ -21,7 +21,7 @@ from dist_llm.distributed import World, broadcast_object
 from dist_llm.errors import CheckpointError
 from dist_llm.engine import build_engine
 from dist_llm.log import get_logger
-from dist_llm.models import build_model
+from dist_llm.models import build_model, count_params
 from dist_llm.schedule import lr_at
 from dist_llm.seeding import derive_seed
 
@@ -44,6 +44,9 @@ class Trainer:
         cfg.model.validate()
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
         self.engine = build_engine(build_model(cfg.model), cfg, world)
+        log.info("model: %s parameters (%s non-embedding), %d rank(s), engine %s",
+                 f"{count_params(cfg.model):,}", f"{count_params(cfg.model, non_embedding=True):,}",
+                 world.size, cfg.engine.type)
         # Per-rank stream for dropout and sampling; distinct per rank, reproducible per run.
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
         self.batches = TrainBatches(PackedSamples(train_shards, cfg.data.seq_len),

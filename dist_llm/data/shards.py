@@ -16,6 +16,8 @@ import pyarrow as pa
 from data_prep.manifest import read_manifest
 from dist_llm.errors import DataError
 
+_TOKENS_TYPE = pa.list_(pa.int32())
+
 
 class TokenShards:
     """The concatenated token stream of one split (train/validation) of a prepared dataset."""
@@ -37,13 +39,18 @@ class TokenShards:
 
     @staticmethod
     def _map(path: str, expected_tokens: int) -> np.ndarray:
+        # A corrupt footer/schema can surface as any Arrow error (or a missing column) at any of
+        # these calls, not only when opening, so all of them sit inside the try.
         try:
             reader = pa.ipc.open_file(pa.memory_map(path, "r"))
             table = reader.read_all()
-        except (OSError, pa.ArrowInvalid) as e:
+            if table.schema.names != ["tokens"] or table.schema.field("tokens").type != _TOKENS_TYPE:
+                raise DataError(f"{path}: schema is {table.schema.to_string()!r}, expected one column "
+                                f"'tokens: {_TOKENS_TYPE}'; re-run `dist-llm prep` for this dataset")
+            column = table.column("tokens").combine_chunks()
+            values = column.flatten().to_numpy(zero_copy_only=True)
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
             raise DataError(f"{path}: cannot read shard ({e}); re-run `dist-llm prep` for this dataset") from None
-        column = table.column("tokens").combine_chunks()
-        values = column.flatten().to_numpy(zero_copy_only=True)
         if len(values) != expected_tokens:
             raise DataError(f"{path}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
                             "the shard is stale or corrupt, re-run `dist-llm prep`")
