@@ -48,6 +48,30 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset dir whose tokenizer to use (default: the run's)")
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks that report ratios against a same-run baseline")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    t = kinds.add_parser("train", help="training tokens/s on 1 rank (baseline) vs N ranks")
+    t.add_argument("config", nargs="?", default="configs/tiny.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    t.add_argument("--ranks", default="1,2", help="comma-separated rank counts; the first is the baseline")
+    t.add_argument("--steps", type=int, default=30)
+    t.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
+    t.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dist_llm.bench.train import bench_train, format_table, to_json
+
+    results = bench_train(args.config, args.overrides, [int(r) for r in args.ranks.split(",")],
+                          args.steps, args.warmup)
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(to_json(results))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from data_prep.manifest import read_manifest
     from dist_llm.config import dump_config, load_config
@@ -114,7 +138,7 @@ def _prep(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
-            "generate": (_add_generate, _generate)}
+            "generate": (_add_generate, _generate), "bench": (_add_bench, _bench)}
 
 
 def build_parser() -> argparse.ArgumentParser:

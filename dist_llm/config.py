@@ -151,9 +151,11 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 fail(key, f"{key}={value} must be > 0")
-        for key, value in {"train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
-                           "checkpoint.interval": self.checkpoint.interval,
-                           "train.exit_at_step": t.exit_at_step}.items():
+        non_negative = {
+            "train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
+            "checkpoint.interval": self.checkpoint.interval, "train.exit_at_step": t.exit_at_step,
+        }
+        for key, value in non_negative.items():
             if value < 0:
                 fail(key, f"{key}={value} must be >= 0")
         if t.global_batch_size % (t.micro_batch_size * world) != 0:

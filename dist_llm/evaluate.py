@@ -55,8 +55,11 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model=model, cfg=cfg, step=trainer_state["step"], checkpoint=uri)
 
 
-def validation_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], samples: PackedSamples,
-                    micro_batch: int, num_batches: int, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def validation_loss(loss_fn: LossFn, samples: PackedSamples, micro_batch: int, num_batches: int,
+                    rank: int = 0, world_size: int = 1) -> tuple[float, int]:
     """Token-weighted mean loss over the first validation windows, identical on every rank.
     Returns (loss, tokens counted)."""
     totals = torch.zeros(2, dtype=torch.float64)

@@ -18,8 +18,8 @@ from dist_llm.config import Config
 from dist_llm.data.loader import PackedSamples, TrainBatches
 from dist_llm.data.shards import TokenShards
 from dist_llm.distributed import World, broadcast_object
-from dist_llm.errors import CheckpointError
 from dist_llm.engine import build_engine
+from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 from dist_llm.models import build_model, count_params
 from dist_llm.schedule import lr_at

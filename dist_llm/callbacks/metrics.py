@@ -6,8 +6,6 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from dist_llm.callbacks.base import Callback
 from dist_llm.distributed import all_reduce_sum
 from dist_llm.log import get_logger

@@ -40,7 +40,14 @@ def verify(step_uri: str) -> dict[str, object]:
     """Check marker and checksums of a step directory; returns its manifest or raises."""
     if not exists(join(step_uri, layout.COMMITTED)):
         raise CheckpointError(f"{step_uri} has no {layout.COMMITTED} marker (partial checkpoint)")
-    manifest = json.loads(read_bytes(join(step_uri, layout.MANIFEST)))
+    manifest_uri = join(step_uri, layout.MANIFEST)
+    try:
+        manifest = json.loads(read_bytes(manifest_uri))
+    except ValueError as e:  # also UnicodeDecodeError from a flipped byte
+        raise CheckpointError(f"{manifest_uri}: not valid JSON ({e}) (corrupt checkpoint)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{manifest_uri}: expected an object with a 'files' object "
+                              "(corrupt checkpoint)")
     for name, record in manifest["files"].items():
         data = read_bytes(join(step_uri, name))
         if file_record(data) != record:

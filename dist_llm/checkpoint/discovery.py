@@ -25,7 +25,8 @@ def find_resumable(root: str) -> str | None:
         pointed = layout.step_of(read_bytes(join(root, layout.LATEST)).decode().strip())
     candidates = committed_steps(root)
     if pointed is not None and pointed not in candidates:
-        log.warning("%s points at step %s, which is not committed; ignoring it", join(root, layout.LATEST), pointed)
+        log.warning("%s points at step %s, which is not committed; ignoring it",
+                    join(root, layout.LATEST), pointed)
     for step in candidates:
         uri = layout.step_uri(root, step)
         try:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.commit import commit, write_parts
 from dist_llm.checkpoint.retention import apply_retention
-from dist_llm.checkpoint.storage import exists, join, read_bytes
+from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree
 from dist_llm.distributed import World, barrier
 from dist_llm.engine.base import Engine
 from dist_llm.log import get_logger
@@ -38,6 +38,11 @@ def save_checkpoint(root: str, step: int, engine: Engine, trainer_state: dict[st
                     keep_last: int) -> str:
     """Write, commit and apply retention; collective: every rank calls it."""
     step_uri = layout.step_uri(root, step)
+    if world.is_main:
+        # Leftovers of an earlier crashed save of this step (possibly from more ranks) must not mix
+        # with the new files.
+        remove_tree(step_uri)
+    barrier()
     parts = {layout.rng_name(world.rank): _to_bytes(_rng_state())}
     if world.is_main:
         state = engine.state_dict()

@@ -5,6 +5,7 @@ Locations are `str`, not `Path`: Path would mangle `s3://bucket/key` into `s3:/b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -33,11 +34,16 @@ def write_bytes(uri: str, data: bytes) -> None:
             path = uri.removeprefix("file://")
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):  # a failed write must not leave temp files behind
+                    os.remove(tmp)
+                raise
         else:
             fs, path = _fs(uri)
             with fs.open(path, "wb") as f:  # object stores publish an object only when complete

@@ -37,7 +37,8 @@ class PackedSamples:
         self.num_samples = (shards.num_tokens - 1) // seq_len
         if self.num_samples <= 0:
             raise DataError(f"{shards.data_dir}: split {shards.split!r} has {shards.num_tokens} tokens, "
-                            f"fewer than one sample of data.seq_len={seq_len}+1; lower data.seq_len or add data")
+                            f"fewer than one sample of data.seq_len={seq_len}+1; "
+                            "lower data.seq_len or add data")
 
     def batch(self, sample_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.stack([self.shards.read(s * self.seq_len, self.seq_len + 1) for s in sample_ids])

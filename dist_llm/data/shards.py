@@ -50,7 +50,8 @@ class TokenShards:
             column = table.column("tokens").combine_chunks()
             values = column.flatten().to_numpy(zero_copy_only=True)
         except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read shard ({e}); re-run `dist-llm prep` for this dataset") from None
+            raise DataError(f"{path}: cannot read shard ({e}); "
+                            "re-run `dist-llm prep` for this dataset") from None
         if len(values) != expected_tokens:
             raise DataError(f"{path}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
                             "the shard is stale or corrupt, re-run `dist-llm prep`")

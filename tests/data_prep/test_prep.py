@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
 from data_prep.cli import add_arguments, run
 from data_prep.manifest import read_manifest
 from data_prep.tokenizer import file_sha256, load_tokenizer

@@ -25,7 +25,8 @@ def test_base_and_overrides_merge(tmp_path):
 
 def test_unknown_key_names_file_line_and_suggests(tmp_path):
     path = write(tmp_path, "c.yaml", "train:\n  max_steps: 5\n  micro_batch: 2\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:3: unknown key train\.micro_batch \(did you mean train\.micro_batch_size\?\)"):
+    expected = r"c\.yaml:3: unknown key train\.micro_batch \(did you mean train\.micro_batch_size\?\)"
+    with pytest.raises(ConfigError, match=expected):
         load_config(path)
 
 

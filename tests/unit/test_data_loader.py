@@ -1,0 +1,345 @@
+"""The training data path: shards -> one flat token stream -> packed windows -> per-rank batches.
+
+Datasets are written directly with the real shard writer (milliseconds, no tokenizer training),
+with token values that encode their own position, so any stitching or slicing mistake shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.manifest import build_manifest, read_manifest, write_manifest
+from data_prep.writer import ShardWriter
+from dist_llm.data.loader import DataState, PackedSamples, TrainBatches, eval_batches
+from dist_llm.data.shards import TokenShards
+from dist_llm.errors import DataError
+
+
+@dataclass
+class _TokenizerInfo:
+    """What `build_manifest` records about a tokenizer; the loader only reads its sha256."""
+
+    kind: str = "sentencepiece"
+    sha256: str = "0" * 64
+    vocab_size: int = 100_000
+
+    def special_ids(self) -> dict[str, int | None]:
+        return {"bos_id": 1, "eos_id": 2, "pad_id": None, "unk_id": 0, "mask_id": None}
+
+
+def make_dataset(data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_tokens: int) -> str:
+    """Write `split_docs` as Arrow shards of about `shard_tokens` tokens plus a manifest."""
+    splits = {}
+    for split in ("train", "validation"):
+        writer = ShardWriter(data_dir, split, shard_tokens)
+        for doc in split_docs.get(split, []):
+            writer.add(np.asarray(doc, dtype=np.int32))
+        splits[split] = writer.close()
+    manifest = build_manifest(_TokenizerInfo(), "tokenizer.model", splits,
+                              {"total": 0, "by_reason": {}}, {"test": True})
+    write_manifest(data_dir, manifest)
+    return data_dir
+
+
+def counting_docs(num_docs: int, first_len: int = 7) -> list[np.ndarray]:
+    """Documents of varying length whose tokens, concatenated, are 0, 1, 2, ..."""
+    docs, next_token = [], 0
+    for i in range(num_docs):
+        length = first_len + (i * 5) % 11
+        docs.append(np.arange(next_token, next_token + length, dtype=np.int32))
+        next_token += length
+    return docs
+
+
+@pytest.fixture
+def counting_dataset(tmp_path) -> tuple[str, np.ndarray]:
+    """Several train shards (with shard boundaries inside the stream) and a validation split."""
+    docs = counting_docs(40)
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": docs, "validation": counting_docs(12)},
+                            shard_tokens=50)
+    return data_dir, np.concatenate(docs).astype(np.int64)
+
+
+# --- TokenShards -------------------------------------------------------------------------------
+
+def test_read_stitches_across_shards_exactly(counting_dataset):
+    data_dir, stream = counting_dataset
+    shards = TokenShards(data_dir, "train")
+    assert len(read_manifest(data_dir)["splits"]["train"]["shards"]) >= 5
+    assert shards.num_tokens == len(stream)
+    assert np.array_equal(shards.read(0, len(stream)), stream)
+    # Every window of a few lengths, so every shard boundary is crossed at every offset.
+    for length in (1, 13, 64, 130):
+        for start in range(0, len(stream) - length + 1, 3):
+            assert np.array_equal(shards.read(start, length), stream[start:start + length]), (start, length)
+
+
+def test_read_with_non_counting_values_matches_concatenation(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 2**31 - 1, size=int(rng.integers(1, 30)), dtype=np.int32) for _ in range(30)]
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": docs}, shard_tokens=40)
+    shards = TokenShards(data_dir, "train")
+    stream = np.concatenate(docs).astype(np.int64)
+    assert np.array_equal(shards.read(0, shards.num_tokens), stream)
+    assert np.array_equal(shards.read(37, 100), stream[37:137])
+
+
+def test_read_outside_stream_raises(counting_dataset):
+    data_dir, stream = counting_dataset
+    shards = TokenShards(data_dir, "train")
+    with pytest.raises(IndexError):
+        shards.read(len(stream) - 3, 4)
+    with pytest.raises(IndexError):
+        shards.read(-1, 2)
+
+
+def _first_shard(data_dir: str) -> tuple[str, dict]:
+    manifest = read_manifest(data_dir)
+    entry = manifest["splits"]["train"]["shards"][0]
+    return os.path.join(data_dir, entry["path"]), manifest
+
+
+def test_token_count_disagreeing_with_manifest_raises_naming_file(counting_dataset):
+    data_dir, _ = counting_dataset
+    path, manifest = _first_shard(data_dir)
+    manifest["splits"]["train"]["shards"][0]["tokens"] += 1
+    write_manifest(data_dir, manifest)
+    with pytest.raises(DataError, match="manifest says") as err:
+        TokenShards(data_dir, "train")
+    assert path in str(err.value)
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.3, 0.9])
+def test_truncated_shard_raises_naming_file(counting_dataset, keep_fraction):
+    data_dir, _ = counting_dataset
+    path, _ = _first_shard(data_dir)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * keep_fraction)])
+    with pytest.raises(DataError) as err:
+        TokenShards(data_dir, "train")
+    assert path in str(err.value)
+
+
+def test_missing_shard_raises_naming_file(counting_dataset):
+    data_dir, _ = counting_dataset
+    path, _ = _first_shard(data_dir)
+    os.remove(path)
+    with pytest.raises(DataError) as err:
+        TokenShards(data_dir, "train")
+    assert path in str(err.value)
+
+
+def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_count(counting_dataset):
+    """Whatever a flipped byte breaks (schema, footer, offsets), the loader either reports a
+    DataError naming the file or maps the right number of int32 tokens; no raw Arrow error escapes."""
+    data_dir, _ = counting_dataset
+    path, manifest = _first_shard(data_dir)
+    expected = manifest["splits"]["train"]["shards"][0]["tokens"]
+    original = open(path, "rb").read()
+    # Header and footer hold the schema and record-batch metadata; the middle is token data.
+    positions = [*range(0, 200), *range(len(original) - 300, len(original))]
+    errors = 0
+    for pos in positions:
+        corrupt = bytearray(original)
+        corrupt[pos] ^= 0xFF
+        with open(path, "wb") as f:
+            f.write(corrupt)
+        try:
+            values = TokenShards._map(path, expected)
+        except DataError as e:
+            assert path in str(e)
+            errors += 1
+            continue
+        assert values.dtype == np.int32 and len(values) == expected
+    assert errors > 0
+
+
+def test_missing_split_raises(tmp_path):
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": counting_docs(5)}, shard_tokens=50)
+    with pytest.raises(DataError, match="validation"):
+        TokenShards(data_dir, "validation")
+
+
+def test_fingerprint_depends_on_shard_contents(tmp_path):
+    a = make_dataset(str(tmp_path / "a"), {"train": counting_docs(10)}, shard_tokens=30)
+    b = make_dataset(str(tmp_path / "b"), {"train": counting_docs(10)}, shard_tokens=30)
+    c = make_dataset(str(tmp_path / "c"), {"train": counting_docs(11)}, shard_tokens=30)
+    assert TokenShards(a, "train").fingerprint == TokenShards(b, "train").fingerprint
+    assert TokenShards(a, "train").fingerprint != TokenShards(c, "train").fingerprint
+
+
+# --- PackedSamples -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seq_len", [1, 8, 31, 64])
+def test_packed_samples_are_shifted_windows(counting_dataset, seq_len):
+    data_dir, stream = counting_dataset
+    samples = PackedSamples(TokenShards(data_dir, "train"), seq_len)
+    assert samples.num_samples == (len(stream) - 1) // seq_len
+    ids = [0, 1, samples.num_samples // 2, samples.num_samples - 1]
+    inputs, labels = samples.batch(ids)
+    assert inputs.shape == labels.shape == (len(ids), seq_len)
+    assert inputs.dtype == labels.dtype == torch.int64
+    for row, s in enumerate(ids):
+        assert torch.equal(inputs[row], torch.from_numpy(stream[s * seq_len:s * seq_len + seq_len]))
+        assert torch.equal(labels[row], torch.from_numpy(stream[s * seq_len + 1:s * seq_len + seq_len + 1]))
+
+
+def test_sample_count_uses_every_possible_window(tmp_path):
+    # 21 tokens, seq_len 4: windows need 5 tokens at 0, 4, 8, 12, 16 -> 5 samples (the last ends at 20).
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": [np.arange(21)]}, shard_tokens=8)
+    samples = PackedSamples(TokenShards(data_dir, "train"), 4)
+    assert samples.num_samples == 5
+    inputs, labels = samples.batch([4])
+    assert inputs.tolist() == [[16, 17, 18, 19]] and labels.tolist() == [[17, 18, 19, 20]]
+
+
+def test_split_smaller_than_one_sample_names_seq_len_key(tmp_path):
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": [np.arange(8)]}, shard_tokens=8)
+    shards = TokenShards(data_dir, "train")
+    assert PackedSamples(shards, 7).num_samples == 1  # exactly seq_len + 1 tokens is enough
+    with pytest.raises(DataError, match=r"data\.seq_len"):
+        PackedSamples(shards, 8)
+
+
+# --- TrainBatches ------------------------------------------------------------------------------
+
+GLOBAL, MICRO, SEED, SEQ = 8, 2, 1234, 8
+
+
+def _global_batch(batches: list[TrainBatches]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of every rank, concatenated in rank order."""
+    inputs, labels = [], []
+    for b in batches:
+        for x, y in b.next_step():
+            assert x.shape == (MICRO, SEQ)
+            inputs.append(x)
+            labels.append(y)
+    return torch.cat(inputs), torch.cat(labels)
+
+
+def _ranks(samples: PackedSamples, world_size: int, seed: int = SEED) -> list[TrainBatches]:
+    return [TrainBatches(samples, seed, GLOBAL, MICRO, rank, world_size) for rank in range(world_size)]
+
+
+@pytest.fixture
+def samples(counting_dataset) -> PackedSamples:
+    data_dir, _ = counting_dataset
+    return PackedSamples(TokenShards(data_dir, "train"), SEQ)
+
+
+def test_global_batch_is_independent_of_world_size_across_epochs(samples):
+    steps = 3 * samples.num_samples // GLOBAL + 2  # about three epochs, so boundaries fall mid-batch
+    assert samples.num_samples % GLOBAL != 0
+    single = _ranks(samples, 1)
+    reference = [_global_batch(single) for _ in range(steps)]
+    for world_size in (2, 4):
+        ranks = _ranks(samples, world_size)
+        assert all(len(r.next_step()) == GLOBAL // world_size // MICRO for r in _ranks(samples, world_size))
+        for step in range(steps):
+            x, y = _global_batch(ranks)
+            assert torch.equal(x, reference[step][0]), f"world {world_size} step {step}"
+            assert torch.equal(y, reference[step][1]), f"world {world_size} step {step}"
+
+
+def test_each_epoch_visits_every_sample_once(samples):
+    single = _ranks(samples, 1)[0]
+    starts = []
+    steps = samples.num_samples // GLOBAL
+    for _ in range(steps):
+        for x, _ in single.next_step():
+            starts.extend((x[:, 0] // SEQ).tolist())  # counting tokens: first input is s * SEQ
+    assert len(set(starts)) == len(starts) == steps * GLOBAL
+    assert starts != sorted(starts)  # shuffled
+
+
+def test_seed_changes_the_order(samples):
+    a = _global_batch(_ranks(samples, 1, seed=1))[0]
+    b = _global_batch(_ranks(samples, 1, seed=2))[0]
+    assert not torch.equal(a, b)
+
+
+def test_state_is_small_and_tracks_consumption(samples):
+    batches = _ranks(samples, 2)[1]
+    assert [f.name for f in fields(DataState)] == ["seed", "consumed_samples", "epoch", "fingerprint",
+                                                    "seq_len"]
+    for _ in range(samples.num_samples // GLOBAL + 1):
+        batches.next_step()
+    state = batches.state()
+    assert state.consumed_samples == (samples.num_samples // GLOBAL + 1) * GLOBAL
+    assert state.epoch == 1
+    assert state.seed == SEED and state.seq_len == SEQ
+    assert state.fingerprint == samples.shards.fingerprint
+    assert len(json.dumps(asdict(state))) < 200
+
+
+@pytest.mark.parametrize("resume_world", [1, 2, 4])
+def test_load_state_continues_with_the_same_global_batch(samples, resume_world):
+    ranks = _ranks(samples, 2)
+    for _ in range(samples.num_samples // GLOBAL):  # end just before an epoch boundary
+        _global_batch(ranks)
+    saved = json.loads(json.dumps(asdict(ranks[0].state())))  # what a checkpoint stores
+    expected = [_global_batch(ranks) for _ in range(3)]
+
+    resumed = _ranks(samples, resume_world)
+    for r in resumed:
+        r.load_state(saved)
+    for step in range(3):
+        x, y = _global_batch(resumed)
+        assert torch.equal(x, expected[step][0]) and torch.equal(y, expected[step][1]), step
+
+
+@pytest.mark.parametrize("key,value", [("fingerprint", "0123456789abcdef"), ("seed", SEED + 1),
+                                       ("seq_len", SEQ * 2)])
+def test_load_state_rejects_other_data_seed_or_seq_len(samples, key, value):
+    batches = _ranks(samples, 1)[0]
+    state = asdict(batches.state())
+    state[key] = value
+    with pytest.raises(DataError, match=key):
+        batches.load_state(state)
+    assert batches.consumed_samples == 0
+
+
+def test_indivisible_batch_raises(samples):
+    with pytest.raises(DataError, match="not divisible"):
+        TrainBatches(samples, SEED, 8, 3, 0, 1)
+    with pytest.raises(DataError, match="not divisible"):
+        TrainBatches(samples, SEED, 8, 2, 0, 3)
+
+
+# --- eval_batches ------------------------------------------------------------------------------
+
+def _first_inputs(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[int]:
+    """Sample ids of eval batches over a counting stream."""
+    return [int(v) // SEQ for x, _ in batches for v in x[:, 0]]
+
+
+def test_eval_batches_deterministic_and_partitioned(samples):
+    micro, num_batches = 2, 3
+    one = eval_batches(samples, micro, num_batches, 0, 1)
+    again = eval_batches(samples, micro, num_batches, 0, 1)
+    assert len(one) == num_batches
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, again))
+    for world_size in (2, 4):
+        per_rank = [_first_inputs(eval_batches(samples, micro, num_batches, r, world_size))
+                    for r in range(world_size)]
+        seen = [s for ids in per_rank for s in ids]
+        assert len(seen) == len(set(seen)) == micro * num_batches * world_size  # no overlap
+        assert sorted(seen) == list(range(len(seen)))  # the first windows, no shuffling
+        assert all(len(ids) == micro * num_batches for ids in per_rank)
+
+
+def test_eval_batches_capped_by_split_size(tmp_path):
+    data_dir = make_dataset(str(tmp_path / "ds"), {"train": [np.arange(100)],
+                                                   "validation": [np.arange(5 * SEQ + 1)]}, shard_tokens=64)
+    val = PackedSamples(TokenShards(data_dir, "validation"), SEQ)
+    assert val.num_samples == 5
+    per_rank = [_first_inputs(eval_batches(val, 2, 10, r, 2)) for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == [0, 1, 2, 3, 4]
+    assert not set(per_rank[0]) & set(per_rank[1])
