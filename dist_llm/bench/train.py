@@ -21,7 +21,8 @@ from dist_llm.launch.torchrun import torchrun_command
 class TrainBenchResult:
     ranks: int
     tokens_per_s: float
-    tokens_per_s_per_rank: float
+    threads_per_rank: int
+    tokens_per_s_per_thread: float
     step_time_s: float
     mfu: float
     peak_tflops: float
@@ -46,7 +47,8 @@ def bench_train(config: str, overrides: list[str], ranks: list[int], steps: int,
             records = _run(config, overrides, n, steps, os.path.join(tmp, f"r{n}"))[warmup:]
             tps = statistics.median(r["tokens_per_s"] for r in records)
             results.append(TrainBenchResult(
-                ranks=n, tokens_per_s=tps, tokens_per_s_per_rank=tps / n,
+                ranks=n, tokens_per_s=tps, threads_per_rank=records[0]["threads_per_rank"],
+                tokens_per_s_per_thread=tps / (n * records[0]["threads_per_rank"]),
                 step_time_s=statistics.median(r["step_time_s"] for r in records),
                 mfu=statistics.median(r["mfu"] for r in records), peak_tflops=records[0]["peak_tflops"]))
     return results
@@ -54,13 +56,14 @@ def bench_train(config: str, overrides: list[str], ranks: list[int], steps: int,
 
 def format_table(results: list[TrainBenchResult]) -> str:
     base = results[0]
-    lines = ["ranks | tokens/s | tokens/s/rank | step s | MFU | vs 1st row (total, per rank)",
-             "---|---|---|---|---|---"]
+    lines = ["ranks x threads | tokens/s | tokens/s/thread | step s | MFU (peak/rank) | "
+             "vs 1st row: total, per thread", "---|---|---|---|---|---"]
     for r in results:
-        lines.append(f"{r.ranks} | {r.tokens_per_s:,.0f} | {r.tokens_per_s_per_rank:,.0f} | "
-                     f"{r.step_time_s:.3f} | {100 * r.mfu:.1f}% (peak {r.peak_tflops:.2f} TF) | "
+        lines.append(f"{r.ranks} x {r.threads_per_rank} | {r.tokens_per_s:,.0f} | "
+                     f"{r.tokens_per_s_per_thread:,.0f} | "
+                     f"{r.step_time_s:.3f} | {100 * r.mfu:.1f}% ({r.peak_tflops:.2f} TF) | "
                      f"{r.tokens_per_s / base.tokens_per_s:.2f}x, "
-                     f"{r.tokens_per_s_per_rank / base.tokens_per_s_per_rank:.2f}x")
+                     f"{r.tokens_per_s_per_thread / base.tokens_per_s_per_thread:.2f}x")
     return "\n".join(lines)
 
 

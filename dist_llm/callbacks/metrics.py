@@ -6,6 +6,8 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from dist_llm.callbacks.base import Callback
 from dist_llm.distributed import all_reduce_sum
 from dist_llm.log import get_logger
@@ -49,7 +51,7 @@ class MetricsCallback(Callback):
             "tokens_per_s": tokens_per_s, "mfu": per_device * self.flops_per_token / (self.peak * 1e12),
             "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
             "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
-            "peak_tflops": self.peak,
+            "peak_tflops": self.peak, "threads_per_rank": torch.get_num_threads(),
         })
         if not math.isfinite(loss):
             log.warning("non-finite loss %s at step %d", loss, step)
