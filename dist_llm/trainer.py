@@ -106,16 +106,11 @@ class Trainer:
             start = time.perf_counter()
             micro_batches = self.batches.next_step()
             data_time = time.perf_counter() - start
-            loss = torch.zeros((), device=self.world.device)
-            for i, (input_ids, labels) in enumerate(micro_batches):
-                last = i == len(micro_batches) - 1
-                loss += self.engine.forward_backward(input_ids, labels, sync_grads=last,
-                                                     loss_scale=1.0 / len(micro_batches))
             lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
-            grad_norm = self.engine.step(lr)
+            result = self.engine.train_step(micro_batches, lr)
             self.step += 1
-            metrics = {"step": self.step, "loss": loss / len(micro_batches), "lr": lr,
-                       "grad_norm": grad_norm, "tokens": self.tokens_per_step,
+            metrics = {"step": self.step, "loss": result.loss, "lr": lr,
+                       "grad_norm": result.grad_norm, "tokens": self.tokens_per_step,
                        "consumed_tokens": self.step * self.tokens_per_step,
                        "step_time_s": time.perf_counter() - start, "data_time_s": data_time}
             for cb in self.callbacks:

@@ -9,8 +9,7 @@ from dist_llm.checkpoint.storage import join
 LATEST = "latest"
 MANIFEST = "manifest.json"
 COMMITTED = "COMMITTED"
-MODEL = "model.pt"
-OPTIMIZER = "optimizer.pt"
+MODEL = "model.pt"  # consolidated weights, whatever the engine: eval, generate, export read it
 TRAINER = "trainer.json"
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")

@@ -1,12 +1,13 @@
 """What a checkpoint holds and how a run saves/restores it across ranks.
 
-Rank 0 writes the model, optimizer and trainer state (DDP replicas are identical); every rank
-writes its RNG state. Rank 0 commits once every rank's files are durable.
+Every checkpoint has the consolidated model weights (`model.pt`, written by rank 0, so eval and
+export work whatever engine trained), the trainer state (step, data state, config), one RNG file
+per rank, and the engine's own files (e.g. the optimizer, or per-rank ZeRO shards). Rank 0 commits
+once every rank's files are durable.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -16,22 +17,13 @@ import torch.distributed as dist
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.commit import commit, write_parts
 from dist_llm.checkpoint.retention import apply_retention
+from dist_llm.checkpoint.serialize import from_bytes, to_bytes
 from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree
 from dist_llm.distributed import World, barrier
 from dist_llm.engine.base import Engine
 from dist_llm.log import get_logger
 
 log = get_logger("checkpoint")
-
-
-def _to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _from_bytes(data: bytes, device: torch.device | str = "cpu") -> Any:
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 def save_checkpoint(root: str, step: int, engine: Engine, trainer_state: dict[str, Any], world: World,
@@ -43,11 +35,10 @@ def save_checkpoint(root: str, step: int, engine: Engine, trainer_state: dict[st
         # with the new files.
         remove_tree(step_uri)
     barrier()
-    parts = {layout.rng_name(world.rank): _to_bytes(_rng_state())}
+    parts = {layout.rng_name(world.rank): to_bytes(_rng_state()), **engine.checkpoint_parts()}
+    weights = engine.consolidated_state_dict()
     if world.is_main:
-        state = engine.state_dict()
-        parts[layout.MODEL] = _to_bytes(state.pop("model"))
-        parts[layout.OPTIMIZER] = _to_bytes(state)
+        parts[layout.MODEL] = to_bytes(weights)
         parts[layout.TRAINER] = json.dumps(trainer_state, indent=1).encode()
     records = write_parts(step_uri, parts)
     gathered: list[dict] = [records]
@@ -65,23 +56,25 @@ def save_checkpoint(root: str, step: int, engine: Engine, trainer_state: dict[st
 
 
 def load_model_state(step_uri: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    return _from_bytes(read_bytes(join(step_uri, layout.MODEL)), device)
+    return from_bytes(read_bytes(join(step_uri, layout.MODEL)), device)
 
 
 def load_trainer_state(step_uri: str) -> dict[str, Any]:
     return json.loads(read_bytes(join(step_uri, layout.TRAINER)))
 
 
+def checkpoint_files(step_uri: str) -> list[str]:
+    return sorted(json.loads(read_bytes(join(step_uri, layout.MANIFEST)))["files"])
+
+
 def load_checkpoint(step_uri: str, engine: Engine, world: World) -> dict[str, Any]:
     """Restore engine state and this rank's RNG; returns the trainer state (step, data, config)."""
-    state = _from_bytes(read_bytes(join(step_uri, layout.OPTIMIZER)), world.device)
-    state["model"] = load_model_state(step_uri, world.device)
-    engine.load_state_dict(state)
+    engine.load_checkpoint_parts(lambda name: read_bytes(join(step_uri, name)), checkpoint_files(step_uri))
     # A rank that did not exist in the saved run (resume on more ranks) takes rank 0's stream.
     rng_uri = join(step_uri, layout.rng_name(world.rank))
     if not exists(rng_uri):
         rng_uri = join(step_uri, layout.rng_name(0))
-    _set_rng_state(_from_bytes(read_bytes(rng_uri)))
+    _set_rng_state(from_bytes(read_bytes(rng_uri)))
     return load_trainer_state(step_uri)
 
 

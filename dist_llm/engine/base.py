@@ -2,37 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
+MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
+ReadPart = Callable[[str], bytes]
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    """Mean loss over this rank's micro-batches (detached, on device: reading it syncs the host)."""
+    grad_norm: torch.Tensor
+    """Global gradient norm before clipping."""
+
 
 class Engine(Protocol):
-    """Forward/backward/step over one model replica (or shard), plus its checkpointable state."""
+    """One optimizer step over a model replica (or shard), plus its checkpointable state.
+
+    A whole step is one call because some engines (pipeline parallel) schedule micro-batches
+    themselves; the trainer only hands over this rank's micro-batches and the learning rate.
+    """
 
     model: nn.Module
-    """The bare model (unwrapped), e.g. for evaluation and export."""
+    """The bare model (unwrapped; possibly sharded), e.g. for evaluation."""
 
-    def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, sync_grads: bool,
-                         loss_scale: float) -> torch.Tensor:
-        """Run one micro-batch; returns the detached (unscaled) loss. `sync_grads` is False for all
-        but the last micro-batch of a step so gradient communication happens once per step."""
-        ...
-
-    def step(self, lr: float) -> torch.Tensor:
-        """Clip, apply the optimizer at learning rate `lr`, zero grads; returns the pre-clip grad norm."""
+    def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
+        """Forward/backward every micro-batch (gradients accumulated, synced once), clip, apply
+        the optimizer at `lr`, zero gradients."""
         ...
 
     def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch without gradients."""
         ...
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: model, optimizer, loss-scaler."""
+    def checkpoint_parts(self) -> dict[str, bytes]:
+        """This rank's engine files for a checkpoint (optimizer state, shards): name -> bytes."""
         ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
+        """Restore from a checkpoint whose files are `names`; `read(name)` returns one file's bytes."""
+        ...
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full, unsharded model weights on rank 0 (None on other ranks). Collective."""
         ...
 
     def memory_report(self) -> dict[str, int]:

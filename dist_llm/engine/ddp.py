@@ -9,17 +9,27 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_llm.checkpoint import layout
+from dist_llm.checkpoint.serialize import from_bytes, to_bytes
 from dist_llm.config import Config
 from dist_llm.distributed import World
+from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
 from dist_llm.engine.optim import build_adamw
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = _AUTOCAST.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 class DDPEngine:
     def __init__(self, model: nn.Module, cfg: Config, world: World) -> None:
         self.model = model.to(world.device)
         self.device = world.device
+        self.world = world
         self.precision = cfg.train.precision
         self.grad_clip = cfg.optim.grad_clip
         # Gloo on CPU has no device ids; bucket views avoid an extra gradient copy per step.
@@ -30,25 +40,24 @@ class DDPEngine:
         self.optimizer = build_adamw(self.model, cfg.optim, world.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = _AUTOCAST.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, sync_grads: bool,
-                         loss_scale: float) -> torch.Tensor:
+    def _forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, sync_grads: bool,
+                          loss_scale: float) -> torch.Tensor:
         input_ids = input_ids.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         no_sync = (self.wrapped.no_sync() if isinstance(self.wrapped, DistributedDataParallel)
                    and not sync_grads else contextlib.nullcontext())
         with no_sync:
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 loss = self.wrapped(input_ids, labels=labels)
             self.scaler.scale(loss * loss_scale).backward()
         return loss.detach()
 
-    def step(self, lr: float) -> torch.Tensor:
+    def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
+        loss = torch.zeros((), device=self.device)
+        for i, (input_ids, labels) in enumerate(micro_batches):
+            # Gradients are all-reduced only with the last micro-batch of the step.
+            loss += self._forward_backward(input_ids, labels, sync_grads=i == len(micro_batches) - 1,
+                                           loss_scale=1.0 / len(micro_batches))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.unscale_(self.optimizer)
@@ -57,12 +66,12 @@ class DDPEngine:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.detach()
+        return StepResult(loss=loss / len(micro_batches), grad_norm=grad_norm.detach())
 
     @torch.no_grad()
     def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.model.eval()
-        with self._autocast():
+        with autocast(self.device, self.precision):
             loss = self.model(input_ids.to(self.device), labels=labels.to(self.device))
         self.model.train()
         return loss.detach()
@@ -76,6 +85,23 @@ class DDPEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+    def checkpoint_parts(self) -> dict[str, bytes]:
+        # Replicas are identical: rank 0's optimizer is the optimizer. The weights are the
+        # checkpoint's consolidated model file, shared with eval and export.
+        if not self.world.is_main:
+            return {}
+        state = self.state_dict()
+        del state["model"]
+        return {OPTIMIZER_FILE: to_bytes(state)}
+
+    def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
+        state = from_bytes(read(OPTIMIZER_FILE), self.device)
+        state["model"] = from_bytes(read(layout.MODEL), self.device)
+        self.load_state_dict(state)
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.model.state_dict() if self.world.is_main else None
 
     def memory_report(self) -> dict[str, int]:
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())

@@ -20,14 +20,14 @@ from dist_llm.checkpoint.state import load_checkpoint, load_model_state, load_tr
 from dist_llm.checkpoint.storage import join, list_dirs, read_bytes, write_bytes
 from dist_llm.config import load_config
 from dist_llm.distributed import World
-from dist_llm.engine.ddp import DDPEngine
+from dist_llm.engine.ddp import OPTIMIZER_FILE, DDPEngine
 from dist_llm.errors import CheckpointError
 from dist_llm.models import build_model
 
 
 def parts_for(step: int) -> dict[str, bytes]:
     return {layout.MODEL: f"model weights of step {step}".encode() * 50,
-            layout.OPTIMIZER: f"optimizer of step {step}".encode() * 30,
+            OPTIMIZER_FILE: f"optimizer of step {step}".encode() * 30,
             layout.TRAINER: json.dumps({"step": step}).encode(),
             layout.rng_name(0): b"rng0-%d" % step, layout.rng_name(1): b"rng1-%d" % step}
 
@@ -125,7 +125,7 @@ def _flip_byte(path: str, pos: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("name", [layout.MODEL, layout.OPTIMIZER, layout.TRAINER, layout.rng_name(1),
+@pytest.mark.parametrize("name", [layout.MODEL, OPTIMIZER_FILE, layout.TRAINER, layout.rng_name(1),
                                   layout.MANIFEST])
 def test_corrupt_newest_falls_back_to_previous_with_warning(root, warnings_log, name):
     save_committed(root, 10)
@@ -284,8 +284,7 @@ def _engine(seed: int) -> DDPEngine:
 def _train_step(engine: DDPEngine, data_seed: int) -> None:
     gen = torch.Generator().manual_seed(data_seed)
     tokens = torch.randint(0, 64, (2, 17), generator=gen)
-    engine.forward_backward(tokens[:, :-1], tokens[:, 1:], sync_grads=True, loss_scale=1.0)
-    engine.step(lr=0.01)
+    engine.train_step([(tokens[:, :-1], tokens[:, 1:])], lr=0.01)
 
 
 def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
@@ -313,7 +312,7 @@ def test_save_load_roundtrip_is_bitwise_and_training_continues_identically(root)
     uri = save_checkpoint(root, 2, engine, trainer_state, WORLD, keep_last=2)
 
     assert uri == layout.step_uri(root, 2) and find_resumable(root) == uri
-    assert set(verify(uri)["files"]) == {layout.MODEL, layout.OPTIMIZER, layout.TRAINER, layout.rng_name(0)}
+    assert set(verify(uri)["files"]) == {layout.MODEL, OPTIMIZER_FILE, layout.TRAINER, layout.rng_name(0)}
     _assert_same_tensors(load_model_state(uri), saved_state["model"], "model")
     assert load_trainer_state(uri) == trainer_state
 
