@@ -11,7 +11,7 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -76,10 +76,32 @@ class TrainConfig:
 
 @dataclass
 class EngineConfig:
-    type: Literal["ddp"] = "ddp"
-    """Which engine runs the model: ddp (torch DistributedDataParallel)."""
+    type: Literal["ddp", "deepspeed"] = "ddp"
+    """ddp: torch-native data parallel (with tp/pp: DP x TP x PP device mesh); deepspeed: ZeRO."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend; auto = nccl when CUDA is present, else gloo."""
+    tp: int = 1
+    """Tensor-parallel degree (ranks that split each layer's matrices)."""
+    pp: int = 1
+    """Pipeline-parallel degree (ranks that each hold a contiguous group of layers)."""
+    sequence_parallel: bool = False
+    """With tp > 1: shard norms/dropout activations along the sequence between TP regions."""
+    activation_checkpointing: bool = False
+    """Recompute each Transformer block's activations in backward instead of storing them."""
+    zero_stage: int = 1
+    """deepspeed only: ZeRO stage 0-3 (1: optimizer states, 2: + gradients, 3: + parameters sharded)."""
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    """deepspeed only: where optimizer states live (ZeRO stage >= 1)."""
+    offload_params: Literal["none", "cpu", "nvme"] = "none"
+    """deepspeed only: where parameters live between uses (ZeRO stage 3)."""
+    nvme_path: str = ""
+    """deepspeed only: directory for NVMe offload."""
+    deepspeed_config: str = ""
+    """deepspeed only: a DeepSpeed JSON file to use instead of the one generated from this config;
+    batch sizes, precision and optimizer in it must agree with train/optim (checked)."""
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (self.tp * self.pp)
 
 
 @dataclass
@@ -158,11 +180,13 @@ class Config:
         for key, value in non_negative.items():
             if value < 0:
                 fail(key, f"{key}={value} must be >= 0")
-        if t.global_batch_size % (t.micro_batch_size * world) != 0:
+        self._validate_parallelism(world, fail)
+        dp = self.engine.data_parallel_size(world)
+        if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             fail("train.global_batch_size",
                  f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                 f"train.micro_batch_size={t.micro_batch_size} x {world} data-parallel ranks; "
-                 f"pick a global batch that is a multiple of {t.micro_batch_size * world}")
+                 f"train.micro_batch_size={t.micro_batch_size} x {dp} data-parallel ranks; "
+                 f"pick a global batch that is a multiple of {t.micro_batch_size * dp}")
         if self.data.seq_len > self.model.max_seq_len:
             fail("data.seq_len", f"data.seq_len={self.data.seq_len} exceeds "
                                  f"model.max_seq_len={self.model.max_seq_len}")
@@ -177,6 +201,47 @@ class Config:
             self.model.validate(require_vocab=False)
         except ConfigError as e:
             raise ConfigError(f"{origin}: {e}") from None
+
+
+    def _validate_parallelism(self, world: int, fail: Callable[[str, str], None]) -> None:
+        e = self.engine
+        for key, value in {"engine.tp": e.tp, "engine.pp": e.pp}.items():
+            if value < 1:
+                fail(key, f"{key}={value} must be >= 1")
+        if world % (e.tp * e.pp):
+            fail("engine.tp", f"world size {world} is not divisible by engine.tp={e.tp} x engine.pp={e.pp}; "
+                              "data parallelism is what is left over, so tp*pp must divide the rank count")
+        if e.tp > 1 and self.model.n_heads % e.tp:
+            fail("engine.tp", f"engine.tp={e.tp} must divide model.n_heads={self.model.n_heads} "
+                              f"(and model.n_kv_heads={self.model.kv_heads}): TP splits attention by heads")
+        if e.tp > 1 and self.model.kv_heads % e.tp:
+            fail("engine.tp", f"engine.tp={e.tp} must divide model.n_kv_heads={self.model.kv_heads}")
+        if e.pp > self.model.n_layers:
+            fail("engine.pp", f"engine.pp={e.pp} exceeds model.n_layers={self.model.n_layers}: "
+                              "every pipeline stage needs at least one layer")
+        if e.sequence_parallel and e.tp == 1:
+            fail("engine.sequence_parallel", "engine.sequence_parallel needs engine.tp > 1")
+        if e.type == "ddp":
+            for key in ("offload_optimizer", "offload_params"):
+                if getattr(e, key) != "none":
+                    fail(f"engine.{key}", f"engine.{key}={getattr(e, key)} needs engine.type=deepspeed")
+            if e.deepspeed_config:
+                fail("engine.deepspeed_config", "engine.deepspeed_config is set but engine.type=ddp")
+            return
+        if not 0 <= e.zero_stage <= 3:
+            fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} must be 0, 1, 2 or 3")
+        if e.pp > 1 and e.zero_stage >= 2:
+            fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} with engine.pp={e.pp}: DeepSpeed's "
+                                      "pipeline engine supports ZeRO stage 0 or 1 only (stage 2/3 shard "
+                                      "gradients/parameters that the pipeline schedule needs whole); "
+                                      "use zero_stage<=1 with pp, or pp=1 with ZeRO-2/3")
+        if e.offload_params != "none" and e.zero_stage != 3:
+            fail("engine.offload_params",
+                 f"engine.offload_params={e.offload_params} needs engine.zero_stage=3")
+        if e.offload_optimizer != "none" and e.zero_stage == 0:
+            fail("engine.offload_optimizer", "engine.offload_optimizer needs engine.zero_stage >= 1")
+        if "nvme" in (e.offload_optimizer, e.offload_params) and not e.nvme_path:
+            fail("engine.nvme_path", "NVMe offload needs engine.nvme_path (a fast local directory)")
 
 
 def _cuda_available() -> bool:

@@ -1,4 +1,9 @@
-"""Engines behind one interface (`Engine`); `build_engine` picks the one the config names."""
+"""Engines behind one interface (`Engine`); `build_engine` picks the one the config names.
+
+- ddp with tp = pp = 1: `DDPEngine` (torch DistributedDataParallel).
+- ddp with tp or pp > 1: `MeshEngine`, torch-native DP x TP x PP over a device mesh.
+- deepspeed: `DeepSpeedEngine` (ZeRO 0-3, CPU/NVMe offload).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,14 @@ from dist_llm.engine.base import Engine
 
 
 def build_engine(model: nn.Module, cfg: Config, world: World) -> Engine:
-    if cfg.engine.type == "ddp":
-        from dist_llm.engine.ddp import DDPEngine
+    if cfg.engine.type == "deepspeed":
+        from dist_llm.engine.deepspeed_engine import DeepSpeedEngine
 
-        return DDPEngine(model, cfg, world)
-    raise ValueError(f"engine.type={cfg.engine.type!r} is not implemented")
+        return DeepSpeedEngine(model, cfg, world)
+    if cfg.engine.tp > 1 or cfg.engine.pp > 1:
+        from dist_llm.engine.mesh import MeshEngine
+
+        return MeshEngine(model, cfg, world)
+    from dist_llm.engine.ddp import DDPEngine
+
+    return DDPEngine(model, cfg, world)
