@@ -22,6 +22,7 @@ from dist_llm.engine import build_engine
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 from dist_llm.models import build_model, count_params
+from dist_llm.parallel_dims import ParallelDims
 from dist_llm.schedule import lr_at
 from dist_llm.seeding import derive_seed
 
@@ -49,9 +50,11 @@ class Trainer:
                  world.size, cfg.engine.type)
         # Per-rank stream for dropout and sampling; distinct per rank, reproducible per run.
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
+        # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
+        self.dims = ParallelDims.from_config(cfg.engine, world.rank, world.size)
         self.batches = TrainBatches(PackedSamples(train_shards, cfg.data.seq_len),
                                     derive_seed(cfg.train.seed, "data"), cfg.train.global_batch_size,
-                                    cfg.train.micro_batch_size, world.rank, world.size)
+                                    cfg.train.micro_batch_size, self.dims.dp_rank, self.dims.dp)
         val_samples = PackedSamples(TokenShards(cfg.data.path, "validation"), cfg.data.seq_len)
         self.callbacks = [MetricsCallback(), EvalCallback(val_samples), CheckpointCallback(),
                           *(callbacks or [])]

@@ -19,8 +19,10 @@ class EvalCallback(Callback):
 
     def _run(self, trainer: "Trainer") -> None:
         t = trainer.cfg.train
+        # Every rank adds its tokens; TP/PP peers of one replica add the same loss and count, so the
+        # token-weighted mean over all ranks equals the mean over data-parallel replicas.
         loss, _ = validation_loss(trainer.engine.evaluate_loss, self.samples, t.micro_batch_size,
-                                  t.eval_batches, trainer.world.rank, trainer.world.size)
+                                  t.eval_batches, trainer.dims.dp_rank, trainer.dims.dp)
         self.last_step = trainer.step
         trainer.emit({"step": trainer.step, "val_loss": loss, "val_ppl": perplexity(loss)})
 
