@@ -123,7 +123,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     loaded = load_trained_model(args.checkpoint)
     tok = load_tokenizer(tokenizer_path(args.data or loaded.cfg.data.path))
-    ids = [tok.bos_id, *tok.encode(args.prompt)]
+    # Training streams separate documents with EOS, so "after an EOS" is where a document starts.
+    ids = [tok.eos_id, *tok.encode(args.prompt)]
     out = generate(loaded.model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id,
                    generator=torch.Generator().manual_seed(args.seed))
