@@ -114,6 +114,12 @@ class CheckpointConfig:
     """Retention: keep the newest N committed checkpoints."""
     resume: str = "none"
     """none | auto (newest committed checkpoint in `dir`, if any) | a checkpoint path."""
+    async_save: bool = True
+    """Snapshot to host memory, then upload and commit in a background thread while training goes on."""
+    on_busy: Literal["wait", "skip"] = "wait"
+    """When a checkpoint is due while the previous one is still uploading: wait for it, or skip this one."""
+    commit_timeout_s: float = 1800.0
+    """Rank 0 marks a checkpoint failed if some rank's files are not written within this time."""
 
 
 @dataclass

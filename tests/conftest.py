@@ -4,6 +4,7 @@ helper that runs `dist-llm train` in real subprocesses (torchrun for several ran
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -22,6 +23,16 @@ SMALL_MODEL = [
     "optim.warmup_steps=2", "train.eval_interval=0", "train.eval_batches=2", "train.log_interval=1",
     "logging.peak_tflops=1.0",
 ]
+
+
+@pytest.fixture
+def warnings_log(caplog) -> pytest.LogCaptureFixture:
+    """The library logger does not propagate to the root logger, so attach caplog to it directly."""
+    logger = logging.getLogger("dist_llm")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="dist_llm")
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="session")

@@ -28,5 +28,10 @@ def rng_name(rank: int) -> str:
     return f"rng-rank{rank:05d}.pt"
 
 
+def rank_done_name(rank: int) -> str:
+    """Per-rank note 'my files are durable' with their records; rank 0 commits once all exist."""
+    return f"rank-done-{rank:05d}.json"
+
+
 def step_uri(root: str, step: int) -> str:
     return join(root, step_dir_name(step))

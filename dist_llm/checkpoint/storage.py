@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from dist_llm.errors import CheckpointError
+from dist_llm.log import get_logger
+
+log = get_logger("checkpoint")
 
 
 def join(root: str, *parts: str) -> str:
@@ -27,29 +31,45 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object. Locally through a temp file + rename so readers never see half a file."""
-    try:
-        if is_local(uri):
-            path = uri.removeprefix("file://")
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except OSError:
-                with contextlib.suppress(OSError):  # a failed write must not leave temp files behind
-                    os.remove(tmp)
-                raise
-        else:
-            fs, path = _fs(uri)
-            with fs.open(path, "wb") as f:  # object stores publish an object only when complete
+def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5) -> None:
+    """Write a whole object. Locally through a temp file + rename so readers never see half a file;
+    remote stores publish an object only when its (multipart) upload completes, and transient
+    failures there (connection reset, store restarting) are retried with exponential backoff."""
+    if is_local(uri):
+        _write_local(uri.removeprefix("file://"), data)
+        return
+    fs, path = _fs(uri)
+    for attempt in range(1, attempts + 1):
+        try:
+            with fs.open(path, "wb") as f:
                 f.write(data)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {uri}: {e}; check free space and permissions") from e
+            return
+        except Exception as e:  # botocore's connection errors are not OSError
+            if attempt == attempts:
+                raise CheckpointError(f"cannot write {uri} after {attempts} attempts: {e}; check the "
+                                      "endpoint, credentials and bucket") from e
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("writing %s failed (%s); retry %d/%d in %.1fs", uri, e, attempt, attempts - 1, delay)
+            time.sleep(delay)
+            fs.invalidate_cache()
+
+
+def _write_local(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a failed write must not leave temp files behind
+                os.remove(tmp)
+            raise
+    except OSError as e:  # disk full / permission denied do not heal by retrying
+        raise CheckpointError(f"cannot write {path}: {e}; check free space and permissions") from e
 
 
 def read_bytes(uri: str) -> bytes:

@@ -26,6 +26,12 @@ class ConsoleSink:
         if "val_loss" in m:
             log.info("step %d | val_loss %.4f | val_ppl %.2f", m["step"], m["val_loss"], m["val_ppl"])
             return
+        if "checkpoint_blocked_s" in m:
+            if m["checkpoint_skipped"]:
+                return  # the writer already warned
+            log.info("step %d | checkpoint snapshot blocked training %.3fs", m["step"],
+                     m["checkpoint_blocked_s"])
+            return
         eta = m.get("eta_s")
         log.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
                  m["step"], self.max_steps, m["loss"], m["lr"], m["grad_norm"],

@@ -16,9 +16,10 @@ from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.commit import commit, verify, write_parts
 from dist_llm.checkpoint.discovery import committed_steps, find_resumable, resolve_resume
 from dist_llm.checkpoint.retention import apply_retention
-from dist_llm.checkpoint.state import load_checkpoint, load_model_state, load_trainer_state, save_checkpoint
+from dist_llm.checkpoint.state import load_checkpoint, load_model_state, load_trainer_state
 from dist_llm.checkpoint.storage import join, list_dirs, read_bytes, write_bytes
-from dist_llm.config import load_config
+from dist_llm.checkpoint.writer import CheckpointWriter
+from dist_llm.config import CheckpointConfig, load_config
 from dist_llm.distributed import World
 from dist_llm.engine.ddp import OPTIMIZER_FILE, DDPEngine
 from dist_llm.errors import CheckpointError
@@ -48,14 +49,6 @@ def root(tmp_path) -> str:
     return str(tmp_path / "checkpoints")
 
 
-@pytest.fixture
-def warnings_log(caplog) -> pytest.LogCaptureFixture:
-    """The library logger does not propagate to the root logger, so attach caplog to it directly."""
-    logger = logging.getLogger("dist_llm")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="dist_llm")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 # --- commit protocol ---------------------------------------------------------------------------
@@ -269,6 +262,13 @@ def test_write_onto_directory_or_under_file_raises_clear_error(tmp_path):
 
 
 # --- save/load with a real engine ---------------------------------------------------------------
+
+
+def save_checkpoint(root, step, engine, trainer_state, world, keep_last):
+    writer = CheckpointWriter(root, CheckpointConfig(keep_last=keep_last, async_save=False), world)
+    writer.save(step, engine, trainer_state)
+    assert writer.committed_steps == [step]
+    return layout.step_uri(root, step)
 
 TINY = ["model.vocab_size=64", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
         "model.max_seq_len=16", "model.dropout=0.2", "data.seq_len=16", "optim.lr=0.01"]

@@ -1,0 +1,111 @@
+"""Checkpoint saving that does not stall training.
+
+`save()` (collective, main thread) snapshots everything to host memory as bytes — the only part
+the training loop waits for — and hands the bytes to one background thread that uploads them and
+runs the commit protocol. Ranks coordinate the commit through the storage itself (each rank
+writes a `rank-done` note after its files; rank 0 commits when all notes exist), never through
+collectives, which must stay on the main thread in the order every rank issues them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import torch
+
+from dist_llm.checkpoint import layout
+from dist_llm.checkpoint.commit import commit, write_parts
+from dist_llm.checkpoint.retention import apply_retention
+from dist_llm.checkpoint.serialize import to_bytes
+from dist_llm.checkpoint.state import rng_state
+from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree, write_bytes
+from dist_llm.config import CheckpointConfig
+from dist_llm.distributed import World, all_reduce_sum, barrier
+from dist_llm.engine.base import Engine
+from dist_llm.errors import CheckpointError
+from dist_llm.log import get_logger
+
+log = get_logger("checkpoint")
+
+
+class CheckpointWriter:
+    """At most one checkpoint in flight; `wait()` before exit so the last one lands."""
+
+    def __init__(self, root: str, cfg: CheckpointConfig, world: World) -> None:
+        self.root = root
+        self.cfg = cfg
+        self.world = world
+        self._thread: threading.Thread | None = None
+        self.failed_steps: list[int] = []
+        self.committed_steps: list[int] = []
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def save(self, step: int, engine: Engine, trainer_state: dict[str, Any]) -> float | None:
+        """Snapshot and start writing checkpoint `step`; returns seconds the caller was blocked,
+        or None if it was skipped because the previous one is still in flight (on_busy=skip)."""
+        start = time.perf_counter()
+        # Every rank must take the same decision, so "busy" is agreed on collectively.
+        any_busy = all_reduce_sum(torch.tensor([int(self.busy)])).item() > 0
+        if any_busy and self.cfg.on_busy == "skip":
+            log.warning("checkpoint for step %d skipped: the previous one is still uploading "
+                        "(checkpoint.on_busy=skip)", step)
+            return None
+        self.wait()
+        step_uri = layout.step_uri(self.root, step)
+        if self.world.is_main:
+            remove_tree(step_uri)  # leftovers of an earlier crashed save of this step must not mix in
+        barrier()
+        parts = {layout.rng_name(self.world.rank): to_bytes(rng_state()), **engine.checkpoint_parts()}
+        weights = engine.consolidated_state_dict()
+        if self.world.is_main:
+            parts[layout.MODEL] = to_bytes(weights)
+            parts[layout.TRAINER] = json.dumps(trainer_state, indent=1).encode()
+        if self.cfg.async_save:
+            self._thread = threading.Thread(target=self._write_and_commit, args=(step, parts),
+                                            name=f"checkpoint-{step}", daemon=True)
+            self._thread.start()
+        else:
+            self._write_and_commit(step, parts)
+        return time.perf_counter() - start
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _write_and_commit(self, step: int, parts: dict[str, bytes]) -> None:
+        step_uri = layout.step_uri(self.root, step)
+        try:
+            records = write_parts(step_uri, parts)
+            write_bytes(join(step_uri, layout.rank_done_name(self.world.rank)), json.dumps(records).encode())
+            if self.world.is_main:
+                merged = self._gather_records(step_uri)
+                commit(self.root, step, merged)
+                removed = apply_retention(self.root, self.cfg.keep_last, in_flight=step)
+                log.info("checkpoint step %d committed to %s%s", step, step_uri,
+                         f" (removed old steps {removed})" if removed else "")
+                self.committed_steps.append(step)
+        except Exception as e:  # a failed checkpoint must not kill the run; the last good one stays
+            self.failed_steps.append(step)
+            log.error("checkpoint step %d failed, not committed (%s); training continues and the previous "
+                      "committed checkpoint remains the resume point", step, e)
+
+    def _gather_records(self, step_uri: str) -> dict[str, dict[str, object]]:
+        deadline = time.monotonic() + self.cfg.commit_timeout_s
+        merged: dict[str, dict[str, object]] = {}
+        for rank in range(self.world.size):
+            note = join(step_uri, layout.rank_done_name(rank))
+            while not exists(note):
+                if time.monotonic() > deadline:
+                    raise CheckpointError(f"rank {rank} did not finish writing {step_uri} within "
+                                          f"checkpoint.commit_timeout_s={self.cfg.commit_timeout_s}")
+                time.sleep(0.05)
+            merged.update(json.loads(read_bytes(note)))
+        return merged
+
