@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
 
+    from dist_llm.callbacks.signals import EXIT_PREEMPTED
     from dist_llm.distributed import init_distributed, shutdown
     from dist_llm.trainer import Trainer
 
@@ -102,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
     trainer.fit()
     # Only after success: on an error the ranks are not in step and torchrun tears the job down.
     shutdown()
-    return 0
+    return EXIT_PREEMPTED if trainer.stop_requested else 0
 
 
 def _eval(args: argparse.Namespace) -> int:

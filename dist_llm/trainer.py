@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
+from dist_llm.callbacks.signals import PreemptionCallback
 from dist_llm.checkpoint.discovery import resolve_resume
 from dist_llm.checkpoint.state import load_checkpoint
 from dist_llm.config import Config
@@ -56,8 +57,10 @@ class Trainer:
                                     derive_seed(cfg.train.seed, "data"), cfg.train.global_batch_size,
                                     cfg.train.micro_batch_size, self.dims.dp_rank, self.dims.dp)
         val_samples = PackedSamples(TokenShards(cfg.data.path, "validation"), cfg.data.seq_len)
-        self.callbacks = [MetricsCallback(), EvalCallback(val_samples), CheckpointCallback(),
-                          *(callbacks or [])]
+        # Preemption first: its handlers are restored last, after the final checkpoint is written.
+        self.callbacks = [PreemptionCallback(), MetricsCallback(), EvalCallback(val_samples),
+                          CheckpointCallback(), *(callbacks or [])]
+        self.stop_requested = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
 
@@ -105,7 +108,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         self.history.clear()
-        while self.step < self.stop_step:
+        while self.step < self.stop_step and not self.stop_requested:
             start = time.perf_counter()
             micro_batches = self.batches.next_step()
             data_time = time.perf_counter() - start
