@@ -72,6 +72,11 @@ class TrainConfig:
     """Micro-batches per rank per validation run."""
     log_interval: int = 1
     """Log metrics every N steps."""
+    max_bad_steps: int = 5
+    """Consecutive steps with non-finite loss/gradients (each skipped) before `on_bad_steps` acts."""
+    on_bad_steps: Literal["stop", "rollback"] = "stop"
+    """stop: exit with an error; rollback: reload weights/optimizer from the last committed
+    checkpoint and go on with the data after the bad batches."""
 
 
 @dataclass
@@ -175,6 +180,7 @@ class Config:
             "train.micro_batch_size": t.micro_batch_size, "data.seq_len": self.data.seq_len,
             "launch.nproc_per_node": self.launch.nproc_per_node, "launch.nnodes": self.launch.nnodes,
             "train.log_interval": t.log_interval, "train.eval_batches": t.eval_batches,
+            "train.max_bad_steps": t.max_bad_steps,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
+from dist_llm.callbacks.nonfinite import NonFiniteCallback
 from dist_llm.callbacks.signals import PreemptionCallback
 from dist_llm.checkpoint.discovery import resolve_resume
 from dist_llm.checkpoint.state import load_checkpoint
@@ -58,8 +59,8 @@ class Trainer:
                                     cfg.train.micro_batch_size, self.dims.dp_rank, self.dims.dp)
         val_samples = PackedSamples(TokenShards(cfg.data.path, "validation"), cfg.data.seq_len)
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
-        self.callbacks = [PreemptionCallback(), MetricsCallback(), EvalCallback(val_samples),
-                          CheckpointCallback(), *(callbacks or [])]
+        self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
+                          EvalCallback(val_samples), CheckpointCallback(), *(callbacks or [])]
         self.stop_requested = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -78,17 +79,21 @@ class Trainer:
         return {"step": self.step, "data": asdict(self.batches.state()), "config": self.cfg.to_dict(),
                 "world_size": self.world.size, "consumed_tokens": self.step * self.tokens_per_step}
 
-    def resume(self) -> None:
-        """Rank 0 picks the checkpoint (verifying checksums once); every rank loads it."""
+    def _pick_checkpoint(self, resume: str) -> str | None:
+        """Rank 0 resolves (verifying checksums once) and tells everyone; errors raise on all ranks."""
         choice: tuple[str | None, str | None] = (None, None)
         if self.world.is_main:
             try:
-                choice = (resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir), None)
+                choice = (resolve_resume(resume, self.cfg.checkpoint_dir), None)
             except CheckpointError as e:  # raised on every rank below, so none waits forever
                 choice = (None, str(e))
         uri, error = broadcast_object(choice)
         if error:
             raise CheckpointError(error)
+        return uri
+
+    def resume(self) -> None:
+        uri = self._pick_checkpoint(self.cfg.checkpoint.resume)
         if uri is None:
             return
         saved = load_checkpoint(uri, self.engine, self.world)
@@ -96,6 +101,17 @@ class Trainer:
         self.step = saved["step"]
         log.info("resumed from %s at step %d (saved on %d ranks, now %d)", uri, self.step,
                  saved["world_size"], self.world.size)
+
+    def rollback(self) -> bool:
+        """Reload weights and optimizer from the newest committed checkpoint, keeping the step count
+        and the data position: the batches that diverged are not fed again. False if none exists."""
+        uri = self._pick_checkpoint("auto")
+        if uri is None:
+            return False
+        load_checkpoint(uri, self.engine, self.world)
+        log.warning("rolled back weights and optimizer to %s; continuing at step %d with fresh data",
+                    uri, self.step)
+        return True
 
     def emit(self, record: dict[str, Any]) -> None:
         """Log a finished record (train step or validation) through every callback's sinks."""
@@ -115,7 +131,7 @@ class Trainer:
             lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
             result = self.engine.train_step(micro_batches, lr)
             self.step += 1
-            metrics = {"step": self.step, "loss": result.loss, "lr": lr,
+            metrics = {"step": self.step, "loss": result.loss, "lr": lr, "skipped": result.skipped,
                        "grad_norm": result.grad_norm, "tokens": self.tokens_per_step,
                        "consumed_tokens": self.step * self.tokens_per_step,
                        "step_time_s": time.perf_counter() - start, "data_time_s": data_time}

@@ -18,6 +18,8 @@ class StepResult:
     """Mean loss over this rank's micro-batches (detached, on device: reading it syncs the host)."""
     grad_norm: torch.Tensor
     """Global gradient norm before clipping."""
+    skipped: bool = False
+    """True when the loss or gradients were not finite and the optimizer step was not applied."""
 
 
 class Engine(Protocol):

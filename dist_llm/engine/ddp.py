@@ -63,10 +63,16 @@ class DDPEngine:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.scaler.step(self.optimizer)
+        loss = loss / len(micro_batches)
+        # One host sync per step, so a NaN/Inf never reaches the weights or the Adam moments.
+        # (fp16 overflow is the loss scaler's business: it skips and lowers the scale itself.)
+        bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled()
+                                                 and not bool(torch.isfinite(grad_norm)))
+        if not bad:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss=loss / len(micro_batches), grad_norm=grad_norm.detach())
+        return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=bad)
 
     @torch.no_grad()
     def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Non-finite gradients: the step is skipped (weights and optimizer untouched), counted, and after
+train.max_bad_steps in a row the run stops with a clear error or rolls back to the last checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dist_llm.callbacks.base import Callback
+from dist_llm.callbacks.nonfinite import DivergenceError
+from dist_llm.checkpoint import layout
+from dist_llm.checkpoint.state import load_model_state
+from dist_llm.config import load_config
+from dist_llm.distributed import World
+from dist_llm.trainer import Trainer
+from tests.conftest import SMALL_MODEL
+
+WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+
+
+class PoisonGrads(Callback):
+    """Turns the gradients non-finite during the given steps, like an exploding update would."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        param = trainer.engine.model.norm.weight
+        param.register_hook(lambda g: g * math.nan if trainer.step + 1 in self.steps else g)
+
+
+class Snapshot(Callback):
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.weights[trainer.step] = {k: v.clone() for k, v in trainer.engine.model.state_dict().items()}
+
+
+def _trainer(tmp_path, dataset, overrides, callbacks):
+    cfg = load_config("configs/tiny.yaml", [f"data.path={dataset}", f"logging.run_dir={tmp_path}",
+                                            "launch.nproc_per_node=1", *SMALL_MODEL, "train.precision=fp32",
+                                            "train.max_steps=8", "checkpoint.async_save=false", *overrides])
+    cfg.validate(world_size=1)
+    return Trainer(cfg, WORLD, callbacks=callbacks)
+
+
+def test_bad_steps_are_skipped_then_the_run_stops(tmp_path, dataset, warnings_log):
+    snap = Snapshot()
+    trainer = _trainer(tmp_path, dataset, ["train.max_bad_steps=3"], [PoisonGrads({4, 5, 6, 7, 8}), snap])
+    with pytest.raises(DivergenceError, match=r"3 consecutive steps with non-finite.*train.max_bad_steps=3"):
+        trainer.fit()
+    assert trainer.step == 6
+    snap.weights[6] = trainer.engine.model.state_dict()  # the error came before Snapshot's hook
+    for step in (4, 5, 6):  # skipped steps leave every weight exactly as it was
+        for name, value in snap.weights[step].items():
+            assert torch.equal(value, snap.weights[3][name]), (step, name)
+    assert "step 4: non-finite loss or gradients, step skipped (1 in a row" in warnings_log.text
+
+
+def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warnings_log):
+    snap = Snapshot()
+    trainer = _trainer(tmp_path, dataset, ["train.max_bad_steps=2", "train.on_bad_steps=rollback",
+                                           "checkpoint.interval=2", "checkpoint.keep_last=10"],
+                       [PoisonGrads({5, 6}), snap])
+    trainer.fit()
+    assert trainer.step == 8
+    ckpt4 = load_model_state(layout.step_uri(f"{tmp_path}/checkpoints", 4))
+    for name, value in snap.weights[6].items():  # right after the rollback at step 6
+        assert torch.equal(value, ckpt4[name]), name
+    assert not torch.equal(snap.weights[8]["norm.weight"], ckpt4["norm.weight"]), "training went on"
+    assert all(torch.isfinite(v).all() for v in snap.weights[8].values())
+    assert "rolled back weights and optimizer to" in warnings_log.text
