@@ -117,6 +117,8 @@ class CheckpointConfig:
     """Save every N steps; 0 = only at the end of training."""
     keep_last: int = 3
     """Retention: keep the newest N committed checkpoints."""
+    keep_every: int = 0
+    """Retention: also keep every checkpoint whose step is a multiple of this forever; 0 = off."""
     resume: str = "none"
     """none | auto (newest committed checkpoint in `dir`, if any) | a checkpoint path."""
     async_save: bool = True
@@ -188,6 +190,7 @@ class Config:
         non_negative = {
             "train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
             "checkpoint.interval": self.checkpoint.interval, "train.exit_at_step": t.exit_at_step,
+            "checkpoint.keep_every": self.checkpoint.keep_every,
         }
         for key, value in non_negative.items():
             if value < 0:

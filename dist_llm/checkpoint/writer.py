@@ -87,7 +87,8 @@ class CheckpointWriter:
             if self.world.is_main:
                 merged = self._gather_records(step_uri)
                 commit(self.root, step, merged)
-                removed = apply_retention(self.root, self.cfg.keep_last, in_flight=step)
+                removed = apply_retention(self.root, self.cfg.keep_last, in_flight=step,
+                                          keep_every=self.cfg.keep_every)
                 log.info("checkpoint step %d committed to %s%s", step, step_uri,
                          f" (removed old steps {removed})" if removed else "")
                 self.committed_steps.append(step)

@@ -219,6 +219,14 @@ def test_retention_of_committed_in_flight_step(root):
     assert committed_steps(root) == [4, 2]
 
 
+def test_retention_keeps_every_kth_step_plus_the_last_n(root):
+    for step in range(100, 1100, 100):
+        save_committed(root, step)
+    removed = apply_retention(root, keep_last=2, keep_every=500)
+    assert removed == [100, 200, 300, 400, 600, 700, 800]
+    assert committed_steps(root) == [1000, 900, 500]
+
+
 def test_retention_without_any_commit_removes_nothing(root):
     write_parts(layout.step_uri(root, 5), parts_for(5))
     assert apply_retention(root, keep_last=1) == []
