@@ -25,4 +25,8 @@ def build_engine(model: nn.Module, cfg: Config, world: World) -> Engine:
         return MeshEngine(model, cfg, world)
     from dist_llm.engine.ddp import DDPEngine
 
+    if cfg.engine.activation_checkpointing:  # MeshEngine applies it inside `parallelize`
+        from dist_llm.parallel import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     return DDPEngine(model, cfg, world)

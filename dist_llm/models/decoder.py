@@ -62,8 +62,12 @@ class DecoderLM(nn.Module):
         logits = self.output(self.norm(h))
         if labels is None:
             return logits
-        # The loss is computed in fp32 even under bf16 autocast: log-softmax over a 32k-50k vocab
-        # in bf16 is visibly biased, and this is the number every run is judged by.
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100
-        )
+        return lm_loss(logits, labels)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [B, T, V] against labels [B, T], ignoring -100. A function of
+    its own so a pipeline's last stage computes exactly the loss `forward` does."""
+    # The loss is computed in fp32 even under bf16 autocast: log-softmax over a 32k-50k vocab
+    # in bf16 is visibly biased, and this is the number every run is judged by.
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
