@@ -72,6 +72,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="consolidated weights of any engine's checkpoint as safetensors")
+    p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", choices=["safetensors"], default="safetensors")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dist_llm.export import export_safetensors
+
+    print(export_safetensors(args.checkpoint, args.out, args.dtype))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from data_prep.manifest import read_manifest
     from dist_llm.config import dump_config, load_config
@@ -140,7 +155,8 @@ def _prep(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
-            "generate": (_add_generate, _generate), "bench": (_add_bench, _bench)}
+            "generate": (_add_generate, _generate), "bench": (_add_bench, _bench),
+            "export": (_add_export, _export)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,10 @@ import os
 import subprocess
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from tests.conftest import REPO, SMALL_MODEL, read_metrics
+from tests.conftest import REPO, SMALL_MODEL, final_weights, read_metrics
 
 
 def dist_llm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -45,6 +47,12 @@ def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
     assert sample.stdout.startswith("Return the") and len(sample.stdout) > len("Return the") + 5
     again = dist_llm("generate", run, "--prompt", "Return the", "--max-new-tokens", "20", "--seed", "1")
     assert again.stdout == sample.stdout, "seeded sampling is reproducible"
+
+    export = dist_llm("export", run, "--out", str(tmp_path / "export"))
+    assert export.returncode == 0, export.stderr[-3000:]
+    exported = load_file(export.stdout.strip())
+    assert exported["tok_embeddings.weight"].dtype == torch.float32
+    assert torch.equal(exported["norm.weight"], final_weights(run)["norm.weight"])
 
 
 @pytest.mark.parametrize("args, message", [

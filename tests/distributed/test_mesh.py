@@ -9,11 +9,14 @@ kernel instead of the fused one), so losses agree to fp32 rounding, not bits: re
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from dist_llm.export import export_safetensors
 from tests.conftest import assert_weights_equal, final_weights, run_train, train_losses
 
 STEPS = 10
@@ -99,3 +102,15 @@ def test_single_process_checkpoint_resumes_with_tensor_parallel(tmp_path, datase
     run_train(moved, dataset, [*COMMON, f"train.exit_at_step={STOP}"])
     run_train(moved, dataset, [*COMMON, "checkpoint.resume=auto", "engine.tp=2"], nproc=2)
     assert_close_losses(train_losses(single), train_losses(moved), range(STOP + 1, STEPS + 1))
+
+
+@pytest.mark.distributed
+def test_safetensors_export_from_tensor_parallel_checkpoint(tmp_path, tp2):
+    """Any engine's checkpoint yields consolidated weights: here a TP=2 run, exported in bf16."""
+    path = export_safetensors(tp2, str(tmp_path / "export"), dtype="bf16")
+    tensors = load_file(path)
+    weights = final_weights(tp2)
+    assert set(tensors) == set(weights) - {"output.weight"}, "tied head is stored once"
+    for name, value in tensors.items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, weights[name].to(torch.bfloat16)), name
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["engine"]["tp"] == 2

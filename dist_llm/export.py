@@ -1,0 +1,37 @@
+"""Consolidated weights out of any checkpoint, as safetensors (fp32 or bf16).
+
+Every checkpoint holds the engine-independent `model.pt`, so this works the same for DDP, TP/PP
+and ZeRO runs. HF-transformers directories are a separate format (`--format hf`, later).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+from dist_llm.evaluate import resolve_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def export_safetensors(checkpoint: str, out_dir: str, dtype: str = "fp32") -> str:
+    """Write `model.safetensors` + `config.json` (our full config) into out_dir; returns the file path."""
+    uri = resolve_checkpoint(checkpoint)
+    state = load_model_state(uri)
+    trainer_state = load_trainer_state(uri)
+    tied = trainer_state["config"]["model"]["tie_embeddings"]
+    if tied:
+        # safetensors refuses aliased tensors; the head is the embedding, and loaders re-tie it.
+        state.pop("output.weight", None)
+    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in state.items()}
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "model.safetensors")
+    save_file(tensors, path, metadata={"format": "pt", "step": str(trainer_state["step"]),
+                                        "tie_embeddings": str(tied), "source": uri})
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(trainer_state["config"], f, indent=1)
+    return path
