@@ -52,19 +52,27 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that report ratios against a same-run baseline")
     kinds = p.add_subparsers(dest="kind", required=True)
     t = kinds.add_parser("train", help="training tokens/s on 1 rank (baseline) vs N ranks")
-    t.add_argument("config", nargs="?", default="configs/tiny.yaml")
-    t.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     t.add_argument("--ranks", default="1,2", help="comma-separated rank counts; the first is the baseline")
-    t.add_argument("--steps", type=int, default=30)
-    t.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
-    t.add_argument("--json", help="also write the results to this JSON file")
+    e = kinds.add_parser("engines", help="tokens/s and per-rank memory of each engine, same config")
+    e.add_argument("--engines", default="ddp,zero1,zero2,zero3,zero3-offload,tp2,pp2",
+                   help="comma-separated; the first is the baseline")
+    e.add_argument("--ranks-per-variant", type=int, default=2)
+    for k in (t, e):
+        k.add_argument("--config", default="configs/tiny.yaml", help="the config every variant starts from")
+        k.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+        k.add_argument("--steps", type=int, default=30)
+        k.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
+        k.add_argument("--json", help="also write the results to this JSON file")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dist_llm.bench.train import bench_train, format_table, to_json
+    from dist_llm.bench.train import bench_variants, engine_variants, format_table, rank_variants, to_json
 
-    results = bench_train(args.config, args.overrides, [int(r) for r in args.ranks.split(",")],
-                          args.steps, args.warmup)
+    if args.kind == "train":
+        variants = rank_variants([int(r) for r in args.ranks.split(",")])
+    else:
+        variants = engine_variants(args.engines.split(","), args.ranks_per_variant)
+    results = bench_variants(args.config, args.overrides, variants, args.steps, args.warmup)
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
