@@ -108,6 +108,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     world = int(os.environ["WORLD_SIZE"]) if in_torchrun() else None
     cfg.validate(world_size=world, origin=args.config)
+    if cfg.engine.type == "deepspeed":  # imports deepspeed (~5 s), so only when it is used
+        from dist_llm.engine.deepspeed_config import validate_deepspeed_config
+
+        validate_deepspeed_config(cfg, world or cfg.launch.nproc_per_node * cfg.launch.nnodes)
     read_manifest(cfg.data.path)  # fail on a missing dataset here, not in N spawned ranks
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]

@@ -66,3 +66,12 @@ def test_bad_config_fails_before_spawning(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "torch.distributed" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mistyped_deepspeed_key_fails_before_spawning(tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"zero_optimization": {"stag": 2}}')
+    result = dist_llm("train", "configs/tiny.yaml", "engine.type=deepspeed", f"engine.deepspeed_config={bad}")
+    assert result.returncode == 2
+    assert "unknown key zero_optimization.stag (did you mean stage?)" in result.stderr
+    assert "torch.distributed" not in result.stderr and "Traceback" not in result.stderr

@@ -26,6 +26,7 @@ class MetricsCallback(Callback):
         self.sinks: list[Sink] = []
         self.peak = 0.0
         self.flops_per_token = 0.0
+        self.memory_logged = False
 
     def on_train_start(self, trainer: "Trainer") -> None:
         cfg = trainer.cfg
@@ -46,13 +47,20 @@ class MetricsCallback(Callback):
         tokens_per_s = m["tokens"] / m["step_time_s"]
         per_device = tokens_per_s / trainer.world.size
         remaining = trainer.stop_step - step
-        trainer.emit({
+        record = {
             "step": step, "loss": loss, "lr": m["lr"], "grad_norm": float(m["grad_norm"]),
             "tokens_per_s": tokens_per_s, "mfu": per_device * self.flops_per_token / (self.peak * 1e12),
             "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
             "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
             "peak_tflops": self.peak, "threads_per_rank": torch.get_num_threads(),
-        })
+        }
+        if not self.memory_logged:
+            # After the first step, when lazily created optimizer state exists: rank 0's bytes.
+            memory = trainer.engine.memory_report()
+            log.info("memory per rank (bytes): %s", memory)
+            record.update(memory)
+            self.memory_logged = True
+        trainer.emit(record)
         if not math.isfinite(loss):
             log.warning("non-finite loss %s at step %d", loss, step)
 

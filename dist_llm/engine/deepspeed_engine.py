@@ -1,0 +1,130 @@
+"""DeepSpeed engine: ZeRO 0-3 with optional CPU/NVMe offload, behind the same `Engine` interface.
+
+The DeepSpeed JSON is generated from our config (or a user's file checked against it), the
+optimizer is the same AdamW (same param groups, betas, eps, decay) that the DDP engine builds, and
+the learning rate is set by the trainer every step: DeepSpeed gets neither optimizer nor scheduler
+sections, so the two engines train the same model the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dist_llm.config import Config, OptimConfig
+from dist_llm.distributed import World
+from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
+from dist_llm.engine.deepspeed_checkpoint import PREFIX, load_engine_files, read_engine_files
+from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_device
+from dist_llm.engine.deepspeed_memory import zero_memory_report
+from dist_llm.engine.optim import build_adamw, param_groups
+from dist_llm.errors import ConfigError
+
+_TAG = "state"  # DeepSpeed's checkpoint tag; our step directories already tell checkpoints apart
+
+
+class DeepSpeedEngine:
+    def __init__(self, model: nn.Module, cfg: Config, world: World) -> None:
+        import deepspeed
+
+        if not dist.is_initialized():
+            # DeepSpeed always talks through a process group and reads torchrun's variables, also
+            # for a single rank started without torchrun.
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            for key, value in {"LOCAL_RANK": 0, "RANK": 0, "WORLD_SIZE": 1}.items():
+                os.environ.setdefault(key, str(value))
+        self.world = world
+        self.ds_config = load_deepspeed_config(cfg, world.size)
+        self.model = model.to(world.device)
+        optimizer = _build_optimizer(self.model, cfg.optim, world.device,
+                                     offload=offload_device(self.ds_config, "offload_optimizer") != "none")
+        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
+                                                    config=self.ds_config, dist_init_required=False)
+
+    @property
+    def zero_optimizer(self) -> torch.optim.Optimizer:
+        """DeepSpeed's optimizer wrapper (ZeRO partitions, or the bare optimizer at stage 0 fp32)."""
+        return self.engine.optimizer
+
+    def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
+        accumulation = self.engine.gradient_accumulation_steps()
+        if len(micro_batches) != accumulation:
+            raise ConfigError(f"{len(micro_batches)} micro-batches per step but DeepSpeed's "
+                              f"gradient_accumulation_steps={accumulation}; make the JSON agree with "
+                              "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)")
+        for group in self.zero_optimizer.param_groups:
+            group["lr"] = lr
+        loss = torch.zeros((), device=self.world.device)
+        unsharded_norm = None
+        for i, (input_ids, labels) in enumerate(micro_batches):
+            micro_loss = self.engine(input_ids.to(self.world.device), labels=labels.to(self.world.device))
+            # backward scales by 1/accumulation; step() applies the optimizer on the last micro-batch.
+            self.engine.backward(micro_loss)
+            if i == len(micro_batches) - 1 and self.engine.zero_optimization_stage() == 0:
+                # Without ZeRO DeepSpeed clips but does not keep the norm; grads are all-reduced here.
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                unsharded_norm = torch.nn.utils.get_total_norm(grads).item()
+            self.engine.step()
+            loss += micro_loss.detach().float()
+        norm = self.engine.get_global_grad_norm() if unsharded_norm is None else unsharded_norm
+        # None when a user's JSON turns off zero_optimization.compute_grad_norm.
+        return StepResult(loss=loss / len(micro_batches),
+                          grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)))
+
+    @torch.no_grad()
+    def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Through the DeepSpeed engine: under ZeRO-3 its hooks gather the sharded parameters.
+        self.engine.eval()
+        loss = self.engine(input_ids.to(self.world.device), labels=labels.to(self.world.device))
+        self.engine.train()
+        return loss.detach().float()
+
+    def checkpoint_parts(self) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory(prefix="dist_llm_ds_save_") as tmp:
+            self.engine.save_checkpoint(tmp, tag=_TAG, save_latest=False)
+            return read_engine_files(os.path.join(tmp, _TAG))
+
+    def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
+        load_engine_files(self.engine, read, [n for n in names if n.startswith(PREFIX)], _TAG)
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """fp32 master weights gathered from every ZeRO partition, keyed like the bare model.
+
+        Collective: every rank gathers each parameter in the same order."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        full: dict[int, torch.Tensor] = {}
+        for param in self.model.parameters():  # each shared (tied) parameter once
+            master = safe_get_full_fp32_param(param)
+            full[id(param)] = (master if master is not None else param.detach()).float().cpu().clone()
+        if not self.world.is_main:
+            return None
+        out: dict[str, torch.Tensor] = {}
+        for key, value in self.model.state_dict(keep_vars=True).items():
+            if id(value) in full:
+                out[key] = full[id(value)]
+            else:  # a buffer; bf16 DeepSpeed casts float buffers to bf16 along with the weights
+                out[key] = value.detach().cpu().clone()
+                if out[key].is_floating_point():
+                    out[key] = out[key].float()
+        return out
+
+    def memory_report(self) -> dict[str, int]:
+        return zero_memory_report(self.model, self.zero_optimizer, self.engine.zero_optimization_stage())
+
+
+
+def _build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device,
+                     offload: bool) -> torch.optim.Optimizer:
+    """The DDP engine's AdamW; with optimizer offload DeepSpeed requires its CPU Adam kernel,
+    built here in AdamW mode (decoupled decay) on the same param groups."""
+    if not offload:
+        return build_adamw(model, o, device)
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return DeepSpeedCPUAdam(param_groups(model, o), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                            weight_decay=o.weight_decay, adamw_mode=True)
