@@ -250,6 +250,10 @@ class Config:
                                       "pipeline engine supports ZeRO stage 0 or 1 only (stage 2/3 shard "
                                       "gradients/parameters that the pipeline schedule needs whole); "
                                       "use zero_stage<=1 with pp, or pp=1 with ZeRO-2/3")
+        if e.pp > 1 or e.tp > 1:
+            fail("engine.type", f"engine.type=deepspeed with engine.tp={e.tp}, engine.pp={e.pp}: the "
+                                "DeepSpeed engine runs ZeRO data parallelism only; tensor and pipeline "
+                                "parallelism run on engine.type=ddp (torch-native DP x TP x PP mesh)")
         if e.offload_params != "none" and e.zero_stage != 3:
             fail("engine.offload_params",
                  f"engine.offload_params={e.offload_params} needs engine.zero_stage=3")

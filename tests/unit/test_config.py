@@ -72,3 +72,24 @@ def test_round_trip_through_dict():
     cfg = load_config("configs/tiny.yaml", ["train.max_steps=3"])
     again = config_from_dict(cfg.to_dict())
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_parallel_layouts_validated_before_launch():
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by engine.tp=4 x engine.pp=1"):
+        load_config(None, ["engine.tp=4", "model.n_heads=4", "model.n_kv_heads=4"]).validate(world_size=6)
+    with pytest.raises(ConfigError, match="engine.tp=4 must divide model.n_kv_heads=2"):
+        load_config(None, ["engine.tp=4", "model.n_kv_heads=2"]).validate(world_size=4)
+    with pytest.raises(ConfigError, match="supports ZeRO stage 0 or 1 only"):
+        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=3", "engine.pp=2"]).validate(world_size=2)
+    with pytest.raises(ConfigError, match="tensor and pipeline parallelism run on engine.type=ddp"):
+        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=1", "engine.tp=2"]).validate(world_size=2)
+    with pytest.raises(ConfigError, match="offload_params=cpu needs engine.zero_stage=3"):
+        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=2",
+                           "engine.offload_params=cpu"]).validate()
+    with pytest.raises(ConfigError, match="needs engine.type=deepspeed"):
+        load_config(None, ["engine.offload_optimizer=cpu"]).validate()
+    cfg = load_config(None, ["engine.tp=2", "engine.pp=2", "train.global_batch_size=12",
+                             "train.micro_batch_size=2"])
+    cfg.validate(world_size=8)  # dp = 8 / (2 x 2) = 2, and 12 = 2 x 2 x 3
+    with pytest.raises(ConfigError, match="x 4 data-parallel ranks"):
+        cfg.validate(world_size=16)
