@@ -80,9 +80,9 @@ def test_parallel_layouts_validated_before_launch():
     with pytest.raises(ConfigError, match="engine.tp=4 must divide model.n_kv_heads=2"):
         load_config(None, ["engine.tp=4", "model.n_kv_heads=2"]).validate(world_size=4)
     with pytest.raises(ConfigError, match="supports ZeRO stage 0 or 1 only"):
-        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=3", "engine.pp=2"]).validate(world_size=2)
+        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=3", "engine.pp=2"]).validate(2)
     with pytest.raises(ConfigError, match="tensor and pipeline parallelism run on engine.type=ddp"):
-        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=1", "engine.tp=2"]).validate(world_size=2)
+        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=1", "engine.tp=2"]).validate(2)
     with pytest.raises(ConfigError, match="offload_params=cpu needs engine.zero_stage=3"):
         load_config(None, ["engine.type=deepspeed", "engine.zero_stage=2",
                            "engine.offload_params=cpu"]).validate()
