@@ -6,6 +6,7 @@ Locations are `str`, not `Path`: Path would mangle `s3://bucket/key` into `s3:/b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -69,7 +70,20 @@ def _write_local(path: str, data: bytes) -> None:
                 os.remove(tmp)
             raise
     except OSError as e:  # disk full / permission denied do not heal by retrying
-        raise CheckpointError(f"cannot write {path}: {e}; check free space and permissions") from e
+        raise CheckpointError(f"cannot write {path}: {e}; {_local_fix(e)}") from e
+
+
+def _local_fix(e: OSError) -> str:
+    """The fix for a failed local write, by cause: the errno says which one applies."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("free space on that filesystem (or lower checkpoint.keep_last), or point "
+                "checkpoint.dir at a larger one")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"make that directory writable for uid {os.getuid()}, or point checkpoint.dir at a "
+                "writable location")
+    if e.errno == errno.EROFS:
+        return "the filesystem is read-only; point checkpoint.dir at a writable location"
+    return "check free space and permissions"
 
 
 def read_bytes(uri: str) -> bytes:

