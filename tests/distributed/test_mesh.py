@@ -114,3 +114,18 @@ def test_safetensors_export_from_tensor_parallel_checkpoint(tmp_path, tp2):
     for name, value in tensors.items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, weights[name].to(torch.bfloat16)), name
     assert json.loads((tmp_path / "export" / "config.json").read_text())["engine"]["tp"] == 2
+
+
+@pytest.mark.distributed
+def test_pipeline_parallel_resume_same_layout_and_onto_one_rank(tmp_path, dataset, single):
+    """PP=2 checkpoints (stage-sharded optimizer consolidated on save) resume at PP=2 and on 1 rank,
+    continuing the single-process loss curve."""
+    stopped = str(tmp_path / "stopped")
+    run_train(stopped, dataset, [*COMMON, f"train.exit_at_step={STOP}", "engine.pp=2"], nproc=2)
+    onto_one = str(tmp_path / "onto_one")
+    shutil.copytree(stopped, onto_one)
+    run_train(stopped, dataset, [*COMMON, "checkpoint.resume=auto", "engine.pp=2"], nproc=2)
+    assert_close_losses(train_losses(single), train_losses(stopped), range(1, STEPS + 1))
+    assert_close_weights(final_weights(single), final_weights(stopped))
+    run_train(onto_one, dataset, [*COMMON, "checkpoint.resume=auto"], nproc=1)
+    assert_close_losses(train_losses(single), train_losses(onto_one), range(STOP + 1, STEPS + 1))
