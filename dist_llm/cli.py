@@ -63,9 +63,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--steps", type=int, default=30)
         k.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
         k.add_argument("--json", help="also write the results to this JSON file")
+    c = kinds.add_parser("checkpoint", help="training time blocked per checkpoint (async vs synchronous "
+                                            "save) and upload MB/s (our writer vs a plain put)")
+    c.add_argument("--uri", help="destination: local path or s3://bucket/prefix (default: a local temp dir)")
+    c.add_argument("--size-mb", type=float, default=100.0, help="checkpoint size (weights + AdamW state)")
+    c.add_argument("--repeats", type=int, default=3, help="saves per variant; medians are reported")
+    c.add_argument("--json", help="also write the results to this JSON file")
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.kind == "checkpoint":
+        from dist_llm.bench import checkpoint
+
+        results = [checkpoint.bench_checkpoint(args.uri, args.size_mb, args.repeats)]
+        print(checkpoint.format_table(results))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(checkpoint.to_json(results))
+        return 0
     from dist_llm.bench.train import bench_variants, engine_variants, format_table, rank_variants, to_json
 
     if args.kind == "train":

@@ -42,8 +42,9 @@ def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5
     fs, path = _fs(uri)
     for attempt in range(1, attempts + 1):
         try:
-            with fs.open(path, "wb") as f:
-                f.write(data)
+            # One call with the whole buffer: s3fs then sends a single PUT (or concurrent parts
+            # for big objects) instead of streaming sequential 50 MB parts through a file object.
+            fs.pipe_file(path, data)
             return
         except Exception as e:  # botocore's connection errors are not OSError
             if attempt == attempts:

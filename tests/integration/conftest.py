@@ -65,7 +65,10 @@ class SeaweedFS:
                  for kind in ("", ".grpc")]
         self.cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
                     "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}",
-                    "-volume.max=20", *_disabled_fixed_ports(weed),
+                    # Every bucket is a collection that grows 7 volumes on its first write; 20
+                    # slots ran out at the third bucket ("Not enough data nodes found!") and
+                    # writes then failed. Volume files are created small and grow with data.
+                    "-volume.max=300", *_disabled_fixed_ports(weed),
                     # A restarted master waits one election timeout (default 10 s) before it
                     # leads again, and a stopping volume server lingers preStopSeconds (10 s).
                     "-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
