@@ -85,7 +85,8 @@ def _plain_put(root: str, parts: dict[str, bytes]) -> float:
 
 def bench_checkpoint(uri: str | None, size_mb: float, repeats: int) -> CheckpointBenchResult:
     engine = build_engine(size_mb)
-    parts = {**engine.checkpoint_parts(), layout.MODEL: to_bytes(engine.consolidated_state_dict())}
+    state = {**engine.checkpoint_parts(), layout.MODEL: engine.consolidated_state_dict()}
+    parts = {name: value if isinstance(value, bytes) else to_bytes(value) for name, value in state.items()}
     mb = sum(map(len, parts.values())) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         root = join(uri or tmp, f"bench-checkpoint-{uuid.uuid4().hex[:8]}")

@@ -19,7 +19,7 @@ import torch
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.commit import commit, write_parts
 from dist_llm.checkpoint.retention import apply_retention
-from dist_llm.checkpoint.serialize import to_bytes
+from dist_llm.checkpoint.serialize import snapshot, to_bytes
 from dist_llm.checkpoint.state import rng_state
 from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree, write_bytes
 from dist_llm.config import CheckpointConfig
@@ -61,10 +61,12 @@ class CheckpointWriter:
         step_uri = layout.step_uri(self.root, step)
         if not self._clear_leftovers(step, step_uri):
             return None
-        parts = {layout.rng_name(self.world.rank): to_bytes(rng_state()), **engine.checkpoint_parts()}
+        # The snapshot is all the training loop waits for: tensors are copied, not yet serialized.
+        parts: dict[str, Any] = {layout.rng_name(self.world.rank): to_bytes(rng_state()),
+                                 **engine.checkpoint_parts()}
         weights = engine.consolidated_state_dict()
         if self.world.is_main:
-            parts[layout.MODEL] = to_bytes(weights)
+            parts[layout.MODEL] = snapshot(weights)
             parts[layout.TRAINER] = json.dumps(trainer_state, indent=1).encode()
         if self.cfg.async_save:
             self._thread = threading.Thread(target=self._write_and_commit, args=(step, parts),
@@ -97,10 +99,11 @@ class CheckpointWriter:
             self._thread.join()
             self._thread = None
 
-    def _write_and_commit(self, step: int, parts: dict[str, bytes]) -> None:
+    def _write_and_commit(self, step: int, parts: dict[str, Any]) -> None:
         step_uri = layout.step_uri(self.root, step)
         try:
-            records = write_parts(step_uri, parts)
+            records = write_parts(step_uri, {name: value if isinstance(value, bytes) else to_bytes(value)
+                                             for name, value in parts.items()})
             write_bytes(join(step_uri, layout.rank_done_name(self.world.rank)), json.dumps(records).encode())
             if self.world.is_main:
                 merged = self._gather_records(step_uri)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -41,8 +41,10 @@ class Engine(Protocol):
         """Mean loss of one batch without gradients."""
         ...
 
-    def checkpoint_parts(self) -> dict[str, bytes]:
-        """This rank's engine files for a checkpoint (optimizer state, shards): name -> bytes."""
+    def checkpoint_parts(self) -> dict[str, Any]:
+        """This rank's engine files for a checkpoint (optimizer state, shards): name -> bytes, or a
+        state object that is already a snapshot (`checkpoint.serialize.snapshot`); objects are
+        serialized off the training thread."""
         ...
 
     def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:

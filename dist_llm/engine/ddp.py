@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.serialize import from_bytes, to_bytes
+from dist_llm.checkpoint.serialize import from_bytes, snapshot
 from dist_llm.config import Config
 from dist_llm.distributed import World
 from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
@@ -92,14 +92,14 @@ class DDPEngine:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
-    def checkpoint_parts(self) -> dict[str, bytes]:
+    def checkpoint_parts(self) -> dict[str, Any]:
         # Replicas are identical: rank 0's optimizer is the optimizer. The weights are the
         # checkpoint's consolidated model file, shared with eval and export.
         if not self.world.is_main:
             return {}
         state = self.state_dict()
         del state["model"]
-        return {OPTIMIZER_FILE: to_bytes(state)}
+        return {OPTIMIZER_FILE: snapshot(state)}
 
     def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
         state = from_bytes(read(OPTIMIZER_FILE), self.device)
