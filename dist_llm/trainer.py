@@ -121,9 +121,16 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         self.resume()
+        self.history.clear()
+        try:
+            return self._run()
+        finally:  # also on errors: e.g. the SIGTERM handler must not outlive the run
+            for cb in self.callbacks:
+                cb.close(self)
+
+    def _run(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
             cb.on_train_start(self)
-        self.history.clear()
         while self.step < self.stop_step and not self.stop_requested:
             start = time.perf_counter()
             micro_batches = self.batches.next_step()

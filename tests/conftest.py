@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_llm.config import load_config
+from dist_llm.distributed import World
+from dist_llm.trainer import Trainer
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A model small enough that a training step takes milliseconds on one core.
@@ -90,3 +94,12 @@ def assert_weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+def make_trainer(run_dir, dataset: str, overrides: list[str], callbacks: list) -> Trainer:
+    """An in-process, single-rank Trainer on the small model (fp32, 8 steps unless overridden)."""
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [
+        f"data.path={dataset}", f"logging.run_dir={run_dir}", "launch.nproc_per_node=1", *SMALL_MODEL,
+        "train.precision=fp32", "train.max_steps=8", "checkpoint.async_save=false", *overrides])
+    cfg.validate(world_size=1)
+    return Trainer(cfg, World(rank=0, local_rank=0, size=1, device=torch.device("cpu")), callbacks=callbacks)

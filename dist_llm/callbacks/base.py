@@ -20,3 +20,6 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
+
+    def close(self, trainer: "Trainer") -> None:
+        """Always called when `fit` returns or raises: undo process-wide changes (signal handlers)."""

@@ -43,6 +43,6 @@ class PreemptionCallback(Callback):
                         trainer.step, EXIT_PREEMPTED)
             trainer.stop_requested = True
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def close(self, trainer: "Trainer") -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

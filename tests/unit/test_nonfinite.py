@@ -4,6 +4,7 @@ train.max_bad_steps in a row the run stops with a clear error or rolls back to t
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 import torch
@@ -12,12 +13,8 @@ from dist_llm.callbacks.base import Callback
 from dist_llm.callbacks.nonfinite import DivergenceError
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.state import load_model_state
-from dist_llm.config import load_config
-from dist_llm.distributed import World
 from dist_llm.trainer import Trainer
-from tests.conftest import SMALL_MODEL
-
-WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+from tests.conftest import make_trainer
 
 
 class PoisonGrads(Callback):
@@ -39,17 +36,9 @@ class Snapshot(Callback):
         self.weights[trainer.step] = {k: v.clone() for k, v in trainer.engine.model.state_dict().items()}
 
 
-def _trainer(tmp_path, dataset, overrides, callbacks):
-    cfg = load_config("configs/tiny.yaml", [f"data.path={dataset}", f"logging.run_dir={tmp_path}",
-                                            "launch.nproc_per_node=1", *SMALL_MODEL, "train.precision=fp32",
-                                            "train.max_steps=8", "checkpoint.async_save=false", *overrides])
-    cfg.validate(world_size=1)
-    return Trainer(cfg, WORLD, callbacks=callbacks)
-
-
 def test_bad_steps_are_skipped_then_the_run_stops(tmp_path, dataset, warnings_log):
     snap = Snapshot()
-    trainer = _trainer(tmp_path, dataset, ["train.max_bad_steps=3"], [PoisonGrads({4, 5, 6, 7, 8}), snap])
+    trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=3"], [PoisonGrads({4, 5, 6, 7, 8}), snap])
     with pytest.raises(DivergenceError, match=r"3 consecutive steps with non-finite.*train.max_bad_steps=3"):
         trainer.fit()
     assert trainer.step == 6
@@ -62,7 +51,7 @@ def test_bad_steps_are_skipped_then_the_run_stops(tmp_path, dataset, warnings_lo
 
 def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warnings_log):
     snap = Snapshot()
-    trainer = _trainer(tmp_path, dataset, ["train.max_bad_steps=2", "train.on_bad_steps=rollback",
+    trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=2", "train.on_bad_steps=rollback",
                                            "checkpoint.interval=2", "checkpoint.keep_last=10"],
                        [PoisonGrads({5, 6}), snap])
     trainer.fit()
@@ -73,3 +62,14 @@ def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warn
     assert not torch.equal(snap.weights[8]["norm.weight"], ckpt4["norm.weight"]), "training went on"
     assert all(torch.isfinite(v).all() for v in snap.weights[8].values())
     assert "rolled back weights and optimizer to" in warnings_log.text
+
+
+
+def test_signal_handlers_restored_when_fit_raises(tmp_path, dataset):
+    """A run that dies must not leave its SIGTERM handler in the process (forked children would
+    inherit it and ignore SIGTERM, e.g. a multiprocessing pool's terminate())."""
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=1"], [PoisonGrads({2})])
+    with pytest.raises(DivergenceError):
+        trainer.fit()
+    assert signal.getsignal(signal.SIGTERM) is before
