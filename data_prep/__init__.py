@@ -2,11 +2,19 @@
 
 Modules, in data-flow order:
 - `default_corpus` — offline built-in corpus (stdlib docstrings + pydoc topics) as JSONL.
-- `readers` — files/dirs/JSONL -> `Document(text, source_file, line)`; `ErrorPolicy` raise|skip.
+- `inputs` — files/dirs/globs/s3:// URIs/HF datasets -> `InputFile`s (kind, size, identity).
+- `units` + `planner` — the deterministic plan of independent `WorkUnit`s (byte ranges, row groups).
+- `readers` (+ `columnar` for Parquet/HF) — a unit -> `Document(text, source, offset)`;
+  `ErrorPolicy` raise|skip.
+- `filters` — normalization, length filters, the document hash (dedup + split rule).
 - `tokenizer` — `train_sentencepiece`, `load_tokenizer` (sentencepiece .model or local HF dir).
-- `workers` — ordered, worker-count-independent tokenization in a process pool.
-- `writer` — `list<int32>` Arrow IPC shards and the stable train/validation split rule.
-- `manifest` — `manifest.json` (written last, atomically) and `read_manifest` for the loader.
+- `workers` — each unit read, filtered, tokenized and written by one pool worker; unit records.
+- `writer` — `list<int32>` Arrow IPC shards of a unit plus their document hashes.
+- `store` — atomic writes/reads to a local dir or an object-store prefix.
+- `identity` — `prep.json`: the settings a resume must match.
+- `parts` — which part of a multi-machine prep this process runs.
+- `merge` — unit records -> corpus-wide dedup -> `manifest.json` (written last, atomically).
+- `manifest` — the manifest format and `read_manifest` for the loader.
 - `pipeline` — `PrepConfig` + `prepare()`; `cli` — `add_arguments` / `run` for `dist-llm prep`.
 
 Nothing is imported here so that `data_prep.manifest` stays cheap for the training loader.

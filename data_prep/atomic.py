@@ -11,10 +11,11 @@ import os
 TMP_SUFFIX = ".tmp"
 
 
-def publish(tmp_path: str, final_path: str) -> None:
-    """Flush `tmp_path` to disk and atomically move it onto `final_path`."""
-    with open(tmp_path, "rb+") as fh:
-        os.fsync(fh.fileno())
+def publish(tmp_path: str, final_path: str, durable: bool = True) -> None:
+    """Atomically move `tmp_path` onto `final_path`, flushing it to disk first if `durable`."""
+    if durable:
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp_path, final_path)
 
 
@@ -23,9 +24,9 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Binary twin of `atomic_write_text`."""
     tmp = path + TMP_SUFFIX
     with open(tmp, "wb") as fh:
         fh.write(data)
-    publish(tmp, path)
+    publish(tmp, path, durable)

@@ -9,12 +9,12 @@ are relative to the data directory. Token ids other than `eos_id` may be null fo
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import TYPE_CHECKING
 
-from data_prep.atomic import atomic_write_text
+from data_prep import store
 from dist_llm.errors import DataError
+from dist_llm.uri import filesystem, join
 
 if TYPE_CHECKING:  # the training loader imports this module; keep sentencepiece out of it
     from data_prep.tokenizer import Tokenizer
@@ -30,15 +30,12 @@ _SHARD_KEYS = ("path", "docs", "tokens", "bytes", "sha256")
 
 
 def manifest_path(data_dir: str) -> str:
-    return os.path.join(data_dir, MANIFEST_NAME)
+    return join(data_dir, MANIFEST_NAME)
 
 
 def remove_manifest(data_dir: str) -> None:
     """First step of every run: from here on the directory is "incomplete" until rewritten."""
-    try:
-        os.remove(manifest_path(data_dir))
-    except FileNotFoundError:
-        pass
+    store.remove(manifest_path(data_dir))
 
 
 def build_manifest(
@@ -63,9 +60,9 @@ def build_manifest(
 
 
 def write_manifest(data_dir: str, manifest: dict) -> str:
-    """Atomically write `manifest.json` (tmp + os.replace); returns its path."""
+    """Atomically write `manifest.json` (tmp + os.replace, or one PUT); returns its path."""
     path = manifest_path(data_dir)
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    store.write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 
@@ -82,10 +79,12 @@ def _require(mapping: object, keys: tuple[str, ...], where: str, path: str) -> N
 
 
 def read_manifest(data_dir: str) -> dict:
-    """Load and validate `<data_dir>/manifest.json`; raises DataError naming file and key."""
+    """Load and validate `<data_dir>/manifest.json` (a local path or URI); raises DataError naming
+    file and key."""
     path = manifest_path(data_dir)
     try:
-        with open(path, encoding="utf-8") as fh:
+        fs, fs_path = filesystem(path)
+        with fs.open(fs_path, "r", encoding="utf-8") as fh:
             manifest = json.load(fh)
     except FileNotFoundError as exc:
         raise DataError(

@@ -1,7 +1,9 @@
-"""`prepare()`: inputs -> tokenizer -> tokenized shards -> manifest, in that order.
+"""`prepare()`: inputs -> plan of work units -> tokenizer -> units in parallel -> merge.
 
-Crash safety comes from ordering: the old manifest is deleted before anything else and the new
-one is written after every shard is closed, so an interrupted run leaves no manifest at all.
+Crash safety and resume come from ordering: a unit's record is written after its shards, the
+manifest after every record (by merge), and a re-run reuses each unit whose record and files
+still match their checksums. An interrupted run therefore leaves no manifest, and running the
+same command again finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -10,72 +12,98 @@ import dataclasses
 import os
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from data_prep import store
 from data_prep.atomic import TMP_SUFFIX, publish
 from data_prep.default_corpus import build_default_corpus
-from data_prep.manifest import build_manifest, remove_manifest, write_manifest
-from data_prep.readers import Document, ErrorPolicy, read_documents, resolve_inputs
+from data_prep.filters import FilterConfig
+from data_prep.identity import PREP_NAME, TOKENIZER_KEY, check_or_write, check_settings
+from data_prep.inputs import resolve_inputs
+from data_prep.manifest import MANIFEST_NAME, remove_manifest
+from data_prep.merge import merge, read_records
+from data_prep.parts import resolve_part
+from data_prep.planner import plan_units
+from data_prep.readers import ErrorPolicy, read_unit
 from data_prep.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
-from data_prep.workers import encode_batches
-from data_prep.writer import SplitWriter, clear_shards, is_validation
+from data_prep.units import InputFile, ReadOptions, WorkUnit
+from data_prep.workers import UnitJob, process_units
+from data_prep.writer import UNITS_DIR
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
+from dist_llm.uri import filesystem, is_local, join
 
 log = get_logger("data_prep.pipeline")
 
 SP_TOKENIZER_NAME = "tokenizer.model"
 HF_TOKENIZER_NAME = "tokenizer"
 DEFAULT_CORPUS_DIR = "default_corpus"
-BATCH_DOCS = 256
-BATCH_CHARS = 1 << 20
+HF_CACHE_DIR = "hf_cache"
+MIB = 1 << 20
 
 
 @dataclass
 class PrepConfig:
-    """Arguments of one prep run; recorded verbatim under `args` in the manifest."""
+    """Arguments of one prep run; those that shape the output form its identity (prep.json)."""
 
-    inputs: list[str] = field(default_factory=list)  # files/dirs; empty = built-in default corpus
-    out: str = "runs/data"  # output directory (manifest, shards, tokenizer)
-    format: str = "auto"  # auto | text | jsonl
-    text_field: str = "text"  # JSONL key holding the document text
+    inputs: list[str] = field(default_factory=list)  # files/dirs/globs/URIs; empty = default corpus
+    out: str = "runs/data"  # output directory or s3:// prefix (manifest, shards, tokenizer)
+    format: str = "auto"  # auto | text | jsonl | parquet | hf
+    text_field: str = "text"  # JSONL key / Parquet or HF column holding the text
     text_split: str = "file"  # text files: one document per file | line | paragraph
-    workers: int | None = None  # tokenizer processes; None = os.cpu_count()
+    hf_split: str = "train"  # split of a saved HF DatasetDict or of load_dataset
+    workers: int | None = None  # worker processes; None = os.cpu_count()
     tokenizer: str | None = None  # existing .model file or HF dir; None = train sentencepiece
     vocab_size: int = 8192  # size of a trained tokenizer
     tokenizer_type: str = "bpe"  # bpe | unigram, for a trained tokenizer
+    tokenizer_sample_mb: float = 1024.0  # input read to train a tokenizer (spread over the corpus)
+    tokenizer_only: bool = False  # train (or copy) the tokenizer, then stop
     val_fraction: float = 0.01  # share of documents hashed into validation
     shard_tokens: int = 1_048_576  # a shard closes once it holds at least this many tokens
+    unit_mb: float = 0.0  # input MiB per work unit; 0 = total/64 clamped to [1, 128] MiB
     add_bos: bool = False  # prepend BOS to every document (EOS is always appended)
+    filters: FilterConfig = field(default_factory=FilterConfig)
     on_error: str = "raise"  # raise | skip (and count) bad input
-    progress: bool = True  # tqdm bar on stderr when it is a terminal
+    num_parts: int | None = None  # machines sharing this prep; None = from the environment or 1
+    part: int | None = None  # which of them this is
+    force: bool = False  # discard an existing run in `out` whose settings differ
+    progress: bool = True  # progress bar on stderr when it is a terminal
 
 
-def _batches(docs: Iterable[Document], val_fraction: float) -> Iterator[tuple[list[bool], list[str]]]:
-    """Group documents (by count and size) and attach their split flags as the batch tag."""
-    flags: list[bool] = []
-    texts: list[str] = []
-    chars = 0
-    for doc in docs:
-        flags.append(is_validation(doc.text, val_fraction))
-        texts.append(doc.text)
-        chars += len(doc.text)
-        if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield flags, texts
-            flags, texts, chars = [], [], 0
-    if texts:
-        yield flags, texts
+def auto_unit_bytes(total_bytes: int) -> int:
+    """About 64 units for a small corpus (so workers have something to share), at most 128 MiB
+    per unit for a large one (bounded worker memory, fine-grained resume)."""
+    return int(min(max(total_bytes // 64, MIB), 128 * MIB))
 
 
-def _copy_tokenizer(src: str, out: str) -> str:
-    """Copy an existing tokenizer into `out` so the data dir is self-contained; returns rel path."""
-    load_tokenizer(src)  # validate before touching the output directory
+def _read_options(cfg: PrepConfig) -> ReadOptions:
+    cache = join(cfg.out, HF_CACHE_DIR) if is_local(cfg.out) else os.path.join(tempfile.gettempdir(),
+                                                                                 "dist_llm_hf_cache")
+    return ReadOptions(cfg.format, cfg.text_field, cfg.text_split, cfg.hf_split, cache)
+
+
+def _training_texts(units: list[WorkUnit], opts: ReadOptions, policy: ErrorPolicy, sample_bytes: int):
+    """Texts of evenly spaced units, about `sample_bytes` of input: enough for sentencepiece
+    (which keeps at most a few million sentences anyway) without reading a huge corpus twice."""
+    total = sum(u.size for u in units)
+    stride = max(1, -(-total // max(sample_bytes, 1)))
+    for unit in units[::stride]:
+        for doc in read_unit(unit, opts, policy):
+            yield doc.text
+
+
+def _publish_tokenizer(src: str, out: str) -> str:
+    """Copy an existing tokenizer into `out` (a self-contained dataset); returns its rel path."""
     rel = HF_TOKENIZER_NAME if os.path.isdir(src) else SP_TOKENIZER_NAME
-    dest = os.path.join(out, rel)
+    dest = join(out, rel)
+    if not is_local(out):
+        fs, path = filesystem(dest)
+        fs.put(src, path, recursive=os.path.isdir(src))
+        return rel
     if os.path.exists(dest) and os.path.samefile(src, dest):
         return rel
     if os.path.isdir(src):
@@ -89,76 +117,141 @@ def _copy_tokenizer(src: str, out: str) -> str:
     return rel
 
 
-def _prepare_tokenizer(cfg: PrepConfig, inputs: list[str]) -> tuple[Tokenizer, str]:
+def _tokenizer(cfg: PrepConfig, units: list[WorkUnit], opts: ReadOptions,
+               prep: dict | None) -> tuple[Tokenizer, str, str]:
+    """(tokenizer, path relative to out, local path). A trained one is reused on resume."""
     if cfg.tokenizer:
-        rel = _copy_tokenizer(cfg.tokenizer, cfg.out)
-    else:
-        # Training pass: bad input raises here already under --on-error raise; the skip
-        # counts of this pass are thrown away because the tokenizing pass counts again.
-        policy = ErrorPolicy(cfg.on_error)
-        files = resolve_inputs(inputs, policy)
-        docs = read_documents(files, policy, cfg.format, cfg.text_field, cfg.text_split)
-        started = time.perf_counter()
-        rel = SP_TOKENIZER_NAME
-        train_sentencepiece(
-            (d.text for d in docs), os.path.join(cfg.out, rel), cfg.vocab_size, cfg.tokenizer_type
-        )
-        log.info("trained %s tokenizer (vocab %d) in %.1fs", cfg.tokenizer_type, cfg.vocab_size,
-                 time.perf_counter() - started)
-    tokenizer = load_tokenizer(os.path.join(cfg.out, rel))
+        tokenizer = load_tokenizer(cfg.tokenizer)  # validate before touching the output
+        return tokenizer, _publish_tokenizer(cfg.tokenizer, cfg.out), cfg.tokenizer
+    if prep is not None and prep.get("tokenizer") == SP_TOKENIZER_NAME:
+        # Same settings as the earlier run (checked by the caller): its tokenizer is reused, as
+        # training again could give another one and invalidate every finished unit.
+        local = store.local_copy(join(cfg.out, SP_TOKENIZER_NAME))
+        tokenizer = load_tokenizer(local)
+        if tokenizer.sha256 == prep["identity"][TOKENIZER_KEY]:
+            log.info("reusing the tokenizer trained by the earlier run in %s", cfg.out)
+            return tokenizer, SP_TOKENIZER_NAME, local
+    if cfg.num_parts is not None and cfg.num_parts > 1:
+        raise DataError("a prep split into parts needs one shared tokenizer: train it first with "
+                        "`dist-llm prep INPUTS --out DIR --tokenizer-only`, then pass "
+                        "--tokenizer DIR/tokenizer.model to every part")
+    policy = ErrorPolicy(cfg.on_error)  # counts are thrown away: the tokenizing pass counts again
+    local = join(cfg.out, SP_TOKENIZER_NAME) if is_local(cfg.out) else os.path.join(
+        tempfile.mkdtemp(prefix="dist_llm_tok_"), SP_TOKENIZER_NAME)
+    started = time.perf_counter()
+    train_sentencepiece(_training_texts(units, opts, policy, int(cfg.tokenizer_sample_mb * MIB)),
+                        local, cfg.vocab_size, cfg.tokenizer_type)
+    log.info("trained %s tokenizer (vocab %d) in %.1fs", cfg.tokenizer_type, cfg.vocab_size,
+             time.perf_counter() - started)
+    if not is_local(cfg.out):
+        _publish_tokenizer(local, cfg.out)
+    return load_tokenizer(local), SP_TOKENIZER_NAME, local
+
+
+def _check_tokenizer(cfg: PrepConfig, tokenizer: Tokenizer) -> None:
     if tokenizer.eos_id is None:
-        raise DataError(
-            f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every "
-            "document; use a tokenizer with an eos_token"
-        )
+        raise DataError(f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every "
+                        "document; use a tokenizer with an eos_token")
     if cfg.add_bos and tokenizer.bos_id is None:
         raise DataError(f"--tokenizer {cfg.tokenizer}: it has no BOS token; drop --add-bos")
-    return tokenizer, rel
 
 
-def prepare(cfg: PrepConfig) -> dict:
-    """Run the whole prep; returns the manifest that was written."""
-    started = time.perf_counter()
+def _validate(cfg: PrepConfig) -> int:
+    """Check arguments before touching anything; returns the worker count."""
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise DataError(f"--workers {cfg.workers} must be >= 1")
-    os.makedirs(cfg.out, exist_ok=True)
+    if not 0 <= cfg.val_fraction < 1:
+        raise DataError(f"--val-fraction {cfg.val_fraction} must be in [0, 1)")
+    if cfg.unit_mb < 0:
+        raise DataError(f"--unit-mb {cfg.unit_mb} must be >= 0 (0 = automatic)")
+    cfg.filters.validate()
+    ErrorPolicy(cfg.on_error)
+    return workers
+
+
+def _start_over(out: str) -> None:
+    """--force: remove what earlier prep runs wrote (and nothing else) from `out`."""
+    for name in (MANIFEST_NAME, PREP_NAME, SP_TOKENIZER_NAME):
+        store.remove(join(out, name))
+    for name in (UNITS_DIR, HF_TOKENIZER_NAME):
+        store.remove_prefix(join(out, name))
+
+
+def _base_identity(cfg: PrepConfig, files: list[InputFile], unit_bytes: int, opts: ReadOptions) -> dict:
+    return {
+        "inputs": [[f.uri, f.identity] for f in files],
+        "read": {k: v for k, v in dataclasses.asdict(opts).items() if k != "hf_cache_dir"},
+        "filters": dataclasses.asdict(cfg.filters),
+        "val_fraction": cfg.val_fraction,
+        "shard_tokens": cfg.shard_tokens,
+        "unit_bytes": unit_bytes,
+        "add_bos": cfg.add_bos,
+        # A given tokenizer is identified by its sha256 alone (added once loaded), not its path.
+        "tokenizer": "given" if cfg.tokenizer else {
+            "train": [cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_sample_mb]},
+    }
+
+
+def _run_units(units: list[WorkUnit], job: UnitJob, workers: int, show: bool, label: str) -> None:
+    reused = 0
+    started = time.perf_counter()
+    with tqdm(total=sum(u.size for u in units), desc=label, unit="B", unit_scale=True,
+              disable=not show, file=sys.stderr) as bar:
+        by_index = {u.index: u for u in units}
+        for record in process_units(units, job, workers):
+            reused += record["reused"]
+            bar.update(by_index[record["unit"]].size)
+    log.info("%s: %d units done (%d reused from an earlier run) in %.1fs", label, len(units), reused,
+             time.perf_counter() - started)
+
+
+def prepare(cfg: PrepConfig) -> dict | None:
+    """Run this machine's part of the prep; returns the manifest once all parts are done."""
+    workers = _validate(cfg)
+    cfg.num_parts, cfg.part = resolve_part(cfg.num_parts, cfg.part)
+    if is_local(cfg.out):
+        os.makedirs(cfg.out, exist_ok=True)
+    store.check_reachable(cfg.out)
+    if cfg.force:
+        _start_over(cfg.out)
     remove_manifest(cfg.out)
-    clear_shards(cfg.out)
-    splitter = SplitWriter(cfg.out, cfg.shard_tokens, cfg.val_fraction)  # validates its args early
 
     inputs = list(cfg.inputs)
     if not inputs:
-        inputs = build_default_corpus(os.path.join(cfg.out, DEFAULT_CORPUS_DIR), workers)
-    tokenizer, tokenizer_rel = _prepare_tokenizer(cfg, inputs)
+        corpus_dir = (join(cfg.out, DEFAULT_CORPUS_DIR) if is_local(cfg.out)
+                      else os.path.join(tempfile.gettempdir(), "dist_llm_" + DEFAULT_CORPUS_DIR))
+        inputs = build_default_corpus(corpus_dir, workers)
+    opts = _read_options(cfg)
+    resolve_policy = ErrorPolicy(cfg.on_error)
+    files = resolve_inputs(inputs, opts, resolve_policy)
+    if not files:
+        raise DataError(f"no input files found in {inputs}")
+    unit_bytes = int(cfg.unit_mb * MIB) or auto_unit_bytes(sum(f.size for f in files))
+    units = plan_units(files, unit_bytes, opts)
+    base = _base_identity(cfg, files, unit_bytes, opts)
+    prep = check_settings(cfg.out, base)
+    tokenizer, tokenizer_rel, tokenizer_local = _tokenizer(cfg, units, opts, prep)
+    _check_tokenizer(cfg, tokenizer)
+    args = dataclasses.asdict(cfg) | {"inputs": inputs}
+    for key in ("workers", "num_parts", "part", "force", "progress", "tokenizer_only"):
+        args.pop(key)  # not part of what the data is; the manifest must not depend on them
+    identity = check_or_write(cfg.out, base | {TOKENIZER_KEY: tokenizer.sha256},
+                              {"units": len(units), "tokenizer": tokenizer_rel, "args": args,
+                               "skipped_inputs": dict(resolve_policy.counts)})
+    if cfg.tokenizer_only:
+        log.info("tokenizer written to %s", join(cfg.out, tokenizer_rel))
+        return None
 
-    policy = ErrorPolicy(cfg.on_error)
-    files = resolve_inputs(inputs, policy)
-    docs = read_documents(files, policy, cfg.format, cfg.text_field, cfg.text_split)
-    encoded = encode_batches(_batches(docs, cfg.val_fraction), tokenizer.path, workers, cfg.add_bos)
-    show = cfg.progress and sys.stderr.isatty()
-    n_docs = n_tokens = 0
-    tokenize_started = time.perf_counter()
-    with tqdm(desc="tokenizing", unit="doc", disable=not show, file=sys.stderr) as bar:
-        for flags, batch in encoded:
-            for index, validation in enumerate(flags):
-                splitter.add(batch.document(index), validation)
-            n_docs += len(flags)
-            n_tokens += len(batch.tokens)
-            bar.update(len(flags))
-            elapsed = max(time.perf_counter() - tokenize_started, 1e-9)
-            bar.set_postfix_str(f"{n_tokens / elapsed:,.0f} tok/s", refresh=False)
-    if n_docs == 0:
-        raise DataError(f"no documents found in {inputs} (skipped: {policy.summary()['by_reason']})")
-    splits = splitter.close()
-
-    args = dataclasses.asdict(cfg) | {"inputs": inputs, "workers": workers}
-    manifest = build_manifest(tokenizer, tokenizer_rel, splits, policy.summary(), args)
-    write_manifest(cfg.out, manifest)
-    n_shards = sum(len(s["shards"]) for s in splits.values())
-    log.info(
-        "prep done: %d docs (%d train / %d validation), %d tokens, %d shards, %d skipped, %.1fs -> %s",
-        n_docs, splits["train"]["docs"], splits["validation"]["docs"], n_tokens, n_shards,
-        policy.summary()["total"], time.perf_counter() - started, cfg.out,
-    )
-    return manifest
+    job = UnitJob(cfg.out, identity, tokenizer_local, opts, cfg.filters, cfg.val_fraction,
+                  cfg.shard_tokens, cfg.add_bos, cfg.on_error)
+    mine = [u for u in units if u.index % cfg.num_parts == cfg.part]
+    label = "prep" if cfg.num_parts == 1 else f"prep part {cfg.part}/{cfg.num_parts}"
+    _run_units(mine, job, workers, cfg.progress and sys.stderr.isatty(), label)
+    if cfg.num_parts > 1:
+        _, missing = read_records(cfg.out, len(units), identity)
+        if missing:  # the last part to finish merges; until then the others just stop
+            log.info("%s done; %d units of other parts still missing. The last part to finish writes "
+                     "the manifest (or run `dist-llm prep merge --out %s`)", label, len(missing), cfg.out)
+            return None
+    return merge(cfg.out, tokenizer_local)

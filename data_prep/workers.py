@@ -1,94 +1,156 @@
-"""Tokenize batches of documents in a process pool, in input order.
+"""Process work units in a pool: read, filter, tokenize and write each unit on its own.
 
-Why ordered and batched: the shards must be byte-identical for any `--workers`, so batches are
-formed in the parent (independent of the worker count) and results are consumed in submission
-order. Why not `Pool.imap`: its feeder thread drains the whole input iterator up front, which
-would pull an entire large corpus into memory; a bounded window of `apply_async` calls keeps at
-most a few batches per worker in flight.
+Why whole units per worker (not batches shipped from a parent): the parent only hands out tiny
+unit descriptions, so nothing but token ids of one unit ever sits in a worker's memory, no
+document text crosses a process boundary, and throughput scales with workers until the disk or
+network is the limit. A unit's record is written last, after all its shards, so a record on
+storage means the unit is complete; a re-run verifies the listed checksums and reuses it.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 
+from data_prep import store
+from data_prep.filters import DocumentFilter, FilterConfig, is_validation
+from data_prep.readers import ErrorPolicy, read_unit
 from data_prep.tokenizer import Tokenizer, load_tokenizer
+from data_prep.units import ReadOptions, WorkUnit
+from data_prep.writer import SPLITS, UnitShardWriter, unit_dir
+from dist_llm.uri import join
 
-Tag = TypeVar("Tag")
-IN_FLIGHT_PER_WORKER = 4
+RECORD_FORMAT = "dist_llm.prep_unit/1"
+BATCH_DOCS = 256
+BATCH_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
-class EncodedBatch:
-    """Token ids of a batch of documents, flat: document i is tokens[offsets[i]:offsets[i+1]]."""
+class UnitJob:
+    """Everything a worker needs besides the unit; small and picklable."""
 
-    tokens: np.ndarray  # int32, compact to send between processes
-    offsets: np.ndarray  # int64, len(documents) + 1
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def document(self, index: int) -> np.ndarray:
-        return self.tokens[self.offsets[index] : self.offsets[index + 1]]
-
-
-class _Encoder:
-    """Per-process state: the tokenizer is loaded once, not once per batch."""
-
-    def __init__(self, tokenizer_path: str, add_bos: bool) -> None:
-        self.tokenizer: Tokenizer = load_tokenizer(tokenizer_path)
-        self.prefix = [self.tokenizer.bos_id] if add_bos else []
-        self.suffix = [self.tokenizer.eos_id]
-
-    def __call__(self, texts: list[str]) -> EncodedBatch:
-        docs = [self.prefix + ids + self.suffix for ids in self.tokenizer.encode_batch(texts)]
-        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        np.cumsum([len(d) for d in docs], out=offsets[1:])
-        flat = [token for doc in docs for token in doc]
-        return EncodedBatch(np.asarray(flat, dtype=np.int32), offsets)
+    out: str
+    identity: str  # sha of the prep identity; a record with another one is stale
+    tokenizer_path: str  # a local file/dir
+    read: ReadOptions
+    filters: FilterConfig
+    val_fraction: float
+    shard_tokens: int
+    add_bos: bool
+    on_error: str
 
 
-_worker_encoder: _Encoder | None = None
+def record_uri(out: str, index: int) -> str:
+    return join(out, unit_dir(index) + ".json")
 
 
-def _init_worker(tokenizer_path: str, add_bos: bool) -> None:
-    global _worker_encoder
-    _worker_encoder = _Encoder(tokenizer_path, add_bos)
+def verified_record(job: UnitJob, index: int) -> dict | None:
+    """The unit's record if it is complete, current and every file matches its checksum."""
+    record = store.read_json(record_uri(job.out, index))
+    if not record or record.get("format") != RECORD_FORMAT or record.get("identity") != job.identity:
+        return None
+    for block in record["splits"].values():
+        for shard in block["shards"]:
+            if (store.sha256(join(job.out, shard["path"])) != shard["sha256"]
+                    or store.sha256(join(job.out, shard["hashes"])) != shard["hashes_sha256"]):
+                return None
+    return record
 
 
-def _encode_in_worker(texts: list[str]) -> EncodedBatch:
-    assert _worker_encoder is not None, "pool initializer did not run"
-    return _worker_encoder(texts)
+class _UnitProcessor:
+    """Per-process state: the tokenizer is loaded once, not once per unit."""
+
+    def __init__(self, job: UnitJob) -> None:
+        self.job = job
+        self.tokenizer: Tokenizer = load_tokenizer(job.tokenizer_path)
+
+    def __call__(self, unit: WorkUnit) -> dict:
+        record = verified_record(self.job, unit.index)
+        if record is not None:
+            return record | {"reused": True}
+        job = self.job
+        policy = ErrorPolicy(job.on_error)
+        doc_filter = DocumentFilter(job.filters)
+        writers = {s: UnitShardWriter(job.out, unit.index, s, job.shard_tokens) for s in SPLITS}
+        docs_read = 0
+        batch: list[tuple[str, bytes]] = []
+        chars = 0
+        for doc in read_unit(unit, job.read, policy):
+            docs_read += 1
+            kept = doc_filter.text(doc.text)
+            if kept is None:
+                continue
+            batch.append(kept)
+            chars += len(kept[0])
+            if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+                self._encode(batch, doc_filter, writers)
+                batch, chars = [], 0
+        if batch:
+            self._encode(batch, doc_filter, writers)
+        record = {
+            "format": RECORD_FORMAT,
+            "identity": job.identity,
+            "unit": unit.index,
+            "docs_read": docs_read,
+            "splits": {split: writer.close() for split, writer in writers.items()},
+            "removed": dict(sorted(doc_filter.removed.items())),
+            "skipped": dict(sorted(policy.counts.items())),
+        }
+        # Last: marks the unit complete. Not fsynced: a resume verifies the files it lists.
+        store.write_json(record_uri(job.out, unit.index), record, durable=False)
+        return record | {"reused": False}
+
+    def _encode(self, batch: list[tuple[str, bytes]], doc_filter: DocumentFilter,
+                writers: dict[str, UnitShardWriter]) -> None:
+        encoded = self.tokenizer.encode_batch([text for text, _ in batch])
+        kept = [i for i, ids in enumerate(encoded) if doc_filter.tokens(len(ids))]
+        if not kept:
+            return
+        # One flat array per batch, EOS (and BOS) put in with numpy inserts.
+        sizes = np.fromiter((len(encoded[i]) for i in kept), dtype=np.int64, count=len(kept))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in kept), dtype=np.int32,
+                           count=int(sizes.sum()))
+        ends = np.cumsum(sizes)
+        flat = np.insert(flat, ends, self.tokenizer.eos_id)
+        if self.job.add_bos:
+            flat = np.insert(flat, ends - sizes + np.arange(len(kept)), self.tokenizer.bos_id)
+        lengths = sizes + 1 + self.job.add_bos
+        digests = [batch[i][1] for i in kept]
+        validation = np.fromiter((is_validation(d, self.job.val_fraction) for d in digests), dtype=bool,
+                                 count=len(kept))
+        if not validation.any():
+            writers["train"].add(flat, lengths, digests)
+            return
+        per_token = np.repeat(validation, lengths)
+        for split, docs, tokens in (("train", ~validation, ~per_token),
+                                    ("validation", validation, per_token)):
+            writers[split].add(flat[tokens], lengths[docs], [d for d, keep in zip(digests, docs) if keep])
 
 
-def encode_batches(
-    batches: Iterable[tuple[Tag, list[str]]],
-    tokenizer_path: str,
-    workers: int,
-    add_bos: bool = False,
-) -> Iterator[tuple[Tag, EncodedBatch]]:
-    """Yield `(tag, encoded)` per input `(tag, texts)`, in input order; EOS ends every document.
+_processor: _UnitProcessor | None = None
 
-    `tag` is passed through untouched so callers can carry per-batch data (e.g. split flags)
-    without relying on lockstep iteration. `workers == 1` runs in this process, no pool.
-    """
-    if workers <= 1:
-        encoder = _Encoder(tokenizer_path, add_bos)
-        for tag, texts in batches:
-            yield tag, encoder(texts)
+
+def _init_worker(job: UnitJob) -> None:
+    global _processor
+    _processor = _UnitProcessor(job)
+
+
+def _process_in_worker(unit: WorkUnit) -> dict:
+    assert _processor is not None, "pool initializer did not run"
+    return _processor(unit)
+
+
+def process_units(units: list[WorkUnit], job: UnitJob, workers: int) -> Iterator[dict]:
+    """Yield each unit's record as it completes (any order); `workers == 1` runs in-process."""
+    if workers <= 1 or len(units) <= 1:
+        processor = _UnitProcessor(job)
+        for unit in units:
+            yield processor(unit)
         return
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path, add_bos)) as pool:
-        pending: deque = deque()
-        for tag, texts in batches:
-            pending.append((tag, pool.apply_async(_encode_in_worker, (texts,))))
-            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                tag_done, result = pending.popleft()
-                yield tag_done, result.get()
-        while pending:
-            tag_done, result = pending.popleft()
-            yield tag_done, result.get()
+    with multiprocessing.Pool(min(workers, len(units)), initializer=_init_worker, initargs=(job,)) as pool:
+        # chunksize 1: units are big, and handing them out one at a time balances the load.
+        yield from pool.imap_unordered(_process_in_worker, units, chunksize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,35 +64,64 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--steps", type=int, default=30)
         k.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
         k.add_argument("--json", help="also write the results to this JSON file")
+    pr = kinds.add_parser("prep", help="prep docs/s and tokens/s per worker count vs the bare tokenizer, "
+                                       "and peak memory")
+    pr.add_argument("--mb", type=float, default=32.0, help="size of the generated JSONL corpus")
+    pr.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    pr.add_argument("--tokenizer", help="tokenizer to use (default: train one on the default corpus)")
+    pr.add_argument("--unit-mb", type=float, default=0.0, help="prep --unit-mb (0 = automatic)")
+    pr.add_argument("--no-baseline", action="store_true",
+                    help="skip the bare tokenizer (it holds all text in memory): for multi-GB memory runs")
+    pr.add_argument("--work-dir", help="keep the corpus and outputs here (default: a temp dir, removed)")
+    pr.add_argument("--json", help="also write the results to this JSON file")
     c = kinds.add_parser("checkpoint", help="training time blocked per checkpoint (async vs synchronous "
                                             "save) and upload MB/s (our writer vs a plain put)")
     c.add_argument("--uri", help="destination: local path or s3://bucket/prefix (default: a local temp dir)")
     c.add_argument("--size-mb", type=float, default=100.0, help="checkpoint size (weights + AdamW state)")
     c.add_argument("--repeats", type=int, default=3, help="saves per variant; medians are reported")
     c.add_argument("--json", help="also write the results to this JSON file")
+    d = kinds.add_parser("dataloader", help="ms per step spent getting the batch, alone and in a real "
+                                            "training run, as a share of the step time (local, or s3)")
+    d.add_argument("--config", default="configs/tiny.yaml", help="the training config to measure")
+    d.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    d.add_argument("--uri", action="append", default=[],
+                   help="also measure a copy of the dataset here, e.g. s3://bucket/data (repeatable)")
+    d.add_argument("--steps", type=int, default=40)
+    d.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
+    d.add_argument("--json", help="also write the results to this JSON file")
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _run_bench(args: argparse.Namespace):
+    """(the bench module, its results) for `dist-llm bench KIND`."""
+    if args.kind == "dataloader":
+        from dist_llm.bench import dataloader
+
+        return dataloader, dataloader.bench_dataloader(args.config, args.overrides, args.uri, args.steps,
+                                                       args.warmup)
+    if args.kind == "prep":
+        from dist_llm.bench import prep
+
+        return prep, prep.bench_prep(args.mb, [int(w) for w in args.workers.split(",")], args.tokenizer,
+                                     args.work_dir, args.unit_mb, baseline=not args.no_baseline)
     if args.kind == "checkpoint":
         from dist_llm.bench import checkpoint
 
-        results = [checkpoint.bench_checkpoint(args.uri, args.size_mb, args.repeats)]
-        print(checkpoint.format_table(results))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                f.write(checkpoint.to_json(results))
-        return 0
-    from dist_llm.bench.train import bench_variants, engine_variants, format_table, rank_variants, to_json
+        return checkpoint, [checkpoint.bench_checkpoint(args.uri, args.size_mb, args.repeats)]
+    from dist_llm.bench import train
 
     if args.kind == "train":
-        variants = rank_variants([int(r) for r in args.ranks.split(",")])
+        variants = train.rank_variants([int(r) for r in args.ranks.split(",")])
     else:
-        variants = engine_variants(args.engines.split(","), args.ranks_per_variant)
-    results = bench_variants(args.config, args.overrides, variants, args.steps, args.warmup)
-    print(format_table(results))
+        variants = train.engine_variants(args.engines.split(","), args.ranks_per_variant)
+    return train, train.bench_variants(args.config, args.overrides, variants, args.steps, args.warmup)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    module, results = _run_bench(args)
+    print(module.format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            f.write(to_json(results))
+            f.write(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     return 0
 
 
@@ -111,8 +141,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from data_prep.manifest import read_manifest
     from dist_llm.config import dump_config, load_config
+    from dist_llm.data.collate import build_collator
+    from dist_llm.data.sources import check_sources
     from dist_llm.launch.torchrun import in_torchrun, torchrun_command
 
     overrides = list(args.overrides)
@@ -127,7 +158,8 @@ def _train(args: argparse.Namespace) -> int:
         from dist_llm.engine.deepspeed_config import validate_deepspeed_config
 
         validate_deepspeed_config(cfg, world or cfg.launch.nproc_per_node * cfg.launch.nnodes)
-    read_manifest(cfg.data.path)  # fail on a missing dataset here, not in N spawned ranks
+    # Missing datasets, mixed tokenizers, too-short splits fail here, not in N spawned ranks.
+    check_sources(cfg.data, build_collator(cfg.data.objective))
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
@@ -165,7 +197,7 @@ def _generate(args: argparse.Namespace) -> int:
     from dist_llm.models import generate
 
     loaded = load_trained_model(args.checkpoint)
-    tok = load_tokenizer(tokenizer_path(args.data or loaded.cfg.data.path))
+    tok = load_tokenizer(tokenizer_path(args.data or loaded.cfg.data.source_list()[0].path))
     # Training streams separate documents with EOS, so "after an EOS" is where a document starts.
     ids = [tok.eos_id, *tok.encode(args.prompt)]
     out = generate(loaded.model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
@@ -20,11 +22,45 @@ from dist_llm.models.config import ModelConfig
 
 
 @dataclass
+class SourceConfig:
+    path: str = ""
+    """One prepared dataset (local dir or URI such as s3://bucket/web) with a manifest.json."""
+    weight: float = 1.0
+    """Share of training samples drawn from this source, relative to the other weights."""
+    name: str = ""
+    """Label in metrics (tokens_src/NAME, val_loss/NAME); empty = the last component of `path`."""
+
+
+@dataclass
 class DataConfig:
     path: str = "runs/data"
-    """Dataset directory written by `dist-llm prep` (holds manifest.json). A URI string."""
+    """Dataset written by `dist-llm prep` (holds manifest.json): a local dir or a URI such as
+    s3://bucket/prefix. Ignored when `sources` is set."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """A weighted mixture of datasets, e.g. 70% web + 30% code; empty = `path` alone."""
     seq_len: int = 256
     """Tokens per training sample (context window); samples are packed across documents."""
+    objective: Literal["causal"] = "causal"
+    """How a window of tokens becomes model inputs (the collator): causal = next-token prediction."""
+    cache_dir: str = ""
+    """Local cache for remote shards (one subdirectory per dataset URI); empty =
+    $XDG_CACHE_HOME/dist_llm/data or ~/.cache/dist_llm/data. Use a node-local disk."""
+    prefetch_steps: int = 8
+    """Remote data: download in background threads the shards the next N steps will read (0 = only
+    the current step's, still in parallel)."""
+    download_workers: int = 4
+    """Remote data: parallel shard downloads per process."""
+
+    def source_list(self) -> list[SourceConfig]:
+        """The sources to train on, names filled in; `path` alone is one unnamed source."""
+        if not self.sources:
+            return [SourceConfig(path=self.path, weight=1.0, name="")]
+        return [SourceConfig(path=s.path, weight=s.weight, name=s.name or _last_component(s.path))
+                for s in self.sources]
+
+
+def _last_component(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -166,8 +202,12 @@ class Config:
         return dataclasses.asdict(self)
 
     def where(self, key: str, default: str = "config") -> str:
-        """File:line (or override) that set `key`, for error messages."""
-        return getattr(self, "_sources", {}).get(key, default)
+        """File:line (or override) that set `key`, for error messages. A key inside a list item
+        (`data.sources[1].weight`) falls back to its item, then to the list (set by one override)."""
+        sources = getattr(self, "_sources", {})
+        while key not in sources and "[" in key:
+            key = key.rsplit(".", 1)[0] if key.rfind(".") > key.rfind("]") else key[:key.rindex("[")]
+        return sources.get(key, default)
 
     def validate(self, world_size: int | None = None, origin: str = "config") -> None:
         """Cross-field checks; `world_size` defaults to launch.nproc_per_node * launch.nnodes."""
@@ -196,6 +236,7 @@ class Config:
             if value < 0:
                 fail(key, f"{key}={value} must be >= 0")
         self._validate_parallelism(world, fail)
+        self._validate_data(fail)
         dp = self.engine.data_parallel_size(world)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             fail("train.global_batch_size",
@@ -217,6 +258,28 @@ class Config:
         except ConfigError as e:
             raise ConfigError(f"{origin}: {e}") from None
 
+
+    def _validate_data(self, fail: Callable[[str, str], None]) -> None:
+        d = self.data
+        if d.prefetch_steps < 0:
+            fail("data.prefetch_steps", f"data.prefetch_steps={d.prefetch_steps} must be >= 0")
+        if d.download_workers < 1:
+            fail("data.download_workers", f"data.download_workers={d.download_workers} must be >= 1")
+        seen: dict[str, int] = {}
+        for i, source in enumerate(d.source_list() if d.sources else []):
+            key = f"data.sources[{i}]"
+            if not source.path:
+                fail(f"{key}.path", f"{key}.path is empty; give the dataset directory or URI")
+            if not (source.weight > 0 and math.isfinite(source.weight)):
+                fail(f"{key}.weight", f"{key}.weight={source.weight} must be a finite number > 0")
+            if not _SOURCE_NAME.fullmatch(source.name):
+                fail(f"{key}.name", f"{key}.name={source.name!r} must be letters, digits, '_', '-' or '.' "
+                                    "(it becomes a metric key); set name: explicitly")
+            if source.name in seen:
+                fail(f"{key}.name", f"{key}.name={source.name!r} is also the name of "
+                                    f"data.sources[{seen[source.name]}]; names must be unique "
+                                    "(set name: explicitly when two paths end alike)")
+            seen[source.name] = i
 
     def _validate_parallelism(self, world: int, fail: Callable[[str, str], None]) -> None:
         e = self.engine
@@ -263,6 +326,9 @@ class Config:
             fail("engine.nvme_path", "NVMe offload needs engine.nvme_path (a fast local directory)")
 
 
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -292,6 +358,14 @@ def _node_to_python(node: yaml.Node, path: str, prefix: str, source: _Source) ->
             source.where[dotted] = f"{path}:{key_node.start_mark.line + 1}"
             out[key] = _node_to_python(value_node, path, dotted, source)
         return out
+    if isinstance(node, yaml.SequenceNode) and any(isinstance(n, yaml.MappingNode) for n in node.value):
+        # Lists of sections (data.sources): positions of keys inside items, for error messages.
+        items = []
+        for index, item_node in enumerate(node.value):
+            dotted = f"{prefix}[{index}]"
+            source.where[dotted] = f"{path}:{item_node.start_mark.line + 1}"
+            items.append(_node_to_python(item_node, path, dotted, source))
+        return items
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -397,9 +471,20 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: _Source, default
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {dotted} must be a mapping, got {value!r}")
             kwargs[key] = _build(tp, value, dotted, source, default_where)
+        elif typing.get_origin(tp) is list:
+            kwargs[key] = _build_list(typing.get_args(tp)[0], value, dotted, source, where)
         else:
             kwargs[key] = _check_type(value, tp, dotted, where)
     return cls(**kwargs)
+
+
+def _build_list(item_cls: type, value: Any, dotted: str, source: _Source, where: str) -> list[Any]:
+    """A list of sections: each item is built like a section, its keys named `key[i].field`."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{where}: {dotted} must be a list of mappings "
+                          f"({', '.join(f.name for f in dataclasses.fields(item_cls))}), got {value!r}")
+    return [_build(item_cls, item, f"{dotted}[{i}]", source, source.get(f"{dotted}[{i}]", where))
+            for i, item in enumerate(value)]
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

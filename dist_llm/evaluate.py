@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,12 +13,16 @@ from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import find_resumable
 from dist_llm.checkpoint.state import load_model_state, load_trainer_state
 from dist_llm.checkpoint.storage import exists, join
-from dist_llm.config import Config, config_from_dict
-from dist_llm.data.loader import PackedSamples, eval_batches
-from dist_llm.data.shards import TokenShards
+from dist_llm.config import Config, DataConfig, config_from_dict
+from dist_llm.data.collate import Collator, build_collator
+from dist_llm.data.loader import eval_batches
+from dist_llm.data.mixture import Source
+from dist_llm.data.packing import PackedSamples
+from dist_llm.data.sources import open_sources
 from dist_llm.distributed import all_reduce_sum
 from dist_llm.errors import CheckpointError
 from dist_llm.models import build_model
+from dist_llm.seeding import derive_seed
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -58,16 +61,36 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def validation_loss(loss_fn: LossFn, samples: PackedSamples, micro_batch: int, num_batches: int,
-                    rank: int = 0, world_size: int = 1) -> tuple[float, int]:
+def validation_loss(loss_fn: LossFn, samples: PackedSamples, collator: Collator, seed: int, micro_batch: int,
+                    num_batches: int, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
     """Token-weighted mean loss over the first validation windows, identical on every rank.
     Returns (loss, tokens counted)."""
     totals = torch.zeros(2, dtype=torch.float64)
-    for input_ids, labels in eval_batches(samples, micro_batch, num_batches, rank, world_size):
+    batches = eval_batches(samples, collator, seed, micro_batch, num_batches, rank, world_size)
+    for input_ids, labels in batches:
         totals[0] += loss_fn(input_ids, labels).double().cpu() * labels.numel()
         totals[1] += labels.numel()
     all_reduce_sum(totals)
     return (totals[0] / totals[1]).item(), int(totals[1].item())
+
+
+def validation_losses(loss_fn: LossFn, sources: list[Source], collator: Collator, train_seed: int,
+                      micro_batch: int, num_batches: int, rank: int = 0,
+                      world_size: int = 1) -> dict[str, float]:
+    """`val_loss` and `val_tokens`; for a mixture also `val_loss/<name>` per source, each over its own
+    validation split, and `val_loss` is their weighted mean (the expected loss on the training mix,
+    whatever the validation splits' sizes)."""
+    total_weight = sum(s.weight for s in sources)
+    out: dict[str, float] = {"val_loss": 0.0, "val_tokens": 0}
+    for source in sources:
+        seed = derive_seed(train_seed, f"eval/{source.name}")
+        loss, tokens = validation_loss(loss_fn, source.samples, collator, seed, micro_batch, num_batches,
+                                       rank, world_size)
+        if len(sources) > 1:
+            out[f"val_loss/{source.name}"] = loss
+        out["val_loss"] += loss * (source.weight / total_weight)  # one source: exactly its loss
+        out["val_tokens"] += tokens
+    return out
 
 
 def perplexity(loss: float) -> float:
@@ -77,22 +100,29 @@ def perplexity(loss: float) -> float:
 @torch.no_grad()
 def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch_size: int = 8,
                         max_batches: int | None = None) -> dict[str, object]:
-    """Validation loss and perplexity of a trained model over the validation split (all of it by default)."""
+    """Validation loss and perplexity of a trained model over the validation split (all of it by
+    default); for a model trained on a mixture, per source and weighted (see `validation_losses`)."""
     cfg = loaded.cfg
-    samples = PackedSamples(TokenShards(data_path or cfg.data.path, "validation"), cfg.data.seq_len)
+    data = DataConfig(path=data_path, seq_len=cfg.data.seq_len, objective=cfg.data.objective,
+                      cache_dir=cfg.data.cache_dir) if data_path else cfg.data
+    collator = build_collator(data.objective)
+    sources = open_sources(data, collator, "validation")
     device = next(loaded.model.parameters()).device
 
     def loss_fn(input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
             return loaded.model(input_ids.to(device), labels=labels.to(device))
 
-    num_batches = max_batches or math.ceil(samples.num_samples / batch_size)
-    loss, tokens = validation_loss(loss_fn, samples, batch_size, num_batches)
-    return {"step": loaded.step, "val_loss": loss, "val_ppl": perplexity(loss), "val_tokens": tokens,
+    num_batches = max_batches or math.ceil(max(s.samples.num_samples for s in sources) / batch_size)
+    losses = validation_losses(loss_fn, sources, collator, cfg.train.seed, batch_size, num_batches)
+    return {"step": loaded.step, **losses, "val_ppl": perplexity(losses["val_loss"]),
             "checkpoint": loaded.checkpoint}
 
 
 def tokenizer_path(data_path: str) -> str:
+    """A local path of the dataset's tokenizer (downloaded to a temp dir if the data is remote)."""
+    from data_prep import store
     from data_prep.manifest import read_manifest
+    from dist_llm.uri import join
 
-    return os.path.join(data_path, read_manifest(data_path)["tokenizer"]["path"])
+    return store.local_copy(join(data_path, read_manifest(data_path)["tokenizer"]["path"]))

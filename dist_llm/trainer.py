@@ -17,8 +17,8 @@ from dist_llm.callbacks.signals import PreemptionCallback
 from dist_llm.checkpoint.discovery import resolve_resume
 from dist_llm.checkpoint.state import load_checkpoint
 from dist_llm.config import Config
-from dist_llm.data.loader import PackedSamples, TrainBatches
-from dist_llm.data.shards import TokenShards
+from dist_llm.data.collate import build_collator
+from dist_llm.data.sources import open_training_data, train_batches
 from dist_llm.distributed import World, broadcast_object
 from dist_llm.engine import build_engine
 from dist_llm.errors import CheckpointError
@@ -31,9 +31,9 @@ from dist_llm.seeding import derive_seed
 log = get_logger("trainer")
 
 
-def fill_vocab_size(cfg: Config, shards: TokenShards) -> None:
+def fill_vocab_size(cfg: Config, manifest: dict) -> None:
     """A model config with vocab_size 0 takes the dataset tokenizer's vocabulary."""
-    vocab = shards.manifest["tokenizer"]["vocab_size"]
+    vocab = manifest["tokenizer"]["vocab_size"]
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab
 
@@ -42,8 +42,9 @@ class Trainer:
     def __init__(self, cfg: Config, world: World, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
         self.world = world
-        train_shards = TokenShards(cfg.data.path, "train")
-        fill_vocab_size(cfg, train_shards)
+        self.collator = build_collator(cfg.data.objective)
+        self.data = open_training_data(cfg.data, self.collator)
+        fill_vocab_size(cfg, self.data.manifest)
         cfg.model.validate()
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
         self.engine = build_engine(build_model(cfg.model), cfg, world)
@@ -54,13 +55,11 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
         # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
         self.dims = ParallelDims.from_config(cfg.engine, world.rank, world.size)
-        self.batches = TrainBatches(PackedSamples(train_shards, cfg.data.seq_len),
-                                    derive_seed(cfg.train.seed, "data"), cfg.train.global_batch_size,
-                                    cfg.train.micro_batch_size, self.dims.dp_rank, self.dims.dp)
-        val_samples = PackedSamples(TokenShards(cfg.data.path, "validation"), cfg.data.seq_len)
+        self.batches = train_batches(cfg, self.data, self.collator, self.dims.dp_rank, self.dims.dp)
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
         self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
-                          EvalCallback(val_samples), CheckpointCallback(), *(callbacks or [])]
+                          EvalCallback(self.data.validation, self.collator), CheckpointCallback(),
+                          *(callbacks or [])]
         self.stop_requested = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -127,6 +126,7 @@ class Trainer:
         finally:  # also on errors: e.g. the SIGTERM handler must not outlive the run
             for cb in self.callbacks:
                 cb.close(self)
+            self.data.close()
 
     def _run(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:

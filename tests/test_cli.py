@@ -35,11 +35,12 @@ def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
     assert all(k in steps[-1] for k in ("lr", "grad_norm", "tokens_per_s", "mfu"))
     assert os.path.exists(os.path.join(run, "config.yaml"))
 
-    result = dist_llm("eval", run, "--max-batches", "2", "--batch-size", "2")
+    # The same 8 validation windows the in-run eval used (2 ranks x 2 batches x micro-batch 2).
+    result = dist_llm("eval", run, "--max-batches", "4", "--batch-size", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads(result.stdout)
     assert evaluated["step"] == 40
-    assert evaluated["val_loss"] == pytest.approx(vals[-1]["val_loss"], rel=0.02)
+    assert evaluated["val_loss"] == pytest.approx(vals[-1]["val_loss"], rel=0.005)
     assert evaluated["val_ppl"] == pytest.approx(math.exp(evaluated["val_loss"]))
 
     sample = dist_llm("generate", run, "--prompt", "Return the", "--max-new-tokens", "20", "--seed", "1")

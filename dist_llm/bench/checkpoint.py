@@ -12,12 +12,11 @@ about `size_mb` megabytes of checkpoint.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -119,6 +118,3 @@ def format_table(results: list[CheckpointBenchResult]) -> str:
                      f"{r.plain_mb_per_s:.0f} | {r.writer_vs_plain:.2f}x")
     return "\n".join(lines)
 
-
-def to_json(results: list[CheckpointBenchResult]) -> str:
-    return json.dumps([asdict(r) for r in results], indent=1)

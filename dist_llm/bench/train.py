@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from dist_llm.errors import ConfigError
 from dist_llm.launch.torchrun import torchrun_command
@@ -112,6 +112,3 @@ def format_table(results: list[TrainBenchResult]) -> str:
                      f"{r.tokens_per_s_per_thread / base.tokens_per_s_per_thread:.2f}x")
     return "\n".join(lines)
 
-
-def to_json(results: list[TrainBenchResult]) -> str:
-    return json.dumps([asdict(r) for r in results], indent=1)

@@ -53,6 +53,9 @@ class MetricsCallback(Callback):
             "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
             "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
             "peak_tflops": self.peak, "threads_per_rank": torch.get_num_threads(),
+            # Mixtures: cumulative tokens per source, computed from the data state (so exact after a resume).
+            **{f"tokens_src/{name}": n * trainer.cfg.data.seq_len
+               for name, n in trainer.batches.source_samples().items()},
         }
         if not self.memory_logged:
             # After the first step, when lazily created optimizer state exists: rank 0's bytes.
@@ -69,6 +72,12 @@ class MetricsCallback(Callback):
             sink.write(record)
 
     def on_train_end(self, trainer: "Trainer") -> None:
+        consumed = trainer.batches.source_samples()
+        if consumed:
+            total = sum(consumed.values())
+            seq_len = trainer.cfg.data.seq_len
+            log.info("tokens per source: %s", ", ".join(
+                f"{name} {n * seq_len:,} ({100 * n / total:.1f}%)" for name, n in consumed.items()))
         for sink in self.sinks:
             sink.close()
 

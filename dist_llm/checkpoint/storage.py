@@ -8,28 +8,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 import uuid
-
-import fsspec
-from fsspec.core import url_to_fs
 
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
+from dist_llm.uri import filesystem as _fs
+from dist_llm.uri import is_local, join, put_object  # noqa: F401  (re-exported: checkpoint code calls storage.join)
 
 log = get_logger("checkpoint")
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(uri)
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5) -> None:
@@ -39,21 +25,11 @@ def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5
     if is_local(uri):
         _write_local(uri.removeprefix("file://"), data)
         return
-    fs, path = _fs(uri)
-    for attempt in range(1, attempts + 1):
-        try:
-            # One call with the whole buffer: s3fs then sends a single PUT (or concurrent parts
-            # for big objects) instead of streaming sequential 50 MB parts through a file object.
-            fs.pipe_file(path, data)
-            return
-        except Exception as e:  # botocore's connection errors are not OSError
-            if attempt == attempts:
-                raise CheckpointError(f"cannot write {uri} after {attempts} attempts: {e}; check the "
-                                      "endpoint, credentials and bucket") from e
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("writing %s failed (%s); retry %d/%d in %.1fs", uri, e, attempt, attempts - 1, delay)
-            time.sleep(delay)
-            fs.invalidate_cache()
+    try:
+        put_object(uri, data, attempts, backoff_s, log)
+    except Exception as e:  # botocore's connection errors are not OSError
+        raise CheckpointError(f"cannot write {uri} after {attempts} attempts: {e}; check the "
+                              "endpoint, credentials and bucket") from e
 
 
 def _write_local(path: str, data: bytes) -> None:

@@ -1,97 +1,161 @@
-"""Packed fixed-length samples in one global order, sliced per data-parallel rank.
+"""One global sample sequence (a mixture of sources), sliced per data-parallel rank and collated.
 
-Sample s is tokens [s*L, s*L + L + 1) of the split's flat stream (documents are packed
-back-to-back, separated by EOS); inputs are the first L tokens and labels the last L.
-The resumable state is four small values, independent of the world size.
+Step k consumes global samples [k*B, (k+1)*B); rank r of W takes the contiguous r-th slice of
+B/W. The resumable state is a few small values, independent of the world size: everything else
+(which source, which sample, which epoch) is computed from `consumed_samples`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from dist_llm.data.order import GlobalOrder
-from dist_llm.data.shards import TokenShards
+from dist_llm.data.collate import Collator, sample_seeds
+from dist_llm.data.mixture import MixedOrder, Source
+from dist_llm.data.packing import PackedSamples
 from dist_llm.errors import DataError
+from dist_llm.seeding import derive_seed
+
+MicroBatch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
 class DataState:
     seed: int
     consumed_samples: int
-    """Samples of the global order already trained on (all ranks together)."""
+    """Samples of the global sequence already trained on (all ranks together)."""
     epoch: int
+    """Completed passes over the data (for a mixture: over the source that repeats most)."""
     fingerprint: str
+    """The data (and, for a mixture, the names and weights); a resume refuses anything else."""
     seq_len: int
+    sources: dict[str, str] = field(default_factory=dict)
+    """Mixtures only: source name -> that source's data fingerprint, to say which one changed."""
 
 
-class PackedSamples:
-    """Fixed windows over a split's token stream."""
+def source_seeds(seed: int, sources: list[Source]) -> list[int]:
+    """The only source uses the data seed itself (so `data.path` runs keep their order); in a
+    mixture each source's order derives from its name, so adding a source leaves others' orders."""
+    if len(sources) == 1:
+        return [seed]
+    return [derive_seed(seed, f"source/{s.name}") for s in sources]
 
-    def __init__(self, shards: TokenShards, seq_len: int) -> None:
-        self.shards = shards
-        self.seq_len = seq_len
-        # Window s needs L+1 tokens starting at s*L (labels are inputs shifted by one).
-        self.num_samples = (shards.num_tokens - 1) // seq_len
-        if self.num_samples <= 0:
-            raise DataError(f"{shards.data_dir}: split {shards.split!r} has {shards.num_tokens} tokens, "
-                            f"fewer than one sample of data.seq_len={seq_len}+1; "
-                            "lower data.seq_len or add data")
 
-    def batch(self, sample_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.shards.read(s * self.seq_len, self.seq_len + 1) for s in sample_ids])
-        tokens = torch.from_numpy(rows)
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+def mixture_fingerprint(sources: list[Source]) -> str:
+    if len(sources) == 1:
+        return sources[0].samples.shards.fingerprint
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(f"{s.name}:{s.weight!r}:{s.samples.shards.fingerprint};".encode())
+    return h.hexdigest()[:16]
 
 
 class TrainBatches:
-    """Yields, per optimizer step, this rank's micro-batches of the next global batch."""
+    """Yields, per optimizer step, this rank's collated micro-batches of the next global batch."""
 
-    def __init__(self, samples: PackedSamples, seed: int, global_batch: int, micro_batch: int,
-                 rank: int, world_size: int) -> None:
+    def __init__(self, sources: list[Source], collator: Collator, seed: int, global_batch: int,
+                 micro_batch: int, rank: int, world_size: int, prefetch_steps: int = 0) -> None:
         if global_batch % (micro_batch * world_size):
             raise DataError(f"global batch {global_batch} not divisible by micro batch {micro_batch} "
                             f"x world size {world_size}")
-        self.samples = samples
-        self.order = GlobalOrder(samples.num_samples, seed)
+        self.sources = sources
+        self.collator = collator
+        self.seed = seed
+        self.order = MixedOrder([s.samples.num_samples for s in sources], [s.weight for s in sources],
+                                source_seeds(seed, sources), derive_seed(seed, "mix"))
+        self.collate_seed = derive_seed(seed, "collate")
         self.global_batch = global_batch
         self.micro_batch = micro_batch
         self.rank = rank
         self.world_size = world_size
+        self.prefetch_steps = prefetch_steps
+        self.remote = any(s.samples.shards.remote for s in sources)
         self.consumed_samples = 0
+        self._prefetched_to = 0  # global position up to which this rank's shards were asked for
 
     @property
     def per_rank(self) -> int:
         return self.global_batch // self.world_size
 
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _slice(self, step_start: int) -> tuple[int, list[tuple[int, int]]]:
+        """This rank's first global position in a step, and its (source, sample id) pairs."""
+        start = step_start + self.rank * self.per_rank
+        return start, self.order.sample_ids(start, self.per_rank)
+
+    def _prefetch(self) -> None:
+        """Ask for the shards of this step and the next `prefetch_steps` steps: they download in
+        parallel background threads, so a step normally finds its shards local already."""
+        ahead = self.consumed_samples + (self.prefetch_steps + 1) * self.global_batch
+        step_start = max(self._prefetched_to, self.consumed_samples)
+        while step_start < ahead:
+            wanted: dict[int, list[int]] = {}
+            for source, sample in self._slice(step_start)[1]:
+                wanted.setdefault(source, []).append(sample)
+            for source, samples in wanted.items():
+                self.sources[source].samples.prefetch(samples)
+            step_start += self.global_batch
+        self._prefetched_to = ahead
+
+    def next_step(self) -> list[MicroBatch]:
         """This rank's contiguous slice of the next global batch, split into micro-batches."""
-        start = self.consumed_samples + self.rank * self.per_rank
-        ids = self.order.sample_ids(start, self.per_rank)
+        if self.remote:
+            self._prefetch()
+        start, ids = self._slice(self.consumed_samples)
+        length = self.sources[0].samples.window.length
+        micro_batches = []
+        for first in range(0, self.per_rank, self.micro_batch):
+            windows = np.empty((self.micro_batch, length), dtype=np.int64)
+            for row, (source, sample) in enumerate(ids[first:first + self.micro_batch]):
+                self.sources[source].samples.windows([sample], out=windows[row:row + 1])
+            positions = list(range(start + first, start + first + self.micro_batch))
+            micro_batches.append(self.collator(windows, sample_seeds(self.collate_seed, positions)))
         self.consumed_samples += self.global_batch
-        return [self.samples.batch(ids[i:i + self.micro_batch])
-                for i in range(0, self.per_rank, self.micro_batch)]
+        return micro_batches
+
+    def source_samples(self) -> dict[str, int]:
+        """Samples of each named source consumed so far (all ranks together); {} for one source."""
+        if len(self.sources) == 1:
+            return {}
+        counts = self.order.positions(self.consumed_samples)
+        return {s.name: n for s, n in zip(self.sources, counts)}
 
     def state(self) -> DataState:
-        return DataState(seed=self.order.seed, consumed_samples=self.consumed_samples,
-                         epoch=self.consumed_samples // self.samples.num_samples,
-                         fingerprint=self.samples.shards.fingerprint, seq_len=self.samples.seq_len)
+        many = len(self.sources) > 1
+        return DataState(seed=self.seed, consumed_samples=self.consumed_samples,
+                         epoch=max(self.order.epochs(self.consumed_samples)),
+                         fingerprint=mixture_fingerprint(self.sources),
+                         seq_len=self.sources[0].samples.seq_len,
+                         sources={s.name: s.samples.shards.fingerprint for s in self.sources} if many else {})
 
     def load_state(self, state: dict) -> None:
         mine = asdict(self.state())
         for key in ("seed", "fingerprint", "seq_len"):
             if state[key] != mine[key]:
+                detail = _which_source(state, mine) if key == "fingerprint" else ""
                 raise DataError(f"checkpoint data state {key}={state[key]!r} does not match this run's "
-                                f"{key}={mine[key]!r}; resume with the same dataset, data.seq_len and "
+                                f"{key}={mine[key]!r}{detail}; "
+                                "resume with the same dataset(s), data.sources weights, data.seq_len and "
                                 "train.seed, or start a new run directory")
         self.consumed_samples = int(state["consumed_samples"])
 
 
-def eval_batches(samples: PackedSamples, micro_batch: int, num_batches: int, rank: int,
-                 world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same first validation windows every time, split across ranks (no shuffling)."""
+def _which_source(saved: dict, mine: dict) -> str:
+    """What differs between two mixtures, for the fingerprint mismatch message."""
+    before, now = saved.get("sources", {}), mine["sources"]
+    if before.keys() != now.keys():
+        return f" (sources were {sorted(before) or 'one unnamed'}, now {sorted(now) or 'one unnamed'})"
+    changed = [name for name in now if before[name] != now[name]]
+    return f" (data of source(s) {changed} changed)" if changed else " (source weights changed)"
+
+
+def eval_batches(samples: PackedSamples, collator: Collator, seed: int, micro_batch: int, num_batches: int,
+                 rank: int, world_size: int) -> list[MicroBatch]:
+    """The same first validation windows every time, split across ranks (no shuffling); `seed`
+    gives the collator the same per-sample seeds every time too."""
     total = min(samples.num_samples, micro_batch * num_batches * world_size)
     ids = list(range(total))[rank::world_size]
-    return [samples.batch(ids[i:i + micro_batch]) for i in range(0, len(ids), micro_batch)]
+    return [collator(samples.windows(ids[i:i + micro_batch]), sample_seeds(seed, ids[i:i + micro_batch]))
+            for i in range(0, len(ids), micro_batch)]

@@ -2,40 +2,98 @@
 
 Shards are Arrow IPC files with one `tokens: list<int32>` row per document (see data_prep).
 Their flattened value buffers are mapped, never copied, so opening a 100 GB dataset costs
-page-table entries, not RAM.
+page-table entries, not RAM. A local dataset is mapped in place, every shard at open (a broken
+shard fails the run before training starts). A remote one (s3://...) is only described by its
+manifest at open: each shard is downloaded into the `ShardCache` and mapped when a read first
+needs it, or earlier when `prefetch` asks for it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from data_prep.manifest import read_manifest
+from data_prep.manifest import manifest_path, read_manifest
+from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir
 from dist_llm.errors import DataError
+from dist_llm.uri import is_local, join
 
 _TOKENS_TYPE = pa.list_(pa.int32())
 
 
-class TokenShards:
-    """The concatenated token stream of one split (train/validation) of a prepared dataset."""
+def open_manifest(data_dir: str) -> dict:
+    """`read_manifest` with storage errors (unreachable endpoint, bad credentials) as DataError."""
+    try:
+        return read_manifest(data_dir)
+    except DataError:
+        raise
+    except Exception as e:  # botocore, aiohttp and OSError subclasses all mean "cannot reach it"
+        raise DataError(f"{manifest_path(data_dir)}: cannot read ({type(e).__name__}: {e}); check data.path, "
+                        "and for object storage the endpoint (AWS_ENDPOINT_URL) and credentials") from None
 
-    def __init__(self, data_dir: str, split: str) -> None:
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+class TokenShards:
+    """The concatenated token stream of one split (train/validation) of a prepared dataset.
+
+    `manifest` saves reading it again; remote datasets download through `cache` (one pool per
+    process serves every split and source) into `cache_dir` (`data.cache_dir`; "" = the default).
+    """
+
+    def __init__(self, data_dir: str, split: str, manifest: dict | None = None, cache_dir: str = "",
+                 cache: ShardCache | None = None) -> None:
         self.data_dir = data_dir
-        self.manifest = read_manifest(data_dir)
+        self.manifest = manifest if manifest is not None else open_manifest(data_dir)
         splits = self.manifest["splits"]
         if split not in splits or not splits[split]["shards"]:
-            raise DataError(f"{os.path.join(data_dir, 'manifest.json')}: split {split!r} has no shards; "
+            raise DataError(f"{manifest_path(data_dir)}: split {split!r} has no shards; "
                             f"available: {sorted(k for k, v in splits.items() if v['shards'])}")
         self.split = split
-        self._arrays: list[np.ndarray] = []
-        for shard in splits[split]["shards"]:
-            self._arrays.append(self._map(os.path.join(data_dir, shard["path"]), shard["tokens"]))
-        sizes = np.array([len(a) for a in self._arrays], dtype=np.int64)
-        self._starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.entries: list[dict] = splits[split]["shards"]
+        self._starts = np.concatenate([[0], np.cumsum([e["tokens"] for e in self.entries])]).astype(np.int64)
         self.num_tokens = int(self._starts[-1])
+        self.remote = not is_local(data_dir)
+        self._arrays: list[np.ndarray | None] = [None] * len(self.entries)
+        if self.remote:
+            self._cache = cache or ShardCache()
+            self._cache_dir = dataset_cache_dir(cache_dir, data_dir)
+        else:
+            for index in range(len(self.entries)):
+                self._array(index)
+
+    def _uri(self, index: int) -> str:
+        return join(self.data_dir, self.entries[index]["path"])
+
+    def _fetch_args(self, index: int) -> tuple[str, str, str, int]:
+        entry = self.entries[index]
+        return (self._uri(index), cached_name(self._cache_dir, entry["path"], entry["sha256"]),
+                entry["sha256"], entry["bytes"])
+
+    def _array(self, index: int) -> np.ndarray:
+        array = self._arrays[index]
+        if array is None:
+            path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
+            array = self._arrays[index] = self._map(path, self.entries[index]["tokens"])
+        return array
+
+    def shards_of(self, start: int, length: int) -> range:
+        """Indices of the shards holding tokens [start, start+length)."""
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._starts, start + length - 1, side="right")) - 1
+        return range(first, last + 1)
+
+    def prefetch(self, shard_indices: Iterable[int]) -> None:
+        """Start background downloads of these shards (remote datasets; a no-op locally)."""
+        if self.remote:
+            for index in shard_indices:
+                if self._arrays[index] is None:
+                    self._cache.prefetch(*self._fetch_args(index))
 
     @staticmethod
     def _map(path: str, expected_tokens: int) -> np.ndarray:
@@ -59,24 +117,25 @@ class TokenShards:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the exact data (shard checksums + tokenizer), so a resume can refuse other data."""
+        """Identifies the exact data (shard checksums + tokenizer), so a resume can refuse other data.
+        A local dataset and its copy in object storage have the same fingerprint."""
         h = hashlib.sha256(self.manifest["tokenizer"]["sha256"].encode())
-        for shard in self.manifest["splits"][self.split]["shards"]:
+        for shard in self.entries:
             h.update(shard["sha256"].encode())
         return h.hexdigest()[:16]
 
-    def read(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start+length) of the flat stream, stitched across shard boundaries."""
+    def read(self, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tokens [start, start+length) of the flat stream as int64, stitched across shard
+        boundaries; written into `out` when given (e.g. a row of a batch)."""
         if start < 0 or start + length > self.num_tokens:
             raise IndexError(f"token range [{start}, {start + length}) outside [0, {self.num_tokens})")
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
-        out = np.empty(length, dtype=np.int64)
+        if out is None:
+            out = np.empty(length, dtype=np.int64)
         filled = 0
-        shard = first
-        while filled < length:
+        for shard in self.shards_of(start, length):
+            array = self._array(shard)
             offset = start + filled - int(self._starts[shard])
-            take = min(length - filled, len(self._arrays[shard]) - offset)
-            out[filled:filled + take] = self._arrays[shard][offset:offset + take]
+            take = min(length - filled, len(array) - offset)
+            out[filled:filled + take] = array[offset:offset + take]
             filled += take
-            shard += 1
         return out

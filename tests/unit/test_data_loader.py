@@ -1,60 +1,34 @@
 """The training data path: shards -> one flat token stream -> packed windows -> per-rank batches.
 
-Datasets are written directly with the real shard writer (milliseconds, no tokenizer training),
-with token values that encode their own position, so any stitching or slicing mistake shows.
+Datasets are written directly in the manifest format (milliseconds, no tokenizer training), with
+token values that encode their own position, so any stitching or slicing mistake shows.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
 import torch
 
-from data_prep.manifest import build_manifest, read_manifest, write_manifest
-from data_prep.writer import ShardWriter
-from dist_llm.data.loader import DataState, PackedSamples, TrainBatches, eval_batches
+from data_prep.manifest import read_manifest, write_manifest
+from dist_llm.data.collate import CausalLMCollator
+from dist_llm.data.loader import DataState, TrainBatches, eval_batches
+from dist_llm.data.mixture import Source
+from dist_llm.data.order import GlobalOrder
+from dist_llm.data.packing import PackedSamples
 from dist_llm.data.shards import TokenShards
 from dist_llm.errors import DataError
+from tests.unit.shard_data import counting_docs, make_dataset
+
+CAUSAL = CausalLMCollator()
 
 
-@dataclass
-class _TokenizerInfo:
-    """What `build_manifest` records about a tokenizer; the loader only reads its sha256."""
-
-    kind: str = "sentencepiece"
-    sha256: str = "0" * 64
-    vocab_size: int = 100_000
-
-    def special_ids(self) -> dict[str, int | None]:
-        return {"bos_id": 1, "eos_id": 2, "pad_id": None, "unk_id": 0, "mask_id": None}
-
-
-def make_dataset(data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_tokens: int) -> str:
-    """Write `split_docs` as Arrow shards of about `shard_tokens` tokens plus a manifest."""
-    splits = {}
-    for split in ("train", "validation"):
-        writer = ShardWriter(data_dir, split, shard_tokens)
-        for doc in split_docs.get(split, []):
-            writer.add(np.asarray(doc, dtype=np.int32))
-        splits[split] = writer.close()
-    manifest = build_manifest(_TokenizerInfo(), "tokenizer.model", splits,
-                              {"total": 0, "by_reason": {}}, {"test": True})
-    write_manifest(data_dir, manifest)
-    return data_dir
-
-
-def counting_docs(num_docs: int, first_len: int = 7) -> list[np.ndarray]:
-    """Documents of varying length whose tokens, concatenated, are 0, 1, 2, ..."""
-    docs, next_token = [], 0
-    for i in range(num_docs):
-        length = first_len + (i * 5) % 11
-        docs.append(np.arange(next_token, next_token + length, dtype=np.int32))
-        next_token += length
-    return docs
+def _batch(samples: PackedSamples, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return CAUSAL(samples.windows(ids), [])
 
 
 @pytest.fixture
@@ -183,7 +157,7 @@ def test_packed_samples_are_shifted_windows(counting_dataset, seq_len):
     samples = PackedSamples(TokenShards(data_dir, "train"), seq_len)
     assert samples.num_samples == (len(stream) - 1) // seq_len
     ids = [0, 1, samples.num_samples // 2, samples.num_samples - 1]
-    inputs, labels = samples.batch(ids)
+    inputs, labels = _batch(samples, ids)
     assert inputs.shape == labels.shape == (len(ids), seq_len)
     assert inputs.dtype == labels.dtype == torch.int64
     for row, s in enumerate(ids):
@@ -196,7 +170,7 @@ def test_sample_count_uses_every_possible_window(tmp_path):
     data_dir = make_dataset(str(tmp_path / "ds"), {"train": [np.arange(21)]}, shard_tokens=8)
     samples = PackedSamples(TokenShards(data_dir, "train"), 4)
     assert samples.num_samples == 5
-    inputs, labels = samples.batch([4])
+    inputs, labels = _batch(samples, [4])
     assert inputs.tolist() == [[16, 17, 18, 19]] and labels.tolist() == [[17, 18, 19, 20]]
 
 
@@ -225,7 +199,8 @@ def _global_batch(batches: list[TrainBatches]) -> tuple[torch.Tensor, torch.Tens
 
 
 def _ranks(samples: PackedSamples, world_size: int, seed: int = SEED) -> list[TrainBatches]:
-    return [TrainBatches(samples, seed, GLOBAL, MICRO, rank, world_size) for rank in range(world_size)]
+    return [TrainBatches([Source("", 1.0, samples)], CAUSAL, seed, GLOBAL, MICRO, rank, world_size)
+            for rank in range(world_size)]
 
 
 @pytest.fixture
@@ -248,6 +223,21 @@ def test_global_batch_is_independent_of_world_size_across_epochs(samples):
             assert torch.equal(y, reference[step][1]), f"world {world_size} step {step}"
 
 
+def test_causal_batches_are_the_plain_windows_of_the_seeded_order(samples):
+    """What the loader produced before mixtures and collators existed, written out directly:
+    the causal collator over a single source reproduces it bitwise."""
+    order = GlobalOrder(samples.num_samples, SEED)
+    ranks = _ranks(samples, 2)
+    for step in range(2 * samples.num_samples // GLOBAL):
+        for rank, batches in enumerate(ranks):
+            ids = order.sample_ids(step * GLOBAL + rank * (GLOBAL // 2), GLOBAL // 2)
+            for i, (x, y) in enumerate(batches.next_step()):
+                rows = torch.from_numpy(np.stack([samples.shards.read(s * SEQ, SEQ + 1)
+                                                  for s in ids[i * MICRO:(i + 1) * MICRO]]))
+                assert torch.equal(x, rows[:, :-1]) and torch.equal(y, rows[:, 1:])
+                assert x.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+
+
 def test_each_epoch_visits_every_sample_once(samples):
     single = _ranks(samples, 1)[0]
     starts = []
@@ -268,14 +258,14 @@ def test_seed_changes_the_order(samples):
 def test_state_is_small_and_tracks_consumption(samples):
     batches = _ranks(samples, 2)[1]
     assert [f.name for f in fields(DataState)] == ["seed", "consumed_samples", "epoch", "fingerprint",
-                                                    "seq_len"]
+                                                    "seq_len", "sources"]
     for _ in range(samples.num_samples // GLOBAL + 1):
         batches.next_step()
     state = batches.state()
     assert state.consumed_samples == (samples.num_samples // GLOBAL + 1) * GLOBAL
     assert state.epoch == 1
     assert state.seed == SEED and state.seq_len == SEQ
-    assert state.fingerprint == samples.shards.fingerprint
+    assert state.fingerprint == samples.shards.fingerprint and state.sources == {}
     assert len(json.dumps(asdict(state))) < 200
 
 
@@ -308,9 +298,9 @@ def test_load_state_rejects_other_data_seed_or_seq_len(samples, key, value):
 
 def test_indivisible_batch_raises(samples):
     with pytest.raises(DataError, match="not divisible"):
-        TrainBatches(samples, SEED, 8, 3, 0, 1)
+        TrainBatches([Source("", 1.0, samples)], CAUSAL, SEED, 8, 3, 0, 1)
     with pytest.raises(DataError, match="not divisible"):
-        TrainBatches(samples, SEED, 8, 2, 0, 3)
+        TrainBatches([Source("", 1.0, samples)], CAUSAL, SEED, 8, 2, 0, 3)
 
 
 # --- eval_batches ------------------------------------------------------------------------------
@@ -322,12 +312,12 @@ def _first_inputs(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[int]
 
 def test_eval_batches_deterministic_and_partitioned(samples):
     micro, num_batches = 2, 3
-    one = eval_batches(samples, micro, num_batches, 0, 1)
-    again = eval_batches(samples, micro, num_batches, 0, 1)
+    one = eval_batches(samples, CAUSAL, SEED, micro, num_batches, 0, 1)
+    again = eval_batches(samples, CAUSAL, SEED, micro, num_batches, 0, 1)
     assert len(one) == num_batches
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, again))
     for world_size in (2, 4):
-        per_rank = [_first_inputs(eval_batches(samples, micro, num_batches, r, world_size))
+        per_rank = [_first_inputs(eval_batches(samples, CAUSAL, SEED, micro, num_batches, r, world_size))
                     for r in range(world_size)]
         seen = [s for ids in per_rank for s in ids]
         assert len(seen) == len(set(seen)) == micro * num_batches * world_size  # no overlap
@@ -340,6 +330,21 @@ def test_eval_batches_capped_by_split_size(tmp_path):
                                                    "validation": [np.arange(5 * SEQ + 1)]}, shard_tokens=64)
     val = PackedSamples(TokenShards(data_dir, "validation"), SEQ)
     assert val.num_samples == 5
-    per_rank = [_first_inputs(eval_batches(val, 2, 10, r, 2)) for r in range(2)]
+    per_rank = [_first_inputs(eval_batches(val, CAUSAL, SEED, 2, 10, r, 2)) for r in range(2)]
     assert sorted(per_rank[0] + per_rank[1]) == [0, 1, 2, 3, 4]
     assert not set(per_rank[0]) & set(per_rank[1])
+
+
+# --- dist-llm bench dataloader -----------------------------------------------------------------
+
+def test_bench_dataloader_reports_the_loader_share_of_a_training_step(dataset):
+    from dist_llm.bench.dataloader import bench_dataloader, format_table
+    from tests.conftest import REPO, SMALL_MODEL
+
+    overrides = [f"data.path={dataset}", "launch.nproc_per_node=1", *SMALL_MODEL, "train.precision=fp32"]
+    (result,) = bench_dataloader(str(REPO / "configs" / "tiny.yaml"), overrides, [], steps=4, warmup=1)
+    assert result.location == dataset and result.ranks == 1
+    assert 0 < result.loader_ms and 0 < result.train_data_ms <= result.train_data_max_ms
+    assert result.ratio == pytest.approx(result.train_data_ms / result.train_step_ms)
+    assert 0 < result.ratio < 0.5
+    assert format_table([result]).splitlines()[2].startswith(f"{dataset} | 1 | ")

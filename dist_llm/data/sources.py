@@ -1,0 +1,89 @@
+"""From `DataConfig` to opened sources: manifests checked against each other, splits mapped or cached.
+
+`check_sources` reads only the manifests (small JSON files, local or remote), so the launcher can
+run it before any rank is spawned; `open_sources` then opens the splits in each rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dist_llm.config import Config, DataConfig, SourceConfig
+from dist_llm.data.cache import ShardCache
+from dist_llm.data.collate import Collator
+from dist_llm.data.loader import TrainBatches
+from dist_llm.data.mixture import Source
+from dist_llm.data.packing import PackedSamples
+from dist_llm.data.shards import TokenShards, open_manifest
+from dist_llm.errors import DataError
+from dist_llm.seeding import derive_seed
+
+SPLITS = ("train", "validation")
+
+
+def _label(source: SourceConfig) -> str:
+    return f"data.sources {source.name!r} ({source.path})" if source.name else f"data.path {source.path}"
+
+
+def check_sources(cfg: DataConfig, collator: Collator) -> list[dict]:
+    """Every source's manifest (in config order), after checking that all share one tokenizer and
+    that each split holds at least one sample of `data.seq_len`. Raises DataError naming paths."""
+    sources = cfg.source_list()
+    manifests = [open_manifest(s.path) for s in sources]
+    first, first_manifest = sources[0], manifests[0]
+    window = collator.window(cfg.seq_len)
+    for source, manifest in zip(sources, manifests):
+        if manifest["tokenizer"]["sha256"] != first_manifest["tokenizer"]["sha256"]:
+            raise DataError(f"{source.path} and {first.path} were tokenized with different tokenizers "
+                            f"(sha256 {manifest['tokenizer']['sha256'][:12]}... vs "
+                            f"{first_manifest['tokenizer']['sha256'][:12]}...); a mixture needs one token "
+                            "vocabulary: re-run `dist-llm prep --tokenizer <one tokenizer>` for "
+                            f"{source.path}")
+        for split in SPLITS:
+            tokens = sum(shard["tokens"] for shard in manifest["splits"][split]["shards"])
+            if tokens < window.length:
+                raise DataError(f"{_label(source)}: split {split!r} has {tokens} tokens, fewer than one "
+                                f"sample of data.seq_len={cfg.seq_len} needs ({window.length}); lower "
+                                "data.seq_len or add data")
+    return manifests
+
+
+def open_sources(cfg: DataConfig, collator: Collator, split: str, cache: ShardCache | None = None,
+                 manifests: list[dict] | None = None) -> list[Source]:
+    """One `Source` per configured source over `split`; remote shards download through `cache`."""
+    configs = cfg.source_list()
+    manifests = manifests or [open_manifest(s.path) for s in configs]
+    window = collator.window(cfg.seq_len)
+    return [Source(name=s.name, weight=s.weight,
+                   samples=PackedSamples(TokenShards(s.path, split, manifest, cfg.cache_dir, cache),
+                                         cfg.seq_len, window))
+            for s, manifest in zip(configs, manifests)]
+
+
+@dataclass
+class TrainingData:
+    """What a training process reads: both splits of every source and the one download pool."""
+
+    train: list[Source]
+    validation: list[Source]
+    manifest: dict
+    """The first source's manifest (all sources share its tokenizer)."""
+    cache: ShardCache
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def open_training_data(cfg: DataConfig, collator: Collator) -> TrainingData:
+    manifests = check_sources(cfg, collator)
+    cache = ShardCache(cfg.download_workers)
+    return TrainingData(train=open_sources(cfg, collator, "train", cache, manifests),
+                        validation=open_sources(cfg, collator, "validation", cache, manifests),
+                        manifest=manifests[0], cache=cache)
+
+
+def train_batches(cfg: Config, data: TrainingData, collator: Collator, dp_rank: int, dp: int) -> TrainBatches:
+    """The loader of data-parallel rank `dp_rank` of `dp`, as the trainer (and its benchmark) runs it."""
+    t = cfg.train
+    return TrainBatches(data.train, collator, derive_seed(t.seed, "data"), t.global_batch_size,
+                        t.micro_batch_size, dp_rank, dp, cfg.data.prefetch_steps)
