@@ -14,6 +14,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from dist_llm.errors import DataError
 
 NORMALIZATIONS = ("none", "NFC", "NFKC", "NFD", "NFKD")
@@ -55,6 +57,14 @@ def doc_hash(text: str) -> bytes:
 def is_validation(digest: bytes, val_fraction: float) -> bool:
     """Stable split decision from the document hash alone."""
     return val_fraction > 0 and int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def validation_mask(digests: list[bytes], val_fraction: float) -> np.ndarray:
+    """`is_validation` of many hashes at once (one numpy pass instead of a Python call each)."""
+    if val_fraction <= 0 or not digests:
+        return np.zeros(len(digests), dtype=bool)
+    leading = np.frombuffer(b"".join(digests), dtype=">u8")[::HASH_BYTES // 8]
+    return leading / 2.0**64 < val_fraction
 
 
 class DocumentFilter:

@@ -25,6 +25,7 @@ from itertools import chain
 from typing import IO, NamedTuple
 
 import fsspec
+import orjson
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
@@ -42,6 +43,9 @@ HEAD_BYTES = 8192  # a NUL byte in this many leading bytes marks a binary file (
 COLUMN_BATCH_ROWS = 4096  # Parquet rows decoded per batch
 _UTF8_BOM = b"\xef\xbb\xbf"
 _BLANK = b" \t\r\x0b\x0c"  # what bytes.isspace() accepts, the newline aside
+# orjson parses a JSONL line ~3x faster than the stdlib; a line it rejects goes to `json`, so what
+# is accepted (NaN, huge integers) and how errors are worded stay the stdlib's.
+_NOT_PARSED = object()
 _SKIP_HINT = "pass --on-error skip to skip and count such documents"
 # Bounded retries so a wrong or dead endpoint fails in seconds, not minutes: botocore's default
 # (legacy mode, 5 attempts) times s3fs's own retries can hang for minutes on a black-holed host.
@@ -409,7 +413,12 @@ def _jsonl_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, tex
         if not raw or raw.isspace():
             continue
         try:
-            record = json.loads(raw.decode())
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            record = _NOT_PARSED
+        try:
+            if record is _NOT_PARSED:  # the stdlib decides, and words the error
+                record = json.loads(raw.decode())
         except UnicodeDecodeError as exc:
             policy.bad("invalid_utf8", _where(seg, pos), f"invalid UTF-8 byte at column {exc.start + 1}")
             continue

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep import store
-from data_prep.filters import DocumentFilter, FilterConfig, is_validation
+from data_prep.filters import DocumentFilter, FilterConfig, validation_mask
 from data_prep.readers import ErrorPolicy, read_unit
 from data_prep.tokenizer import Tokenizer, load_tokenizer
 from data_prep.units import ReadOptions, WorkUnit
@@ -120,8 +120,7 @@ class _UnitProcessor:
             flat = np.insert(flat, ends - sizes + np.arange(len(kept)), self.tokenizer.bos_id)
         lengths = sizes + 1 + self.job.add_bos
         digests = [batch[i][1] for i in kept]
-        validation = np.fromiter((is_validation(d, self.job.val_fraction) for d in digests), dtype=bool,
-                                 count=len(kept))
+        validation = validation_mask(digests, self.job.val_fraction)
         if not validation.any():
             writers["train"].add(flat, lengths, digests)
             return
