@@ -126,14 +126,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="consolidated weights of any engine's checkpoint as safetensors")
+    p = sub.add_parser("export", help="a checkpoint of any engine as consolidated safetensors or a "
+                                      "Hugging Face model directory")
     p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", choices=["safetensors"], default="safetensors")
+    p.add_argument("--format", choices=["safetensors", "hf"], default="safetensors",
+                   help="safetensors: our weights + config; hf: a LlamaForCausalLM directory with tokenizer")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--data", default=None,
+                   help="(--format hf) dataset whose tokenizer to export; default: the run's training data")
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "hf":
+        from dist_llm.interop import export_hf
+
+        print(export_hf(args.checkpoint, args.out, args.dtype, args.data))
+        return 0
     from dist_llm.export import export_safetensors
 
     print(export_safetensors(args.checkpoint, args.out, args.dtype))

@@ -1,7 +1,7 @@
 """Consolidated weights out of any checkpoint, as safetensors (fp32 or bf16).
 
 Every checkpoint holds the engine-independent `model.pt`, so this works the same for DDP, TP/PP
-and ZeRO runs. HF-transformers directories are a separate format (`--format hf`, later).
+and ZeRO runs. HF-transformers directories are `--format hf`, see `dist_llm.interop`.
 """
 
 from __future__ import annotations

@@ -55,6 +55,20 @@ def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
     assert exported["tok_embeddings.weight"].dtype == torch.float32
     assert torch.equal(exported["norm.weight"], final_weights(run)["norm.weight"])
 
+    # The Hugging Face export loads with transformers' Auto classes and gives our logits.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dist_llm.evaluate import load_trained_model
+
+    hf = dist_llm("export", run, "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert hf.returncode == 0, hf.stderr[-3000:]
+    hf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ids = tokenizer("Return the value", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = load_trained_model(run).model.eval()(ids)
+        assert (hf_model(ids).logits - ours).abs().max() < 1e-4
+
 
 @pytest.mark.parametrize("args, message", [
     (["train.global_batch_size=12"], "override 'train.global_batch_size=12': train.global_batch_size=12 is "

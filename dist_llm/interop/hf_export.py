@@ -1,0 +1,109 @@
+"""Hugging Face model directories: export a checkpoint to one, import one to continue pretraining.
+
+An exported directory is what `AutoModelForCausalLM.from_pretrained(dir)` and
+`AutoTokenizer.from_pretrained(dir)` load with no dist_llm installed: `model.safetensors`,
+`config.json`, `generation_config.json` and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import save_file
+
+from dist_llm.errors import CheckpointError, ConfigError, DataError
+from dist_llm.export import DTYPES
+from dist_llm.interop.hf_llama import from_hf_llama, to_hf_llama
+from dist_llm.models.config import ModelConfig
+
+# The model files we write; a copied HF tokenizer directory must not bring its own.
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def save_hf_tokenizer(tokenizer_path: str, out_dir: str, model_max_length: int) -> None:
+    """Tokenizer files into out_dir: an HF tokenizer directory is copied file by file (so it loads
+    exactly as our `HFTokenizer` loads it); a sentencepiece model is rebuilt as a fast tokenizer
+    that encodes like ours (see `hf_tokenizer`)."""
+    if os.path.isdir(tokenizer_path):
+        for name in sorted(os.listdir(tokenizer_path)):
+            source = os.path.join(tokenizer_path, name)
+            if name not in MODEL_FILES and os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(out_dir, name))
+        return
+    from dist_llm.interop.hf_tokenizer import sentencepiece_to_hf
+
+    sentencepiece_to_hf(tokenizer_path, model_max_length).save_pretrained(out_dir)
+
+
+def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, out_dir: str,
+                  tokenizer_path: str, dtype: str = "fp32", metadata: dict[str, str] | None = None) -> str:
+    """Write a complete HF Llama directory from our decoder's state_dict and config plus the
+    tokenizer it was trained with; returns out_dir. Checkpoint-free, so tests and other
+    entry points (e.g. a model in memory) share it with `export_hf`."""
+    from transformers import GenerationConfig
+
+    from data_prep.tokenizer import load_tokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise DataError(f"{tokenizer_path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model_cfg.vocab_size}; pass the dataset the model was trained on")
+    hf_config, hf_state = to_hf_llama(state_dict, model_cfg)
+    hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    hf_config.pad_token_id = tokenizer.pad_id
+    hf_config.dtype = DTYPES[dtype]
+    os.makedirs(out_dir, exist_ok=True)
+    save_hf_tokenizer(tokenizer_path, out_dir, model_cfg.max_seq_len)
+    tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in hf_state.items()}
+    # "format": "pt" is what transformers checks before trusting a safetensors file's layout.
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt", **(metadata or {})})
+    hf_config.save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                     pad_token_id=tokenizer.pad_id).save_pretrained(out_dir)
+    return out_dir
+
+
+def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str | None = None) -> str:
+    """A checkpoint (run dir, checkpoint root or step dir) as an HF Llama directory; returns out_dir.
+    The tokenizer comes from `data_path`'s manifest, by default the run's (first) training dataset."""
+    from dist_llm.checkpoint import layout
+    from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+    from dist_llm.config import config_from_dict
+    from dist_llm.evaluate import resolve_checkpoint, tokenizer_path
+
+    uri = resolve_checkpoint(checkpoint)
+    trainer_state = load_trainer_state(uri)
+    cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
+    data = data_path or cfg.data.source_list()[0].path
+    try:
+        tok_path = tokenizer_path(data)
+    except DataError as exc:
+        raise DataError(f"{exc}; the export needs the run's tokenizer: pass --data with the dataset "
+                        "directory the model was trained on") from exc
+    return save_hf_model(load_model_state(uri), cfg.model, out_dir, tok_path, dtype,
+                         metadata={"step": str(trainer_state["step"]), "source": uri})
+
+
+def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, state_dict) for `DecoderLM` from a local HF model directory, cast to `dtype`
+    (fp32 by default: continued pretraining keeps fp32 master weights whatever the file holds).
+    Dispatches on config.json's model_type so other decoder families can join."""
+    config_file = os.path.join(hf_dir, "config.json")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_file}: cannot read ({exc}); model.init_from must be a local "
+                              "directory written by save_pretrained()") from exc
+    if model_type != "llama":
+        raise ConfigError(f"{config_file}: model_type={model_type!r} cannot be imported; "
+                          "supported: ['llama']")
+    model_cfg, state = from_hf_llama(hf_dir)
+    cast = {id(t): t.to(dtype) for t in state.values()}  # by identity: a tied head stays tied
+    return model_cfg, {k: cast[id(t)] for k, t in state.items()}
