@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -158,14 +159,11 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
         splits[split] = {"docs": sum(e["docs"] for e in entries), "tokens": sum(e["tokens"] for e in entries),
                          "shards": entries}
 
-    removed: dict[str, int] = {}
-    skipped: dict[str, int] = dict(prep["skipped_inputs"])  # inputs dropped before planning
+    # update(), not `+`: Counter addition drops zero counts, and the manifest reports them.
+    removed, skipped = Counter(duplicate=removed_duplicates), Counter(prep["skipped_inputs"])
     for record in records:
-        for key, value in record["removed"].items():
-            removed[key] = removed.get(key, 0) + value
-        for key, value in record["skipped"].items():
-            skipped[key] = skipped.get(key, 0) + value
-    removed["duplicate"] = removed.get("duplicate", 0) + removed_duplicates
+        removed.update(record["removed"])
+        skipped.update(record["skipped"])
     docs_read = sum(r["docs_read"] for r in records)
     if splits["train"]["docs"] + splits["validation"]["docs"] == 0:
         raise DataError(f"no documents left in {identity['inputs']}: read {docs_read}, removed "
@@ -177,7 +175,7 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
         args=prep["args"],
     )
     manifest["filters"] = {"docs_read": docs_read, "removed": dict(sorted(removed.items())),
-                           **{k: v for k, v in identity["filters"].items()}}
+                           **identity["filters"]}
     manifest["units"] = prep["units"]
     store.sync_local(out)  # every shard the manifest lists is on disk before the manifest is
     write_manifest(out, manifest)

@@ -353,15 +353,20 @@ def _whole_file(seg: Segment, data: bytes, policy: ErrorPolicy) -> Iterator[Docu
     yield Document(text, seg.uri, 0)
 
 
+def _owned_lines(lines: Iterable[tuple[int, bytes]], stop: int) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines that start before `stop` (the segment's own; later ones are the next's)."""
+    for pos, raw in lines:
+        if pos >= stop:
+            return
+        if raw and not raw.isspace():
+            yield pos, raw
+
+
 def _line_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int,
                policy: ErrorPolicy) -> Iterator[Document]:
     """One document per non-blank line (a trailing CR dropped)."""
     uri = seg.uri
-    for pos, raw in lines:
-        if pos >= stop:
-            return
-        if not raw or raw.isspace():
-            continue
+    for pos, raw in _owned_lines(lines, stop):
         try:
             text = raw.rstrip(b"\r").decode()
         except UnicodeDecodeError as exc:
@@ -407,11 +412,7 @@ def _jsonl_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, tex
                 policy: ErrorPolicy) -> Iterator[Document]:
     """One document per JSON object line, text taken from `text_field`; blank lines ignored."""
     uri = seg.uri
-    for pos, raw in lines:
-        if pos >= stop:
-            return
-        if not raw or raw.isspace():
-            continue
+    for pos, raw in _owned_lines(lines, stop):
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError:
