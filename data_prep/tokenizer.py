@@ -60,6 +60,8 @@ class Tokenizer:
     pad_id: int | None
     unk_id: int | None
     mask_id: int | None
+    sep_id: int | None
+    cls_id: int | None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS/EOS (the caller decides those)."""
@@ -75,9 +77,18 @@ class Tokenizer:
         """Id of one vocabulary entry (e.g. "<extra_id_0>"), or None if it is not in the vocab."""
         raise NotImplementedError
 
-    def special_ids(self) -> dict[str, int | None]:
-        """The ids the manifest records."""
-        return {name: getattr(self, name) for name in ("bos_id", "eos_id", "pad_id", "unk_id", "mask_id")}
+    def sentinel_ids(self) -> list[int]:
+        """Ids of "<extra_id_0>", "<extra_id_1>", ... up to the first one the vocabulary lacks: the
+        span-corruption sentinels, in the order T5 uses them."""
+        ids = []
+        while (token_id := self.token_to_id(f"<extra_id_{len(ids)}>")) is not None:
+            ids.append(token_id)
+        return ids
+
+    def special_ids(self) -> dict[str, int | None | list[int]]:
+        """The ids the manifest records: what each objective's collator needs from the tokenizer."""
+        names = ("bos_id", "eos_id", "pad_id", "unk_id", "mask_id", "sep_id", "cls_id")
+        return {**{name: getattr(self, name) for name in names}, "sentinel_ids": self.sentinel_ids()}
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -96,6 +107,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos_id, self.eos_id = self._optional(self._sp.bos_id()), self._optional(self._sp.eos_id())
         self.pad_id, self.unk_id = self._optional(self._sp.pad_id()), self._optional(self._sp.unk_id())
         self.mask_id = self.token_to_id("<mask>")
+        self.sep_id, self.cls_id = self.token_to_id("<sep>"), self.token_to_id("<cls>")
 
     @staticmethod
     def _optional(token_id: int) -> int | None:
@@ -134,6 +146,7 @@ class HFTokenizer(Tokenizer):
         tok = self._tok
         self.bos_id, self.eos_id, self.pad_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         self.unk_id, self.mask_id = tok.unk_token_id, tok.mask_token_id
+        self.sep_id, self.cls_id = tok.sep_token_id, tok.cls_token_id
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.get_vocab().get(token)

@@ -30,9 +30,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint or run directory")
-    p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
-    p.add_argument("--data", help="dataset dir (default: the one the run trained on)")
+    p = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint, run directory or "
+                                    "Hugging Face model directory (e.g. an export), any model family")
+    p.add_argument("checkpoint", help="run dir, checkpoint root, step directory, or HF model directory")
+    p.add_argument("--data", help="dataset dir (default: the one the run trained on; required for an HF "
+                                  "directory)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, help="default: the whole validation split")
 
@@ -131,7 +133,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=["safetensors", "hf"], default="safetensors",
-                   help="safetensors: our weights + config; hf: a LlamaForCausalLM directory with tokenizer")
+                   help="safetensors: our weights + config; hf: a transformers directory with tokenizer "
+                        "(LlamaForCausalLM, BertForPreTraining or T5ForConditionalGeneration by family)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--data", default=None,
                    help="(--format hf) dataset whose tokenizer to export; default: the run's training data")
@@ -151,9 +154,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from dist_llm.config import dump_config, load_config
-    from dist_llm.data.collate import build_collator
     from dist_llm.data.sources import check_sources
     from dist_llm.launch.torchrun import in_torchrun, torchrun_command
+    from dist_llm.pretrained import check_pretrained
 
     overrides = list(args.overrides)
     if args.resume:
@@ -168,7 +171,10 @@ def _train(args: argparse.Namespace) -> int:
 
         validate_deepspeed_config(cfg, world or cfg.launch.nproc_per_node * cfg.launch.nnodes)
     # Missing datasets, mixed tokenizers, too-short splits fail here, not in N spawned ranks.
-    check_sources(cfg.data, build_collator(cfg.data.objective))
+    check_sources(cfg.data)
+    for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
+        if path:
+            check_pretrained(path, key)
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))

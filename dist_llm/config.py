@@ -20,6 +20,9 @@ import yaml
 from dist_llm.errors import ConfigError
 from dist_llm.models.config import ModelConfig
 
+OBJECTIVES = {"decoder": "causal", "encoder": "mlm", "encoder_decoder": "span_corruption"}
+"""model.arch -> the data.objective that pretrains it."""
+
 
 @dataclass
 class SourceConfig:
@@ -40,8 +43,17 @@ class DataConfig:
     """A weighted mixture of datasets, e.g. 70% web + 30% code; empty = `path` alone."""
     seq_len: int = 256
     """Tokens per training sample (context window); samples are packed across documents."""
-    objective: Literal["causal"] = "causal"
-    """How a window of tokens becomes model inputs (the collator): causal = next-token prediction."""
+    objective: Literal["causal", "mlm", "span_corruption"] = "causal"
+    """How a window of tokens becomes model inputs (the collator): causal = next-token prediction
+    (model.arch decoder), mlm = BERT masked LM (encoder), span_corruption = T5 (encoder_decoder)."""
+    mask_prob: float = 0.15
+    """mlm: share of tokens chosen for prediction (of those 80% [MASK], 10% random, 10% unchanged)."""
+    sentence_task: Literal["none", "nsp", "sop"] = "none"
+    """mlm: also train BERT's next-sentence prediction or ALBERT's sentence-order prediction."""
+    noise_density: float = 0.15
+    """span_corruption: share of a sample's tokens hidden in spans (T5: 0.15)."""
+    mean_span_length: float = 3.0
+    """span_corruption: mean length of a hidden span (T5: 3)."""
     cache_dir: str = ""
     """Local cache for remote shards (one subdirectory per dataset URI); empty =
     $XDG_CACHE_HOME/dist_llm/data or ~/.cache/dist_llm/data. Use a node-local disk."""
@@ -113,6 +125,24 @@ class TrainConfig:
     on_bad_steps: Literal["stop", "rollback"] = "stop"
     """stop: exit with an error; rollback: reload weights/optimizer from the last committed
     checkpoint and go on with the data after the bad batches."""
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""
+    """Knowledge distillation from this frozen model (a dist_llm checkpoint/run directory or a local
+    Hugging Face model directory of the same family and vocabulary); empty = no teacher."""
+    temperature: float = 1.0
+    """Softmax temperature T of the soft targets; the soft loss is scaled by T^2 (Hinton et al.).
+    Measured on the tiny configs: T=1 helped in every run, T=1.5-2 left the student worse than no
+    teacher (soft targets too flat for a small vocabulary-wide student)."""
+    alpha: float = 0.5
+    """Weight of the hard-label loss; the soft-target KL gets 1 - alpha."""
+    teacher_shard: bool = False
+    """engine.type=deepspeed: partition the teacher's weights across ranks (ZeRO-3 inference)
+    instead of a full copy per rank."""
+    teacher_offload: bool = False
+    """With teacher_shard: keep the teacher's partitions in CPU memory (ZeRO-3 parameter offload)."""
 
 
 @dataclass
@@ -193,6 +223,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -235,8 +266,13 @@ class Config:
         for key, value in non_negative.items():
             if value < 0:
                 fail(key, f"{key}={value} must be >= 0")
+        try:
+            self.model.validate(require_vocab=False)
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
         self._validate_parallelism(world, fail)
         self._validate_data(fail)
+        self._validate_distill(fail)
         dp = self.engine.data_parallel_size(world)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             fail("train.global_batch_size",
@@ -253,11 +289,25 @@ class Config:
                                          "(the newest committed checkpoint is always kept)")
         if self.train.precision == "fp16" and not _cuda_available():
             fail("train.precision", "train.precision=fp16 needs CUDA (fp16 loss scaling); use bf16 on CPU")
-        try:
-            self.model.validate(require_vocab=False)
-        except ConfigError as e:
-            raise ConfigError(f"{origin}: {e}") from None
 
+
+    def _validate_distill(self, fail: Callable[[str, str], None]) -> None:
+        d = self.distill
+        if not d.temperature > 0:
+            fail("distill.temperature", f"distill.temperature={d.temperature} must be > 0")
+        if not 0.0 <= d.alpha <= 1.0:
+            fail("distill.alpha", f"distill.alpha={d.alpha} must be in [0, 1]")
+        if not d.teacher:
+            return
+        if self.engine.tp > 1 or self.engine.pp > 1:
+            fail("distill.teacher", "distillation runs on data-parallel engines (DDP, DeepSpeed ZeRO); "
+                                    "set engine.tp=1 and engine.pp=1")
+        if d.teacher_shard and self.engine.type != "deepspeed":
+            fail("distill.teacher_shard", "distill.teacher_shard=true partitions the teacher with "
+                                          "DeepSpeed ZeRO-3; set engine.type=deepspeed")
+        if d.teacher_offload and not d.teacher_shard:
+            fail("distill.teacher_offload", "distill.teacher_offload=true offloads the teacher's ZeRO-3 "
+                                            "partitions; set distill.teacher_shard=true too")
 
     def _validate_data(self, fail: Callable[[str, str], None]) -> None:
         d = self.data
@@ -265,6 +315,15 @@ class Config:
             fail("data.prefetch_steps", f"data.prefetch_steps={d.prefetch_steps} must be >= 0")
         if d.download_workers < 1:
             fail("data.download_workers", f"data.download_workers={d.download_workers} must be >= 1")
+        objective = OBJECTIVES[self.model.arch]
+        if d.objective != objective:
+            fail("data.objective", f"data.objective={d.objective!r} does not train model.arch="
+                                   f"{self.model.arch!r}; set data.objective={objective}")
+        for key in ("mask_prob", "noise_density"):
+            if not 0.0 < getattr(d, key) < 1.0:
+                fail(f"data.{key}", f"data.{key}={getattr(d, key)} must be in (0, 1)")
+        if d.mean_span_length < 1.0:
+            fail("data.mean_span_length", f"data.mean_span_length={d.mean_span_length} must be >= 1")
         seen: dict[str, int] = {}
         for i, source in enumerate(d.source_list() if d.sources else []):
             key = f"data.sources[{i}]"
@@ -283,6 +342,11 @@ class Config:
 
     def _validate_parallelism(self, world: int, fail: Callable[[str, str], None]) -> None:
         e = self.engine
+        if self.model.arch != "decoder" and (e.tp > 1 or e.pp > 1):
+            fail("engine.tp" if e.tp > 1 else "engine.pp",
+                 f"engine.tp={e.tp}, engine.pp={e.pp}: tensor and pipeline parallelism are implemented "
+                 f"for model.arch=decoder only, not {self.model.arch!r}; use data parallelism (DDP or "
+                 "DeepSpeed ZeRO) for encoder and encoder-decoder models")
         for key, value in {"engine.tp": e.tp, "engine.pp": e.pp}.items():
             if value < 1:
                 fail(key, f"{key}={value} must be >= 1")

@@ -38,6 +38,16 @@ def init_distributed(backend: str = "auto") -> World:
     return World(rank=rank, local_rank=local_rank, size=size, device=device)
 
 
+def ensure_process_group() -> None:
+    """A 1-rank gloo group when none exists: DeepSpeed talks through a process group and reads
+    torchrun's variables even for a single rank started without torchrun."""
+    if dist.is_initialized():
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    for key, value in {"LOCAL_RANK": 0, "RANK": 0, "WORLD_SIZE": 1}.items():
+        os.environ.setdefault(key, str(value))
+
+
 def shutdown() -> None:
     """Leave the group together: a rank that tears gloo down while its peer is still mid-collective
     can abort the peer ("terminate called without an active exception")."""

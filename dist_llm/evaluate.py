@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -13,15 +13,15 @@ from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import find_resumable
 from dist_llm.checkpoint.state import load_model_state, load_trainer_state
 from dist_llm.checkpoint.storage import exists, join
-from dist_llm.config import Config, DataConfig, config_from_dict
-from dist_llm.data.collate import Collator, build_collator
+from dist_llm.config import OBJECTIVES, Config, DataConfig, TrainConfig, config_from_dict
+from dist_llm.data.collate import Batch, Collator
 from dist_llm.data.loader import eval_batches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples
-from dist_llm.data.sources import open_sources
+from dist_llm.data.sources import check_sources, open_sources
 from dist_llm.distributed import all_reduce_sum
-from dist_llm.errors import CheckpointError
-from dist_llm.models import build_model
+from dist_llm.errors import CheckpointError, ConfigError
+from dist_llm.pretrained import instantiate, is_hf_dir, load_pretrained
 from dist_llm.seeding import derive_seed
 
 
@@ -46,30 +46,39 @@ class LoadedModel:
 
 
 def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
+    """A checkpoint (step, root or run directory) or a local HF model directory, e.g. an export.
+    An HF model has no training config: its data (for evaluation) must be given separately, and its
+    objective is its family's."""
+    if is_hf_dir(path):
+        model_cfg, state = load_pretrained(path)
+        data = DataConfig(path="", objective=OBJECTIVES[model_cfg.arch],
+                          seq_len=min(DataConfig.seq_len, model_cfg.max_seq_len))
+        # fp32: the export's weights as they are, the number transformers would compute.
+        cfg = Config(model=model_cfg, data=data, train=TrainConfig(precision="fp32"))
+        return LoadedModel(model=instantiate(model_cfg, state, device), cfg=cfg, step=0, checkpoint=path)
     uri = resolve_checkpoint(path)
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
-    with torch.device("meta"):  # no memory for weights that the checkpoint overwrites anyway
-        model = build_model(cfg.model)
-    model.to_empty(device=device)
-    model.init_weights()  # re-ties embeddings and rebuilds the rotary tables after to_empty
-    model.load_state_dict(load_model_state(uri, device))
-    model.eval()
-    return LoadedModel(model=model, cfg=cfg, step=trainer_state["step"], checkpoint=uri)
+    return LoadedModel(model=instantiate(cfg.model, load_model_state(uri, device), device), cfg=cfg,
+                       step=trainer_state["step"], checkpoint=uri)
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[Batch], torch.Tensor]
 
 
 def validation_loss(loss_fn: LossFn, samples: PackedSamples, collator: Collator, seed: int, micro_batch: int,
                     num_batches: int, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
-    """Token-weighted mean loss over the first validation windows, identical on every rank.
-    Returns (loss, tokens counted)."""
+    """Mean loss per scored token (label != -100) over the first validation windows, identical on
+    every rank. Returns (loss, tokens scored). Only the token-prediction loss counts: BERT's
+    next-sentence term is dropped, so val_loss and perplexity mean the same for every family and
+    match what transformers computes on an export."""
     totals = torch.zeros(2, dtype=torch.float64)
     batches = eval_batches(samples, collator, seed, micro_batch, num_batches, rank, world_size)
-    for input_ids, labels in batches:
-        totals[0] += loss_fn(input_ids, labels).double().cpu() * labels.numel()
-        totals[1] += labels.numel()
+    for batch in batches:
+        batch.pop("next_sentence_label", None)
+        scored = int((batch["labels"] != -100).sum())
+        totals[0] += loss_fn(batch).double().cpu() * scored
+        totals[1] += scored
     all_reduce_sum(totals)
     return (totals[0] / totals[1]).item(), int(totals[1].item())
 
@@ -103,15 +112,18 @@ def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch
     """Validation loss and perplexity of a trained model over the validation split (all of it by
     default); for a model trained on a mixture, per source and weighted (see `validation_losses`)."""
     cfg = loaded.cfg
-    data = DataConfig(path=data_path, seq_len=cfg.data.seq_len, objective=cfg.data.objective,
-                      cache_dir=cfg.data.cache_dir) if data_path else cfg.data
-    collator = build_collator(data.objective)
-    sources = open_sources(data, collator, "validation")
+    if not (data_path or cfg.data.path or cfg.data.sources):
+        raise ConfigError(f"{loaded.checkpoint} is a Hugging Face model without training data: pass "
+                          "--data with a dataset prepared with its tokenizer (dist-llm prep --tokenizer DIR)")
+    # Another dataset keeps the run's sample length and objective settings (mask rate, spans).
+    data = replace(cfg.data, path=data_path, sources=[]) if data_path else cfg.data
+    manifests, collator = check_sources(data)
+    sources = open_sources(data, collator, "validation", manifests=manifests)
     device = next(loaded.model.parameters()).device
 
-    def loss_fn(input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_fn(batch: Batch) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            return loaded.model(input_ids.to(device), labels=labels.to(device))
+            return loaded.model(**{key: value.to(device) for key, value in batch.items()})
 
     num_batches = max_batches or math.ceil(max(s.samples.num_samples for s in sources) / batch_size)
     losses = validation_losses(loss_fn, sources, collator, cfg.train.seed, batch_size, num_batches)

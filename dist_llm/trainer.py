@@ -17,14 +17,15 @@ from dist_llm.callbacks.signals import PreemptionCallback
 from dist_llm.checkpoint.discovery import resolve_resume
 from dist_llm.checkpoint.state import load_checkpoint
 from dist_llm.config import Config
-from dist_llm.data.collate import build_collator
 from dist_llm.data.sources import open_training_data, train_batches
+from dist_llm.distill import attach_teacher
 from dist_llm.distributed import World, broadcast_object
 from dist_llm.engine import build_engine
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 from dist_llm.models import build_model, count_params
 from dist_llm.parallel_dims import ParallelDims
+from dist_llm.pretrained import adopt_pretrained
 from dist_llm.schedule import lr_at
 from dist_llm.seeding import derive_seed
 
@@ -42,12 +43,20 @@ class Trainer:
     def __init__(self, cfg: Config, world: World, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
         self.world = world
-        self.collator = build_collator(cfg.data.objective)
-        self.data = open_training_data(cfg.data, self.collator)
+        self.data = open_training_data(cfg.data)
         fill_vocab_size(cfg, self.data.manifest)
+        pretrained = None
+        if cfg.model.init_from:
+            cfg.model, pretrained = adopt_pretrained(cfg.model, self.data.manifest["tokenizer"]["vocab_size"],
+                                                     cfg.data.seq_len)
         cfg.model.validate()
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        self.engine = build_engine(build_model(cfg.model), cfg, world)
+        model = build_model(cfg.model)
+        if pretrained is not None:
+            model.load_state_dict(pretrained)
+        if cfg.distill.teacher:
+            attach_teacher(model, cfg, world)
+        self.engine = build_engine(model, cfg, world)
         log.info("model: %s parameters (%s non-embedding), %d rank(s), engine %s",
                  f"{count_params(cfg.model):,}", f"{count_params(cfg.model, non_embedding=True):,}",
                  world.size, cfg.engine.type)
@@ -55,10 +64,10 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
         # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
         self.dims = ParallelDims.from_config(cfg.engine, world.rank, world.size)
-        self.batches = train_batches(cfg, self.data, self.collator, self.dims.dp_rank, self.dims.dp)
+        self.batches = train_batches(cfg, self.data, self.dims.dp_rank, self.dims.dp)
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
         self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
-                          EvalCallback(self.data.validation, self.collator), CheckpointCallback(),
+                          EvalCallback(self.data.validation, self.data.collator), CheckpointCallback(),
                           *(callbacks or [])]
         self.stop_requested = False
         self.step = 0

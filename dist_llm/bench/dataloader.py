@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 from dist_llm.config import load_config
-from dist_llm.data.collate import build_collator
 from dist_llm.data.sources import open_training_data, train_batches
 from dist_llm.errors import ConfigError
 from dist_llm.launch.torchrun import torchrun_command
@@ -48,9 +47,8 @@ def _loader_times(config: str, overrides: list[str], steps: int) -> list[float]:
     cfg = load_config(config, overrides)
     world = cfg.launch.nproc_per_node * cfg.launch.nnodes
     cfg.validate(world_size=world)
-    collator = build_collator(cfg.data.objective)
-    data = open_training_data(cfg.data, collator)
-    batches = train_batches(cfg, data, collator, 0, cfg.engine.data_parallel_size(world))
+    data = open_training_data(cfg.data)
+    batches = train_batches(cfg, data, 0, cfg.engine.data_parallel_size(world))
     times = []
     try:
         for _ in range(steps):

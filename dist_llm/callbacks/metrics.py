@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dist_llm.callbacks.base import Callback
+from dist_llm.data.collate import target_length
 from dist_llm.distributed import all_reduce_sum
 from dist_llm.log import get_logger
 from dist_llm.metrics.peak import peak_tflops
@@ -30,7 +31,7 @@ class MetricsCallback(Callback):
 
     def on_train_start(self, trainer: "Trainer") -> None:
         cfg = trainer.cfg
-        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len, target_length(cfg.data))
         self.peak, source = peak_tflops(trainer.world.device, cfg.train.precision, cfg.logging.peak_tflops)
         log.info("MFU is stated against %.2f TFLOP/s per device (%s); %.3g FLOPs/token",
                  self.peak, source, self.flops_per_token)

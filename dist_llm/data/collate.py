@@ -6,17 +6,16 @@ together with one seed per row. A row's seed is derived from the train seed and 
 sample index (its position in the run's sample sequence), never from the rank, step or RNG state,
 so a random objective draws the same noise for a sample on any world size and after a resume.
 
-Plugging in another objective (issue 6) is one class, one `COLLATORS` entry and its name among
-the `DataConfig.objective` choices:
+The objectives (`data.objective`, matched to `model.arch` by the config check):
 
-- masked LM: `window` = `Window(stride=L, length=L)`; `__call__` draws positions to mask with
-  `np.random.default_rng(seed)` per row and returns (masked ids, labels with the ignore index -100
-  where nothing is masked).
-- span corruption (T5): `window` reads as many raw tokens as give `L` encoder tokens after the
-  spans are replaced by sentinels; `__call__` builds encoder inputs and decoder targets per row.
+- causal (decoder): inputs a window's first L tokens, labels the next token of each;
+- mlm (encoder, `masked_lm.py`): BERT's masking, optionally with next-sentence or sentence-order
+  prediction;
+- span_corruption (encoder_decoder, `span_corruption.py`): T5's sentinel-replaced spans.
 
-Each returns the `(inputs, labels)` pair the engines take; an objective that needs more tensors
-widens that pair together with `Engine.train_step`.
+A collator returns a `Batch`: tensors keyed by the model's `forward` keyword arguments, so engines
+call `model(**batch)` without knowing the objective. Every batch has `labels` (-100 = not scored),
+which evaluation uses to weight a batch's mean loss by its scored tokens.
 """
 
 from __future__ import annotations
@@ -27,8 +26,11 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from dist_llm.config import DataConfig
 from dist_llm.errors import ConfigError
 from dist_llm.seeding import derive_seed
+
+Batch = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Collator(Protocol):
         """The raw tokens one sample needs for a model context of `seq_len` tokens."""
         ...
 
-    def __call__(self, windows: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
         """Model inputs for a micro-batch of windows (`[B, length]` int64, one seed per row)."""
         ...
 
@@ -55,21 +57,50 @@ class CausalLMCollator:
     def window(self, seq_len: int) -> Window:
         return Window(stride=seq_len, length=seq_len + 1)  # neighbouring windows share one token
 
-    def __call__(self, windows: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
         tokens = torch.from_numpy(windows)
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
 
 
-COLLATORS: dict[str, Callable[[], Collator]] = {"causal": CausalLMCollator}
-"""`data.objective` -> collator factory."""
+def _masked_lm(data: DataConfig, tokens: dict) -> Collator:
+    from dist_llm.data.masked_lm import MaskedLMCollator  # imports this module: import on use
+
+    return MaskedLMCollator(tokens, data.mask_prob, data.sentence_task)
 
 
-def build_collator(objective: str) -> Collator:
-    if objective not in COLLATORS:
-        raise ConfigError(f"data.objective={objective!r} has no collator; choose from {sorted(COLLATORS)}")
-    return COLLATORS[objective]()
+def _span_corruption(data: DataConfig, tokens: dict) -> Collator:
+    from dist_llm.data.span_corruption import SpanCorruptionCollator
+
+    return SpanCorruptionCollator(tokens, data.noise_density, data.mean_span_length)
+
+
+COLLATORS: dict[str, Callable[[DataConfig, dict], Collator]] = {
+    "causal": lambda data, tokens: CausalLMCollator(),
+    "mlm": _masked_lm,
+    "span_corruption": _span_corruption,
+}
+"""`data.objective` -> factory(data config, the manifest's `tokenizer` block) -> collator."""
+
+
+def build_collator(data: DataConfig, tokens: dict) -> Collator:
+    """The collator of `data.objective`; `tokens` (vocab size, special and sentinel ids) is the
+    dataset manifest's `tokenizer` block."""
+    if data.objective not in COLLATORS:
+        raise ConfigError(f"data.objective={data.objective!r} has no collator; "
+                          f"choose from {sorted(COLLATORS)}")
+    return COLLATORS[data.objective](data, tokens)
 
 
 def sample_seeds(base_seed: int, sample_indices: list[int]) -> list[int]:
     """One seed per global sample index (see the module docstring)."""
     return [derive_seed(base_seed, f"sample{index}") for index in sample_indices]
+
+
+def target_length(data: DataConfig) -> int | None:
+    """Decoder tokens per sample of an encoder-decoder objective (its FLOPs depend on them); None for
+    the single-stack objectives."""
+    if data.objective != "span_corruption":
+        return None
+    from dist_llm.data.span_corruption import span_lengths
+
+    return span_lengths(data.seq_len, data.noise_density, data.mean_span_length).targets

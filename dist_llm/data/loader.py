@@ -11,15 +11,12 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
-from dist_llm.data.collate import Collator, sample_seeds
+from dist_llm.data.collate import Batch, Collator, sample_seeds
 from dist_llm.data.mixture import MixedOrder, Source
 from dist_llm.data.packing import PackedSamples
 from dist_llm.errors import DataError
 from dist_llm.seeding import derive_seed
-
-MicroBatch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -99,7 +96,7 @@ class TrainBatches:
             step_start += self.global_batch
         self._prefetched_to = ahead
 
-    def next_step(self) -> list[MicroBatch]:
+    def next_step(self) -> list[Batch]:
         """This rank's contiguous slice of the next global batch, split into micro-batches."""
         if self.remote:
             self._prefetch()
@@ -152,7 +149,7 @@ def _which_source(saved: dict, mine: dict) -> str:
 
 
 def eval_batches(samples: PackedSamples, collator: Collator, seed: int, micro_batch: int, num_batches: int,
-                 rank: int, world_size: int) -> list[MicroBatch]:
+                 rank: int, world_size: int) -> list[Batch]:
     """The same first validation windows every time, split across ranks (no shuffling); `seed`
     gives the collator the same per-sample seeds every time too."""
     total = min(samples.num_samples, micro_batch * num_batches * world_size)

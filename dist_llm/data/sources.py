@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dist_llm.config import Config, DataConfig, SourceConfig
 from dist_llm.data.cache import ShardCache
-from dist_llm.data.collate import Collator
+from dist_llm.data.collate import Collator, build_collator
 from dist_llm.data.loader import TrainBatches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples
@@ -25,12 +25,14 @@ def _label(source: SourceConfig) -> str:
     return f"data.sources {source.name!r} ({source.path})" if source.name else f"data.path {source.path}"
 
 
-def check_sources(cfg: DataConfig, collator: Collator) -> list[dict]:
-    """Every source's manifest (in config order), after checking that all share one tokenizer and
-    that each split holds at least one sample of `data.seq_len`. Raises DataError naming paths."""
+def check_sources(cfg: DataConfig) -> tuple[list[dict], Collator]:
+    """Every source's manifest (in config order) and the objective's collator (built from the shared
+    tokenizer's ids), after checking that all share one tokenizer and that each split holds at least
+    one sample of `data.seq_len`. Raises DataError naming paths."""
     sources = cfg.source_list()
     manifests = [open_manifest(s.path) for s in sources]
     first, first_manifest = sources[0], manifests[0]
+    collator = build_collator(cfg, first_manifest["tokenizer"])
     window = collator.window(cfg.seq_len)
     for source, manifest in zip(sources, manifests):
         if manifest["tokenizer"]["sha256"] != first_manifest["tokenizer"]["sha256"]:
@@ -45,7 +47,7 @@ def check_sources(cfg: DataConfig, collator: Collator) -> list[dict]:
                 raise DataError(f"{_label(source)}: split {split!r} has {tokens} tokens, fewer than one "
                                 f"sample of data.seq_len={cfg.seq_len} needs ({window.length}); lower "
                                 "data.seq_len or add data")
-    return manifests
+    return manifests, collator
 
 
 def open_sources(cfg: DataConfig, collator: Collator, split: str, cache: ShardCache | None = None,
@@ -68,22 +70,23 @@ class TrainingData:
     validation: list[Source]
     manifest: dict
     """The first source's manifest (all sources share its tokenizer)."""
+    collator: Collator
     cache: ShardCache
 
     def close(self) -> None:
         self.cache.close()
 
 
-def open_training_data(cfg: DataConfig, collator: Collator) -> TrainingData:
-    manifests = check_sources(cfg, collator)
+def open_training_data(cfg: DataConfig) -> TrainingData:
+    manifests, collator = check_sources(cfg)
     cache = ShardCache(cfg.download_workers)
     return TrainingData(train=open_sources(cfg, collator, "train", cache, manifests),
                         validation=open_sources(cfg, collator, "validation", cache, manifests),
-                        manifest=manifests[0], cache=cache)
+                        manifest=manifests[0], collator=collator, cache=cache)
 
 
-def train_batches(cfg: Config, data: TrainingData, collator: Collator, dp_rank: int, dp: int) -> TrainBatches:
+def train_batches(cfg: Config, data: TrainingData, dp_rank: int, dp: int) -> TrainBatches:
     """The loader of data-parallel rank `dp_rank` of `dp`, as the trainer (and its benchmark) runs it."""
     t = cfg.train
-    return TrainBatches(data.train, collator, derive_seed(t.seed, "data"), t.global_batch_size,
+    return TrainBatches(data.train, data.collator, derive_seed(t.seed, "data"), t.global_batch_size,
                         t.micro_batch_size, dp_rank, dp, cfg.data.prefetch_steps)

@@ -8,7 +8,9 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-MicroBatches = list[tuple[torch.Tensor, torch.Tensor]]
+Batch = dict[str, torch.Tensor]
+"""Model inputs keyed by `forward` keyword (input_ids, labels, ...); see `data.collate`."""
+MicroBatches = list[Batch]
 ReadPart = Callable[[str], bytes]
 
 
@@ -37,7 +39,7 @@ class Engine(Protocol):
         the optimizer at `lr`, zero gradients."""
         ...
 
-    def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         """Mean loss of one batch without gradients."""
         ...
 

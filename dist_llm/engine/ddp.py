@@ -13,11 +13,15 @@ from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.serialize import from_bytes, snapshot
 from dist_llm.config import Config
 from dist_llm.distributed import World
-from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
+from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
 from dist_llm.engine.optim import build_adamw
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_FILE = "optimizer.pt"
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -40,23 +44,21 @@ class DDPEngine:
         self.optimizer = build_adamw(self.model, cfg.optim, world.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
-    def _forward_backward(self, input_ids: torch.Tensor, labels: torch.Tensor, sync_grads: bool,
-                          loss_scale: float) -> torch.Tensor:
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+    def _forward_backward(self, batch: Batch, sync_grads: bool, loss_scale: float) -> torch.Tensor:
+        batch = to_device(batch, self.device)
         no_sync = (self.wrapped.no_sync() if isinstance(self.wrapped, DistributedDataParallel)
                    and not sync_grads else contextlib.nullcontext())
         with no_sync:
             with autocast(self.device, self.precision):
-                loss = self.wrapped(input_ids, labels=labels)
+                loss = self.wrapped(**batch)
             self.scaler.scale(loss * loss_scale).backward()
         return loss.detach()
 
     def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
         loss = torch.zeros((), device=self.device)
-        for i, (input_ids, labels) in enumerate(micro_batches):
+        for i, batch in enumerate(micro_batches):
             # Gradients are all-reduced only with the last micro-batch of the step.
-            loss += self._forward_backward(input_ids, labels, sync_grads=i == len(micro_batches) - 1,
+            loss += self._forward_backward(batch, sync_grads=i == len(micro_batches) - 1,
                                            loss_scale=1.0 / len(micro_batches))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -75,10 +77,10 @@ class DDPEngine:
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=bad)
 
     @torch.no_grad()
-    def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
         with autocast(self.device, self.precision):
-            loss = self.model(input_ids.to(self.device), labels=labels.to(self.device))
+            loss = self.model(**to_device(batch, self.device))
         self.model.train()
         return loss.detach()
 

@@ -12,12 +12,12 @@ import os
 import tempfile
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from dist_llm.config import Config, OptimConfig
-from dist_llm.distributed import World
-from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
+from dist_llm.distributed import World, ensure_process_group
+from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
+from dist_llm.engine.ddp import to_device
 from dist_llm.engine.deepspeed_checkpoint import PREFIX, load_engine_files, read_engine_files
 from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_device
 from dist_llm.engine.deepspeed_memory import zero_memory_report
@@ -31,12 +31,7 @@ class DeepSpeedEngine:
     def __init__(self, model: nn.Module, cfg: Config, world: World) -> None:
         import deepspeed
 
-        if not dist.is_initialized():
-            # DeepSpeed always talks through a process group and reads torchrun's variables, also
-            # for a single rank started without torchrun.
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-            for key, value in {"LOCAL_RANK": 0, "RANK": 0, "WORLD_SIZE": 1}.items():
-                os.environ.setdefault(key, str(value))
+        ensure_process_group()
         self.world = world
         self.ds_config = load_deepspeed_config(cfg, world.size)
         self.model = model.to(world.device)
@@ -60,8 +55,8 @@ class DeepSpeedEngine:
             group["lr"] = lr
         loss = torch.zeros((), device=self.world.device)
         unsharded_norm = None
-        for i, (input_ids, labels) in enumerate(micro_batches):
-            micro_loss = self.engine(input_ids.to(self.world.device), labels=labels.to(self.world.device))
+        for i, batch in enumerate(micro_batches):
+            micro_loss = self.engine(**to_device(batch, self.world.device))
             # backward scales by 1/accumulation; step() applies the optimizer on the last micro-batch.
             self.engine.backward(micro_loss)
             if i == len(micro_batches) - 1 and self.engine.zero_optimization_stage() == 0:
@@ -76,10 +71,10 @@ class DeepSpeedEngine:
                           grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)))
 
     @torch.no_grad()
-    def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         # Through the DeepSpeed engine: under ZeRO-3 its hooks gather the sharded parameters.
         self.engine.eval()
-        loss = self.engine(input_ids.to(self.world.device), labels=labels.to(self.world.device))
+        loss = self.engine(**to_device(batch, self.world.device))
         self.engine.train()
         return loss.detach().float()
 

@@ -20,8 +20,8 @@ from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.serialize import from_bytes, to_bytes
 from dist_llm.config import Config
 from dist_llm.distributed import World
-from dist_llm.engine.base import MicroBatches, ReadPart, StepResult
-from dist_llm.engine.ddp import OPTIMIZER_FILE, autocast
+from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
+from dist_llm.engine.ddp import OPTIMIZER_FILE, autocast, to_device
 from dist_llm.engine.optim import build_adamw
 from dist_llm.errors import CheckpointError, ConfigError
 from dist_llm.parallel import parallelize, split_pipeline_stage
@@ -105,13 +105,15 @@ class MeshEngine:
         n = len(micro_batches)
         with autocast(self.device, self.precision):
             if self.pipeline is not None:
-                input_ids = torch.cat([ids for ids, _ in micro_batches]).to(self.device)
-                labels = torch.cat([lab for _, lab in micro_batches]).to(self.device)
+                # The pipeline runs decoder-only models (the config check), whose batches are
+                # exactly input_ids and labels.
+                input_ids = torch.cat([b["input_ids"] for b in micro_batches]).to(self.device)
+                labels = torch.cat([b["labels"] for b in micro_batches]).to(self.device)
                 loss = self.pipeline.train_step(input_ids, labels, n)
             else:
                 loss = torch.zeros((), device=self.device)
-                for input_ids, labels in micro_batches:
-                    mb_loss = self.model(input_ids.to(self.device), labels=labels.to(self.device))
+                for batch in micro_batches:
+                    mb_loss = self.model(**to_device(batch, self.device))
                     (mb_loss / n).backward()
                     loss += mb_loss.detach()
                 loss = loss / n
@@ -139,14 +141,14 @@ class MeshEngine:
             skip={id(self.tied_copy)} if self.tied_copy is not None else set())
 
     @torch.no_grad()
-    def evaluate_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
         with autocast(self.device, self.precision):
-            input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+            batch = to_device(batch, self.device)
             if self.pipeline is not None:
-                loss = self.pipeline.forward_loss(input_ids, labels)
+                loss = self.pipeline.forward_loss(batch["input_ids"], batch["labels"])
             else:
-                loss = self.model(input_ids, labels=labels)
+                loss = self.model(**batch)
         self.model.train()
         return loss.detach()
 

@@ -1,23 +1,50 @@
 """Hugging Face model directories: export a checkpoint to one, import one to continue pretraining.
 
-An exported directory is what `AutoModelForCausalLM.from_pretrained(dir)` and
-`AutoTokenizer.from_pretrained(dir)` load with no dist_llm installed: `model.safetensors`,
-`config.json`, `generation_config.json` and the tokenizer files.
+An exported directory is what `AutoModelFor<...>.from_pretrained(dir)` (CausalLM for the decoder,
+MaskedLM for the encoder, Seq2SeqLM for the encoder-decoder) and `AutoTokenizer.from_pretrained(dir)`
+load with no dist_llm installed: `model.safetensors`, `config.json`, `generation_config.json` and
+the tokenizer files.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
 
 from dist_llm.errors import CheckpointError, ConfigError, DataError
 from dist_llm.export import DTYPES
-from dist_llm.interop.hf_llama import from_hf_llama, to_hf_llama
 from dist_llm.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's HF counterpart: the converter module (imported on use: each pulls in
+    transformers) and its two functions, which every family spells the same way:
+    `to_hf(state_dict, ModelConfig) -> (PretrainedConfig, hf_state_dict)` (token ids left for the
+    caller) and `from_hf(hf_model_or_dir) -> (ModelConfig, state_dict)`."""
+
+    module: str
+    to_hf: str
+    from_hf: str
+    model_type: str
+
+    def function(self, name: str) -> Callable[..., Any]:
+        return getattr(importlib.import_module(self.module), name)
+
+
+FAMILIES = {
+    "decoder": Family("dist_llm.interop.hf_llama", "to_hf_llama", "from_hf_llama", "llama"),
+    "encoder": Family("dist_llm.interop.hf_bert", "to_hf_bert", "from_hf_bert", "bert"),
+    "encoder_decoder": Family("dist_llm.interop.hf_t5", "to_hf_t5", "from_hf_t5", "t5"),
+}
+"""model.arch -> its HF family."""
 
 # The model files we write; a copied HF tokenizer directory must not bring its own.
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -40,9 +67,10 @@ def save_hf_tokenizer(tokenizer_path: str, out_dir: str, model_max_length: int) 
 
 def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, out_dir: str,
                   tokenizer_path: str, dtype: str = "fp32", metadata: dict[str, str] | None = None) -> str:
-    """Write a complete HF Llama directory from our decoder's state_dict and config plus the
-    tokenizer it was trained with; returns out_dir. Checkpoint-free, so tests and other
-    entry points (e.g. a model in memory) share it with `export_hf`."""
+    """Write a complete HF directory (Llama, BERT or T5 by `model_cfg.arch`) from our model's
+    state_dict and config plus the tokenizer it was trained with; returns out_dir.
+    Checkpoint-free, so tests and other entry points (e.g. a model in memory) share it with
+    `export_hf`."""
     from transformers import GenerationConfig
 
     from data_prep.tokenizer import load_tokenizer
@@ -53,9 +81,12 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, o
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise DataError(f"{tokenizer_path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model_cfg.vocab_size}; pass the dataset the model was trained on")
-    hf_config, hf_state = to_hf_llama(state_dict, model_cfg)
+    family = FAMILIES[model_cfg.arch]
+    hf_config, hf_state = family.function(family.to_hf)(state_dict, model_cfg)
     hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
     hf_config.pad_token_id = tokenizer.pad_id
+    if model_cfg.arch == "encoder_decoder":  # T5 starts decoding from the pad token
+        hf_config.decoder_start_token_id = tokenizer.pad_id
     hf_config.dtype = DTYPES[dtype]
     os.makedirs(out_dir, exist_ok=True)
     save_hf_tokenizer(tokenizer_path, out_dir, model_cfg.max_seq_len)
@@ -64,8 +95,9 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, o
     save_file(tensors, os.path.join(out_dir, "model.safetensors"),
               metadata={"format": "pt", **(metadata or {})})
     hf_config.save_pretrained(out_dir)
+    start = {"decoder_start_token_id": tokenizer.pad_id} if model_cfg.arch == "encoder_decoder" else {}
     GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                     pad_token_id=tokenizer.pad_id).save_pretrained(out_dir)
+                     pad_token_id=tokenizer.pad_id, **start).save_pretrained(out_dir)
     return out_dir
 
 
@@ -91,9 +123,9 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str
 
 
 def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, state_dict) for `DecoderLM` from a local HF model directory, cast to `dtype`
-    (fp32 by default: continued pretraining keeps fp32 master weights whatever the file holds).
-    Dispatches on config.json's model_type so other decoder families can join."""
+    """(ModelConfig, state_dict) for our model of the matching family from a local HF model directory,
+    cast to `dtype` (fp32 by default: continued pretraining keeps fp32 master weights whatever the
+    file holds). Dispatches on config.json's model_type."""
     config_file = os.path.join(hf_dir, "config.json")
     try:
         with open(config_file, encoding="utf-8") as f:
@@ -101,9 +133,11 @@ def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelCon
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{config_file}: cannot read ({exc}); model.init_from must be a local "
                               "directory written by save_pretrained()") from exc
-    if model_type != "llama":
+    families = {f.model_type: f for f in FAMILIES.values()}
+    if model_type not in families:
         raise ConfigError(f"{config_file}: model_type={model_type!r} cannot be imported; "
-                          "supported: ['llama']")
-    model_cfg, state = from_hf_llama(hf_dir)
+                          f"supported: {sorted(families)}")
+    family = families[model_type]
+    model_cfg, state = family.function(family.from_hf)(hf_dir)
     cast = {id(t): t.to(dtype) for t in state.values()}  # by identity: a tied head stays tied
     return model_cfg, {k: cast[id(t)] for k, t in state.items()}

@@ -2,10 +2,13 @@
 
 Public API:
     ModelConfig                          the `model:` config section
-    build_model(cfg) -> nn.Module        dispatch on cfg.arch
+    build_model(cfg) -> nn.Module        dispatch on cfg.arch: DecoderLM, EncoderLM, EncoderDecoderLM
     count_params(cfg, non_embedding)     closed-form parameter count, no instantiation
-    flops_per_token(cfg, seq_len)        training FLOPs per token for MFU
+    flops_per_token(cfg, seq_len, ...)   training FLOPs per (input) token for MFU
     DecoderLM, generate                  the decoder model and its sampler
+
+The encoder (BERT) and encoder-decoder (T5) modules are imported on use, so a decoder run does not
+load them.
 """
 
 from torch import nn
@@ -22,11 +25,15 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model for cfg.arch on the current default device (wrap in `torch.device("meta")`
     to build without memory, then `to_empty(device=...)` and `init_weights()`)."""
     cfg.validate(require_vocab=True)
-    if cfg.arch == "decoder":
-        return DecoderLM(cfg)
-    raise ConfigError(
-        f"model.arch={cfg.arch!r} is not implemented yet; only 'decoder' can be built"
-    )
+    if cfg.arch == "encoder":
+        from dist_llm.models.encoder import EncoderLM
+
+        return EncoderLM(cfg)
+    if cfg.arch == "encoder_decoder":
+        from dist_llm.models.encoder_decoder import EncoderDecoderLM
+
+        return EncoderDecoderLM(cfg)
+    return DecoderLM(cfg)
 
 
 def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
@@ -38,6 +45,14 @@ def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
     full count equals the non-embedding count.
     """
     cfg.validate()
+    if cfg.arch == "encoder":
+        from dist_llm.models.encoder import count_encoder_params
+
+        return count_encoder_params(cfg, non_embedding)
+    if cfg.arch == "encoder_decoder":
+        from dist_llm.models.encoder_decoder import count_encoder_decoder_params
+
+        return count_encoder_decoder_params(cfg, non_embedding)
     d, hd = cfg.d_model, cfg.head_dim
     attention = d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + cfg.n_heads * hd * d
     mlp = 3 * d * cfg.ffn_dim
@@ -49,7 +64,7 @@ def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
     return body + vocab_matrices * cfg.vocab_size * d
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward) for MFU: 6*N + 12*L*H*Q*T.
 
     This is the PaLM (Chowdhery et al. 2022, app. B) / Megatron convention:
@@ -62,8 +77,30 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
         Q head dim, T = seq_len; counted over the full T x T square, not halved for causality,
         so MFU numbers compare with published ones. Activation recomputation is not counted:
         MFU measures useful work, not hardware work.
+    The encoder (BERT) is counted the same way (its attention is the full square anyway).
+    The encoder-decoder (T5) is counted per *encoder input* token, the unit its throughput is
+    reported in: the encoder's share as above, plus the decoder's, which runs on `target_len`
+    tokens per `seq_len` input tokens and attends to both its own and the encoder's positions.
     """
     if seq_len <= 0:
         raise ConfigError(f"seq_len={seq_len} must be > 0 to count FLOPs per token")
+    if cfg.arch == "encoder_decoder":
+        return _encoder_decoder_flops(cfg, seq_len, target_len)
     n = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
     return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+
+def _encoder_decoder_flops(cfg: ModelConfig, seq_len: int, target_len: int | None) -> float:
+    """`flops_per_token` for T5: encoder + decoder FLOPs of one sample, divided by its input tokens."""
+    if not target_len or target_len <= 0:
+        raise ConfigError(f"target_len={target_len}: an encoder-decoder's FLOPs depend on its decoder "
+                          "length; pass the objective's target length")
+    d, inner = cfg.d_model, cfg.n_heads * cfg.head_dim
+    mlp = (3 if cfg.act == "gated-gelu" else 2) * d * cfg.ffn_dim
+    encoder_layer = 4 * d * inner + mlp
+    decoder_layer = 8 * d * inner + mlp  # self- and cross-attention
+    attention = 12 * cfg.n_heads * cfg.head_dim
+    encoder = seq_len * (6.0 * cfg.n_layers * encoder_layer + attention * cfg.n_layers * seq_len)
+    decoder = target_len * (6.0 * (cfg.decoder_layers * decoder_layer + cfg.vocab_size * d)
+                            + attention * cfg.decoder_layers * (target_len + seq_len))
+    return (encoder + decoder) / seq_len

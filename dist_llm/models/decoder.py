@@ -56,13 +56,18 @@ class DecoderLM(nn.Module):
         """input_ids: [B, T] token ids. Returns logits [B, T, V] if labels is None, else the mean
         cross-entropy over positions whose label is not -100. Labels arrive already shifted by the
         data loader: position t is scored against labels[:, t]."""
-        h = self.tok_embeddings(input_ids)
-        for layer in self.layers.values():
-            h = layer(h)
-        logits = self.output(self.norm(h))
+        logits = self.output(self.hidden_states(input_ids))
         if labels is None:
             return logits
         return lm_loss(logits, labels)
+
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D]: what the LM head (or a fine-tuning head) reads."""
+        h = self.tok_embeddings(input_ids)
+        for layer in self.layers.values():
+            h = layer(h)
+        return self.norm(h)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

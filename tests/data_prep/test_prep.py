@@ -49,6 +49,7 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
     assert tok_meta["path"] == "tokenizer.model" and tok_meta["kind"] == "sentencepiece"
     assert tok_meta["sha256"] == file_sha256(str(out / "tokenizer.model"))
     assert (tok_meta["vocab_size"], tok_meta["eos_id"], tok_meta["mask_id"]) == (512, 3, 4)
+    assert (tok_meta["sep_id"], tok_meta["cls_id"], tok_meta["sentinel_ids"][:2]) == (5, 6, [7, 8])
     assert manifest["skipped"] == {"total": 0, "by_reason": {}}
     assert manifest["filters"]["docs_read"] == 300 and manifest["filters"]["removed"] == {"duplicate": 0}
     tok = load_tokenizer(str(out / tok_meta["path"]))

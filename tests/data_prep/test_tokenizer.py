@@ -9,6 +9,7 @@ def test_trained_sentencepiece_roundtrips_and_has_special_tokens(sp_model, corpu
     assert tok.kind == "sentencepiece"
     assert tok.vocab_size == 512
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    assert (tok.sep_id, tok.cls_id, tok.sentinel_ids()) == (5, 6, list(range(7, 39)))
     assert len(tok.sha256) == 64
     for offset, piece in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(piece) == 4 + offset

@@ -292,7 +292,7 @@ def _engine(seed: int) -> DDPEngine:
 def _train_step(engine: DDPEngine, data_seed: int) -> None:
     gen = torch.Generator().manual_seed(data_seed)
     tokens = torch.randint(0, 64, (2, 17), generator=gen)
-    engine.train_step([(tokens[:, :-1], tokens[:, 1:])], lr=0.01)
+    engine.train_step([{"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}], lr=0.01)
 
 
 def _assert_same_tensors(a: object, b: object, where: str = "") -> None:

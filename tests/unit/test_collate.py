@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dist_llm.config import DataConfig
 from dist_llm.data import collate
 from dist_llm.data.collate import CausalLMCollator, Window, build_collator
 from dist_llm.data.loader import TrainBatches, eval_batches
@@ -28,27 +29,28 @@ class ToyMaskedLM:
     def window(self, seq_len: int) -> Window:
         return Window(stride=seq_len, length=seq_len)
 
-    def __call__(self, windows: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, windows: np.ndarray, seeds: list[int]) -> dict[str, torch.Tensor]:
         masked = np.stack([np.random.default_rng(seed).random(windows.shape[1]) < 0.25 for seed in seeds])
         inputs = np.where(masked, MASK_ID, windows)
         labels = np.where(masked, windows, IGNORE)
-        return torch.from_numpy(inputs), torch.from_numpy(labels)
+        return {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
 
 
 def test_causal_collator_shifts_by_one():
     windows = np.arange(12, dtype=np.int64).reshape(2, 6)
-    inputs, labels = CausalLMCollator()(windows, [0, 0])
+    batch = CausalLMCollator()(windows, [0, 0])
+    inputs, labels = batch["input_ids"], batch["labels"]
     assert CausalLMCollator().window(5) == Window(stride=5, length=6)
     assert inputs.tolist() == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10]]
     assert labels.tolist() == [[1, 2, 3, 4, 5], [7, 8, 9, 10, 11]]
 
 
 def test_objectives_come_from_the_registry(monkeypatch):
-    assert isinstance(build_collator("causal"), CausalLMCollator)
-    monkeypatch.setitem(collate.COLLATORS, "toy_mlm", ToyMaskedLM)
-    assert isinstance(build_collator("toy_mlm"), ToyMaskedLM)
+    assert isinstance(build_collator(DataConfig(objective="causal"), {}), CausalLMCollator)
+    monkeypatch.setitem(collate.COLLATORS, "toy_mlm", lambda data, tokens: ToyMaskedLM())
+    assert isinstance(build_collator(DataConfig(objective="toy_mlm"), {}), ToyMaskedLM)
     with pytest.raises(ConfigError, match=r"data\.objective='t5' has no collator; choose from \['causal', "):
-        build_collator("t5")
+        build_collator(DataConfig(objective="t5"), {})
 
 
 GLOBAL, MICRO, SEQ = 8, 2, 8
@@ -70,7 +72,7 @@ def _run(samples: PackedSamples, world: int, steps: int, state: dict | None = No
     out = []
     for _ in range(steps):
         micro = [mb for r in ranks for mb in r.next_step()]
-        out.append((torch.cat([x for x, _ in micro]), torch.cat([y for _, y in micro])))
+        out.append((torch.cat([b["input_ids"] for b in micro]), torch.cat([b["labels"] for b in micro])))
     return out, json.loads(json.dumps(asdict(ranks[0].state())))
 
 
@@ -90,9 +92,12 @@ def test_toy_masked_lm_gets_the_same_masks_on_any_world_size_and_after_resume(ml
 
 def test_eval_masks_are_fixed_per_sample(mlm_samples):
     one_rank = eval_batches(mlm_samples, ToyMaskedLM(), 17, MICRO, 3, 0, 1)
-    assert torch.equal(one_rank[0][0], eval_batches(mlm_samples, ToyMaskedLM(), 17, MICRO, 3, 0, 1)[0][0])
+    again = eval_batches(mlm_samples, ToyMaskedLM(), 17, MICRO, 3, 0, 1)
+    assert torch.equal(one_rank[0]["input_ids"], again[0]["input_ids"])
     for rank in range(3):  # rank r of 3 evaluates samples r and r + 3
-        x, y = eval_batches(mlm_samples, ToyMaskedLM(), 17, MICRO, 1, rank, 3)[0]
+        batch = eval_batches(mlm_samples, ToyMaskedLM(), 17, MICRO, 1, rank, 3)[0]
+        x, y = batch["input_ids"], batch["labels"]
         for row, sample in enumerate((rank, rank + 3)):
-            ref_x, ref_y = (t[sample % MICRO] for t in one_rank[sample // MICRO])
+            ref = one_rank[sample // MICRO]
+            ref_x, ref_y = ref["input_ids"][sample % MICRO], ref["labels"][sample % MICRO]
             assert torch.equal(x[row], ref_x) and torch.equal(y[row], ref_y), sample

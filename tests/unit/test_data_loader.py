@@ -28,7 +28,8 @@ CAUSAL = CausalLMCollator()
 
 
 def _batch(samples: PackedSamples, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return CAUSAL(samples.windows(ids), [])
+    batch = CAUSAL(samples.windows(ids), [])
+    return batch["input_ids"], batch["labels"]
 
 
 @pytest.fixture
@@ -191,7 +192,8 @@ def _global_batch(batches: list[TrainBatches]) -> tuple[torch.Tensor, torch.Tens
     """One step of every rank, concatenated in rank order."""
     inputs, labels = [], []
     for b in batches:
-        for x, y in b.next_step():
+        for batch in b.next_step():
+            x, y = batch["input_ids"], batch["labels"]
             assert x.shape == (MICRO, SEQ)
             inputs.append(x)
             labels.append(y)
@@ -231,7 +233,8 @@ def test_causal_batches_are_the_plain_windows_of_the_seeded_order(samples):
     for step in range(2 * samples.num_samples // GLOBAL):
         for rank, batches in enumerate(ranks):
             ids = order.sample_ids(step * GLOBAL + rank * (GLOBAL // 2), GLOBAL // 2)
-            for i, (x, y) in enumerate(batches.next_step()):
+            for i, batch in enumerate(batches.next_step()):
+                x, y = batch["input_ids"], batch["labels"]
                 rows = torch.from_numpy(np.stack([samples.shards.read(s * SEQ, SEQ + 1)
                                                   for s in ids[i * MICRO:(i + 1) * MICRO]]))
                 assert torch.equal(x, rows[:, :-1]) and torch.equal(y, rows[:, 1:])
@@ -243,7 +246,7 @@ def test_each_epoch_visits_every_sample_once(samples):
     starts = []
     steps = samples.num_samples // GLOBAL
     for _ in range(steps):
-        for x, _ in single.next_step():
+        for x in (batch["input_ids"] for batch in single.next_step()):
             starts.extend((x[:, 0] // SEQ).tolist())  # counting tokens: first input is s * SEQ
     assert len(set(starts)) == len(starts) == steps * GLOBAL
     assert starts != sorted(starts)  # shuffled
@@ -305,9 +308,9 @@ def test_indivisible_batch_raises(samples):
 
 # --- eval_batches ------------------------------------------------------------------------------
 
-def _first_inputs(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[int]:
+def _first_inputs(batches: list[dict[str, torch.Tensor]]) -> list[int]:
     """Sample ids of eval batches over a counting stream."""
-    return [int(v) // SEQ for x, _ in batches for v in x[:, 0]]
+    return [int(v) // SEQ for batch in batches for v in batch["input_ids"][:, 0]]
 
 
 def test_eval_batches_deterministic_and_partitioned(samples):
@@ -315,7 +318,7 @@ def test_eval_batches_deterministic_and_partitioned(samples):
     one = eval_batches(samples, CAUSAL, SEED, micro, num_batches, 0, 1)
     again = eval_batches(samples, CAUSAL, SEED, micro, num_batches, 0, 1)
     assert len(one) == num_batches
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, again))
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(one, again) for k in ("input_ids", "labels"))
     for world_size in (2, 4):
         per_rank = [_first_inputs(eval_batches(samples, CAUSAL, SEED, micro, num_batches, r, world_size))
                     for r in range(world_size)]

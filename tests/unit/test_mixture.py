@@ -166,7 +166,7 @@ def _ranks(sources: list[Source], world: int) -> list[TrainBatches]:
 
 
 def _global_step(ranks: list[TrainBatches]) -> torch.Tensor:
-    return torch.cat([x for r in ranks for x, _ in r.next_step()])
+    return torch.cat([batch["input_ids"] for r in ranks for batch in r.next_step()])
 
 
 def test_mixture_batches_follow_the_weights_and_resume_on_any_world_size(two_sources):
@@ -217,11 +217,11 @@ def test_check_sources_refuses_mixed_tokenizers_and_short_splits(tmp_path):
                      tokenizer_sha="1" * 64)
     cfg = load_config(None, [f"data.sources=[{{path: {a}}}, {{path: {b}}}]", "data.seq_len=8"])
     with pytest.raises(DataError, match="different tokenizers") as err:
-        check_sources(cfg.data, CAUSAL)
+        check_sources(cfg.data)
     assert a in str(err.value) and b in str(err.value)
     cfg = load_config(None, [f"data.sources=[{{path: {a}}}]", "data.seq_len=40"])
     with pytest.raises(DataError, match=r"data\.sources 'a' .*split 'validation' has 36 tokens.*seq_len=40"):
-        check_sources(cfg.data, CAUSAL)
+        check_sources(cfg.data)
 
 
 # --- a training run on a mixture ---------------------------------------------------------------

@@ -41,7 +41,7 @@ def build(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
 
 
 def test_presets_present():
-    assert set(list_presets()) == {"tiny", *LADDER}
+    assert set(list_presets()) == {"tiny", *LADDER, "t5-small", "t5-base"}
     names = [row[0] for row in preset_table()]
     assert names[0] == "tiny" and names[-1] == "13b"
 
@@ -98,8 +98,10 @@ def test_build_requires_vocab_and_known_arch():
     small_cfg(vocab_size=0).validate()  # legal until the tokenizer is known
     with pytest.raises(ConfigError, match="model.vocab_size=0"):
         build_model(small_cfg(vocab_size=0))
-    with pytest.raises(ConfigError, match="not implemented"):
-        build_model(small_cfg(arch="encoder"))
+    with pytest.raises(ConfigError, match=r"model.arch='gpt' is unknown"):
+        build_model(small_cfg(arch="gpt"))
+    with pytest.raises(ConfigError, match=r"activation='gelu' is not available for model.arch='decoder'"):
+        build_model(small_cfg(activation="gelu"))
 
 
 def test_ffn_dim_default_rounding():
