@@ -152,6 +152,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from dist_llm.finetune.cli import add_finetune_parser
+
+    add_finetune_parser(sub)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from dist_llm.finetune.cli import run_finetune
+
+    return run_finetune(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     from dist_llm.config import dump_config, load_config
     from dist_llm.data.sources import check_sources
@@ -230,7 +242,7 @@ def _prep(args: argparse.Namespace) -> int:
 
 COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
             "generate": (_add_generate, _generate), "bench": (_add_bench, _bench),
-            "export": (_add_export, _export)}
+            "export": (_add_export, _export), "finetune": (_add_finetune, _finetune)}
 
 
 def build_parser() -> argparse.ArgumentParser:
