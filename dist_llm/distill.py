@@ -39,6 +39,7 @@ from dist_llm.pretrained import check_pretrained, instantiate, load_pretrained
 
 log = get_logger("distill")
 
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, alpha: float) -> torch.Tensor:
     """alpha * hard CE + (1 - alpha) * T^2 * KL(teacher_T || student_T) over positions with

@@ -57,7 +57,7 @@ def build_engine(size_mb: float) -> DDPEngine:
     torch.manual_seed(0)
     engine = DDPEngine(build_model(cfg.model), cfg, WORLD)
     ids = torch.randint(0, cfg.model.vocab_size, (2, 32))
-    engine.train_step([(ids, ids)], lr=1e-4)
+    engine.train_step([{"input_ids": ids, "labels": ids}], lr=1e-4)
     return engine
 
 

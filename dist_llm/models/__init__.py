@@ -41,8 +41,9 @@ def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
 
     non_embedding=True follows Kaplan et al. (2020): it leaves out every vocab-sized matrix (the
     token embedding and, when untied, the LM head), so it does not depend on the tokenizer or on
-    tying and is the number scaling laws are stated in. With vocab_size=0 (not yet known) the
-    full count equals the non-embedding count.
+    tying and is the number scaling laws are stated in (the encoder also leaves out its learned
+    position table). For the decoder, with vocab_size=0 (not yet known) the full count equals the
+    non-embedding count.
     """
     cfg.validate()
     if cfg.arch == "encoder":

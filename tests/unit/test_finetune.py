@@ -174,9 +174,6 @@ def hf_backbone(arch: str, backbone: str, out: str) -> str:
 
     if arch == "decoder":
         return export_hf(backbone, out)
-    pytest.importorskip(f"dist_llm.models.{arch}")
-    if arch == "encoder":
-        pytest.importorskip("dist_llm.interop.hf_bert")
     torch.manual_seed(0)
     cfg = ModelConfig(arch=arch, vocab_size=1024, d_model=64, n_layers=2, n_heads=4, max_seq_len=64)
     from dist_llm.evaluate import load_trained_model
@@ -191,7 +188,11 @@ def test_text_pairs_on_an_hf_directory_of_each_family(arch, backbone, tmp_path):
     hf_dir = hf_backbone(arch, backbone, str(tmp_path / "hf"))
     train = write_jsonl(tmp_path / "train.jsonl", pair_rows(240, seed=7))
     evaluation = write_jsonl(tmp_path / "eval.jsonl", pair_rows(60, seed=8))
-    cfg = config(hf_dir, tmp_path, train, evaluation, text_field="premise", text_pair_field="hypothesis")
+    # A randomly initialized BERT learns the pair task through its <cls> pooler more slowly than
+    # the pretrained decoder (measured: 0.65 accuracy after 4 epochs, 1.0 after 12).
+    epochs = 12 if arch == "encoder" else 4
+    cfg = config(hf_dir, tmp_path, train, evaluation, text_field="premise", text_pair_field="hypothesis",
+                 epochs=epochs)
     start = time.perf_counter()
     final = finetune(cfg)
     print(f"{arch} pair fine-tune from HF dir: {time.perf_counter() - start:.1f}s, {final}")

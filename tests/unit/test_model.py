@@ -41,7 +41,7 @@ def build(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
 
 
 def test_presets_present():
-    assert set(list_presets()) == {"tiny", *LADDER, "t5-small", "t5-base"}
+    assert set(list_presets()) == {"tiny", *LADDER, "t5-small", "t5-base", "bert-base", "bert-large"}
     names = [row[0] for row in preset_table()]
     assert names[0] == "tiny" and names[-1] == "13b"
 
