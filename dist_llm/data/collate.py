@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dist_llm.config import DataConfig
-from dist_llm.errors import ConfigError
+from dist_llm.errors import ConfigError, DataError
 from dist_llm.seeding import derive_seed
 
 Batch = dict[str, torch.Tensor]
@@ -60,6 +60,15 @@ class CausalLMCollator:
     def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
         tokens = torch.from_numpy(windows)
         return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+
+
+def require_token_ids(tokens: dict, keys: tuple[str, ...], purpose: str) -> None:
+    """DataError unless the manifest's tokenizer block has every id in `keys` (datasets prepared
+    before an objective existed lack the ids it needs)."""
+    missing = [key for key in keys if tokens.get(key) is None]
+    if missing:
+        raise DataError(f"dataset manifest: the tokenizer block lacks {missing}, which {purpose}; "
+                        "re-run `dist-llm prep` to record them")
 
 
 def _masked_lm(data: DataConfig, tokens: dict) -> Collator:

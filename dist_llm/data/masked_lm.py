@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dist_llm.data.collate import Batch, Window
+from dist_llm.data.collate import Batch, Window, require_token_ids
 from dist_llm.errors import ConfigError, DataError
 
 REQUIRED_KEYS = ("vocab_size", "mask_id", "cls_id", "sep_id")
@@ -44,10 +44,7 @@ class MaskedLMCollator:
     and `next_sentence_label` when a sentence task is on (all int64)."""
 
     def __init__(self, tokens: dict, mask_prob: float = 0.15, sentence_task: str = "none") -> None:
-        missing = [key for key in REQUIRED_KEYS if tokens.get(key) is None]
-        if missing:
-            raise DataError(f"dataset manifest: the tokenizer block lacks {missing}, which masked LM needs "
-                            "(the <mask>, <cls> and <sep> ids); re-run `dist-llm prep` to record them")
+        require_token_ids(tokens, REQUIRED_KEYS, "masked LM needs (the <mask>, <cls> and <sep> ids)")
         if not 0.0 < mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob={mask_prob} must be in (0, 1)")
         if sentence_task not in SENTENCE_TASKS:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dist_llm.data.collate import Batch, Window
+from dist_llm.data.collate import Batch, Window, require_token_ids
 from dist_llm.errors import ConfigError, DataError
 
 REQUIRED_KEYS = ("vocab_size", "pad_id", "eos_id", "sentinel_ids")
@@ -93,10 +93,7 @@ class SpanCorruptionCollator:
     into its decoder inputs) and an all-ones `attention_mask`."""
 
     def __init__(self, tokens: dict, noise_density: float = 0.15, mean_span_length: float = 3.0) -> None:
-        missing = [key for key in REQUIRED_KEYS if tokens.get(key) is None]
-        if missing:
-            raise DataError(f"dataset manifest: the tokenizer block lacks {missing}, which span corruption "
-                            "needs (the sentinel <extra_id_N> ids); re-run `dist-llm prep` to record them")
+        require_token_ids(tokens, REQUIRED_KEYS, "span corruption needs (the sentinel <extra_id_N> ids)")
         if not 0.0 < noise_density < 1.0:
             raise ConfigError(f"data.noise_density={noise_density} must be in (0, 1)")
         if mean_span_length < 1.0:

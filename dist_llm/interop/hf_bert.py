@@ -12,13 +12,12 @@ Two HF details the mapping handles:
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dist_llm.errors import CheckpointError, ConfigError
-from dist_llm.interop.hf_llama import _check_keys, read_safetensors_dir
+from dist_llm.interop.hf_llama import _check_keys, read_hf_source
 from dist_llm.log import get_logger
 from dist_llm.models.config import ModelConfig
 
@@ -155,17 +154,8 @@ def from_hf_bert(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, d
     `BertForMaskedLM` or `BertModel`, in memory or as a local `save_pretrained` directory. Heads the
     checkpoint lacks start from init values (module docstring). Tensors keep their dtype; a tied
     head shares the embedding tensor."""
-    if isinstance(hf_model_or_dir, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        where = os.fspath(hf_model_or_dir)
-        config = AutoConfig.from_pretrained(where, local_files_only=True)
-        model_cfg = model_config_from_hf(config)  # before reading gigabytes of weights
-        hf_state = read_safetensors_dir(where)
-    else:
-        where = type(hf_model_or_dir).__name__
-        model_cfg = model_config_from_hf(hf_model_or_dir.config)
-        hf_state = hf_model_or_dir.state_dict()
+    config, hf_state, where = read_hf_source(hf_model_or_dir, model_config_from_hf)
+    model_cfg = model_config_from_hf(config)
     if not any(k.startswith(("bert.", "cls.")) for k in hf_state):  # a bare BertModel: no prefix
         hf_state = {f"bert.{k}": v for k, v in hf_state.items()}
     body = body_pairs(model_cfg.n_layers)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -134,20 +134,27 @@ def read_safetensors_dir(hf_dir: str) -> dict[str, torch.Tensor]:
                           "model with save_pretrained(dir) (safetensors is its default format)")
 
 
-def from_hf_llama(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, state_dict loadable by `DecoderLM`) from a `LlamaForCausalLM` or a local directory
-    it was saved to. Tensors keep their dtype; a tied head shares the embedding tensor."""
+def read_hf_source(hf_model_or_dir: PreTrainedModel | str,
+                   check_config: Callable[[Any], Any]) -> tuple[Any, dict[str, torch.Tensor], str]:
+    """(HF config, HF state_dict, a name for messages) of a model in memory or a local
+    `save_pretrained` directory. `check_config(config)` runs first, so a config we cannot express
+    fails before gigabytes of weights are read."""
     if isinstance(hf_model_or_dir, (str, os.PathLike)):
         from transformers import AutoConfig
 
         where = os.fspath(hf_model_or_dir)
         config = AutoConfig.from_pretrained(where, local_files_only=True)
-        model_cfg = model_config_from_hf(config)  # before reading gigabytes of weights
-        hf_state = read_safetensors_dir(where)
-    else:
-        where = type(hf_model_or_dir).__name__
-        model_cfg = model_config_from_hf(hf_model_or_dir.config)
-        hf_state = hf_model_or_dir.state_dict()
+        check_config(config)
+        return config, read_safetensors_dir(where), where
+    check_config(hf_model_or_dir.config)
+    return hf_model_or_dir.config, hf_model_or_dir.state_dict(), type(hf_model_or_dir).__name__
+
+
+def from_hf_llama(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, state_dict loadable by `DecoderLM`) from a `LlamaForCausalLM` or a local directory
+    it was saved to. Tensors keep their dtype; a tied head shares the embedding tensor."""
+    config, hf_state, where = read_hf_source(hf_model_or_dir, model_config_from_hf)
+    model_cfg = model_config_from_hf(config)
     pairs = key_pairs(model_cfg.n_layers, model_cfg.tie_embeddings)
     # A tied model may still list lm_head; older checkpoints stored the rotary inv_freq buffers.
     derived = {HEAD[1]} | {k for k in hf_state if k.endswith("rotary_emb.inv_freq")}

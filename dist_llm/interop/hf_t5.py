@@ -19,13 +19,12 @@ Three T5 details the mapping has to respect:
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dist_llm.errors import ConfigError
-from dist_llm.interop.hf_llama import _check_keys, read_safetensors_dir
+from dist_llm.interop.hf_llama import _check_keys, read_hf_source
 from dist_llm.models.config import ModelConfig
 from dist_llm.models.encoder_decoder import PAD_ID, REFERENCE_STD
 
@@ -155,17 +154,9 @@ def from_hf_t5(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, dic
     """(ModelConfig, state_dict loadable by `EncoderDecoderLM`) from a `T5ForConditionalGeneration`
     or a local directory it was saved to. Tensors keep their dtype; a tied head shares the
     embedding tensor."""
-    if isinstance(hf_model_or_dir, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        where = os.fspath(hf_model_or_dir)
-        config = AutoConfig.from_pretrained(where, local_files_only=True)
-        model_config_from_hf(config, head_is_shared=True)  # config errors before reading gigabytes
-        hf_state = read_safetensors_dir(where)
-    else:
-        where = type(hf_model_or_dir).__name__
-        config = hf_model_or_dir.config
-        hf_state = hf_model_or_dir.state_dict()
+    # Whether the head is shared is only known from the weights; every other config error shows first.
+    config, hf_state, where = read_hf_source(hf_model_or_dir,
+                                             lambda c: model_config_from_hf(c, head_is_shared=True))
     head = hf_state.get(HEAD[1])
     shared = hf_state.get(EMBEDDING[1])
     head_is_shared = head is None or shared is None or head is shared or torch.equal(head, shared)
