@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -165,28 +167,16 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dist_llm.config import dump_config, load_config
-    from dist_llm.data.sources import check_sources
+    from dist_llm.config import dump_config
+    from dist_llm.launch.preflight import check_training
     from dist_llm.launch.torchrun import in_torchrun, torchrun_command
-    from dist_llm.pretrained import check_pretrained
 
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
     if args.nproc_per_node:
         overrides.append(f"launch.nproc_per_node={args.nproc_per_node}")
-    cfg = load_config(args.config, overrides)
-    world = int(os.environ["WORLD_SIZE"]) if in_torchrun() else None
-    cfg.validate(world_size=world, origin=args.config)
-    if cfg.engine.type == "deepspeed":  # imports deepspeed (~5 s), so only when it is used
-        from dist_llm.engine.deepspeed_config import validate_deepspeed_config
-
-        validate_deepspeed_config(cfg, world or cfg.launch.nproc_per_node * cfg.launch.nnodes)
-    # Missing datasets, mixed tokenizers, too-short splits fail here, not in N spawned ranks.
-    check_sources(cfg.data)
-    for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
-        if path:
-            check_pretrained(path, key)
+    cfg = check_training(args.config, overrides, int(os.environ["WORLD_SIZE"]) if in_torchrun() else None)
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
@@ -240,9 +230,26 @@ def _prep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _delegated(module: str):
+    """(add, run) for a command whose parser and body live in `module` (its add_parser(sub) and
+    run(args)); imported only when that command is parsed or run, so `dist-llm --help` stays fast."""
+    def add(sub: argparse._SubParsersAction) -> None:
+        importlib.import_module(module).add_parser(sub)
+
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
+
+    return add, run
+
+
 COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
             "generate": (_add_generate, _generate), "bench": (_add_bench, _bench),
-            "export": (_add_export, _export), "finetune": (_add_finetune, _finetune)}
+            "export": (_add_export, _export), "finetune": (_add_finetune, _finetune),
+            "launch": _delegated("dist_llm.launch.cli"), "slurm": _delegated("dist_llm.launch.slurm_cli")}
+for _name, _module in (("env", "dist_llm.envinfo.cli"), ("report", "dist_llm.report.cli")):  # TEMP until written
+    if importlib.util.find_spec(_module.rsplit(".", 1)[0]) and os.path.exists(
+            os.path.join(os.path.dirname(__file__), *_module.split(".")[1:]) + ".py"):
+        COMMANDS[_name] = _delegated(_module)
 
 
 def build_parser() -> argparse.ArgumentParser:

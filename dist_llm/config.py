@@ -196,6 +196,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    enabled: bool = False
+    """Log to Weights & Biases from rank 0 (the config, every metric record, checkpoint events)."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline: no account or network needed, the run is written under <run_dir>/wandb (upload it
+    later with `wandb sync`); online: streams to the server (`wandb login` or WANDB_API_KEY first)."""
+    project: str = "dist-llm"
+    entity: str = ""
+    """Team or user; empty = the account's default."""
+    name: str = ""
+    """Display name; empty = the run directory's name."""
+    tags: str = ""
+    """Comma-separated tags."""
+
+
+@dataclass
 class LoggingConfig:
     run_dir: str = "runs/tiny"
     """Where metrics.jsonl, config.yaml and (by default) checkpoints go."""
@@ -203,6 +219,7 @@ class LoggingConfig:
     """Write one JSON line of metrics per logged step to <run_dir>/metrics.jsonl."""
     peak_tflops: Optional[float] = None
     """Peak TFLOP/s per device used for MFU; None = measured with a matmul at start-up."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -513,6 +530,12 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
     }.get(tp)
     if ok is None:
         raise ConfigError(f"{where}: {key} has unsupported type {tp}")
+    if not ok and tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-3` (no dot) as a string; accept any text Python reads as a float.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not ok:
         raise ConfigError(f"{where}: {key}={value!r} should be {tp.__name__}, "
                           f"got {type(value).__name__}")
