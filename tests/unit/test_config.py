@@ -93,3 +93,13 @@ def test_parallel_layouts_validated_before_launch():
     cfg.validate(world_size=8)  # dp = 8 / (2 x 2) = 2, and 12 = 2 x 2 x 3
     with pytest.raises(ConfigError, match="x 4 data-parallel ranks"):
         cfg.validate(world_size=16)
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads `1e-3` as a string; float fields take it as the number users mean.
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n")
+    assert load_config(str(path), ["optim.weight_decay=1e-2"]).optim.lr == 3e-4
+    assert load_config(str(path), ["optim.weight_decay=1e-2"]).optim.weight_decay == 0.01
+    with pytest.raises(ConfigError, match=r"optim.lr='fast' should be float"):
+        load_config(str(path), ["optim.lr=fast"])
