@@ -35,6 +35,7 @@ from data_prep.workers import UnitJob, process_units
 from data_prep.writer import UNITS_DIR
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
+from dist_llm.metrics.sinks import format_eta
 from dist_llm.uri import filesystem, is_local, join
 
 log = get_logger("data_prep.pipeline")
@@ -44,6 +45,7 @@ HF_TOKENIZER_NAME = "tokenizer"
 DEFAULT_CORPUS_DIR = "default_corpus"
 HF_CACHE_DIR = "hf_cache"
 MIB = 1 << 20
+PROGRESS_LOG_S = 30.0  # how often prep logs its progress when stderr is not a terminal
 
 
 @dataclass
@@ -193,15 +195,26 @@ def _base_identity(cfg: PrepConfig, files: list[InputFile], unit_bytes: int, opt
     }
 
 
-def _run_units(units: list[WorkUnit], job: UnitJob, workers: int, show: bool, label: str) -> None:
-    reused = 0
-    started = time.perf_counter()
-    with tqdm(total=sum(u.size for u in units), desc=label, unit="B", unit_scale=True,
-              disable=not show, file=sys.stderr) as bar:
+def _run_units(units: list[WorkUnit], job: UnitJob, workers: int, progress: bool, label: str) -> None:
+    """Process the units with a progress bar on a terminal, or, in a log file (SLURM, nohup), a
+    progress line with ETA at most every PROGRESS_LOG_S seconds."""
+    reused = done = 0
+    total = sum(u.size for u in units)
+    started = last_line = time.perf_counter()
+    bar_on = progress and sys.stderr.isatty()
+    with tqdm(total=total, desc=label, unit="B", unit_scale=True, disable=not bar_on, file=sys.stderr) as bar:
         by_index = {u.index: u for u in units}
         for record in process_units(units, job, workers):
             reused += record["reused"]
-            bar.update(by_index[record["unit"]].size)
+            size = by_index[record["unit"]].size
+            bar.update(size)
+            done += size
+            now = time.perf_counter()
+            if progress and not bar_on and now - last_line >= PROGRESS_LOG_S and done < total:
+                last_line = now
+                eta = (now - started) * (total - done) / done
+                log.info("%s: %.0f%% of %.1f MB | %.1f MB/s | ETA %s", label, 100 * done / total, total / 1e6,
+                         done / 1e6 / (now - started), format_eta(eta))
     log.info("%s: %d units done (%d reused from an earlier run) in %.1fs", label, len(units), reused,
              time.perf_counter() - started)
 
@@ -247,7 +260,7 @@ def prepare(cfg: PrepConfig) -> dict | None:
                   cfg.shard_tokens, cfg.add_bos, cfg.on_error)
     mine = [u for u in units if u.index % cfg.num_parts == cfg.part]
     label = "prep" if cfg.num_parts == 1 else f"prep part {cfg.part}/{cfg.num_parts}"
-    _run_units(mine, job, workers, cfg.progress and sys.stderr.isatty(), label)
+    _run_units(mine, job, workers, cfg.progress, label)
     if cfg.num_parts > 1:
         _, missing = read_records(cfg.out, len(units), identity)
         if missing:  # the last part to finish merges; until then the others just stop

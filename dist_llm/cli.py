@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -154,18 +153,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from dist_llm.finetune.cli import add_finetune_parser
-
-    add_finetune_parser(sub)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from dist_llm.finetune.cli import run_finetune
-
-    return run_finetune(args)
-
-
 def _train(args: argparse.Namespace) -> int:
     from dist_llm.config import dump_config
     from dist_llm.launch.preflight import check_training
@@ -244,12 +231,9 @@ def _delegated(module: str):
 
 COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
             "generate": (_add_generate, _generate), "bench": (_add_bench, _bench),
-            "export": (_add_export, _export), "finetune": (_add_finetune, _finetune),
-            "launch": _delegated("dist_llm.launch.cli"), "slurm": _delegated("dist_llm.launch.slurm_cli")}
-for _name, _module in (("env", "dist_llm.envinfo.cli"), ("report", "dist_llm.report.cli")):  # TEMP until written
-    if importlib.util.find_spec(_module.rsplit(".", 1)[0]) and os.path.exists(
-            os.path.join(os.path.dirname(__file__), *_module.split(".")[1:]) + ".py"):
-        COMMANDS[_name] = _delegated(_module)
+            "export": (_add_export, _export), "finetune": _delegated("dist_llm.finetune.cli"),
+            "launch": _delegated("dist_llm.launch.cli"), "slurm": _delegated("dist_llm.launch.slurm_cli"),
+            "env": _delegated("dist_llm.envinfo.cli"), "report": _delegated("dist_llm.report.cli")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Turns per-step tensors into logged numbers: loss averaged over ranks, tokens/s, MFU, ETA."""
+"""Turns per-step tensors into logged numbers: loss averaged over ranks, tokens/s, MFU, ETA, memory."""
 
 from __future__ import annotations
 
@@ -14,12 +14,33 @@ from dist_llm.distributed import all_reduce_sum
 from dist_llm.log import get_logger
 from dist_llm.metrics.peak import peak_tflops
 from dist_llm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from dist_llm.metrics.wandb_sink import WandbSink
 from dist_llm.models import flops_per_token
 
 if TYPE_CHECKING:
     from dist_llm.trainer import Trainer
 
 log = get_logger("metrics")
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size now, from /proc (Linux; None elsewhere): one tiny read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
+
+
+def memory_now(device: torch.device) -> dict[str, int]:
+    """This rank's host RSS and, on CUDA, the allocator's peak: counters only, no device sync."""
+    memory: dict[str, int] = {}
+    rss = rss_bytes()
+    if rss is not None:
+        memory["memory_rss_bytes"] = rss
+    if device.type == "cuda":
+        memory["memory_gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return memory
 
 
 class MetricsCallback(Callback):
@@ -39,6 +60,8 @@ class MetricsCallback(Callback):
             self.sinks.append(ConsoleSink(cfg.train.max_steps))
             if cfg.logging.jsonl:
                 self.sinks.append(JsonlSink(os.path.join(cfg.logging.run_dir, "metrics.jsonl")))
+            if cfg.logging.wandb.enabled:
+                self.sinks.append(WandbSink(cfg, resumed=trainer.step > 0))
 
     def on_step_end(self, trainer: "Trainer", m: dict[str, Any]) -> None:
         step = m["step"]
@@ -54,6 +77,7 @@ class MetricsCallback(Callback):
             "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
             "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
             "peak_tflops": self.peak, "threads_per_rank": torch.get_num_threads(),
+            **memory_now(trainer.world.device),
             # Mixtures: cumulative tokens per source, computed from the data state (so exact after a resume).
             **{f"tokens_src/{name}": n * trainer.cfg.data.seq_len
                for name, n in trainer.batches.source_samples().items()},
@@ -81,4 +105,10 @@ class MetricsCallback(Callback):
                 f"{name} {n * seq_len:,} ({100 * n / total:.1f}%)" for name, n in consumed.items()))
         for sink in self.sinks:
             sink.close()
+        self.sinks.clear()
+
+    def close(self, trainer: "Trainer") -> None:
+        for sink in self.sinks:  # still open: training raised before on_train_end
+            sink.close(failed=True)
+        self.sinks.clear()
 

@@ -6,7 +6,7 @@ Public API:
     load_finetuned(out_dir) -> Finetuned a written directory back (model, labels, tokenizer)
     make_backbone(model) -> Backbone     hidden states and pooling for decoder / encoder / encoder_decoder
     SequenceClassifier, TokenClassifier  the heads
-    add_finetune_parser, run_finetune    the CLI subcommand (wired into dist_llm.cli)
+    cli.add_parser, cli.run              the CLI subcommand (wired into dist_llm.cli)
 
 Modules: config (flags), records (JSONL/CSV with file:line), data (examples, label map), encode
 (framing, truncation, subword tag alignment, batches), backbone, heads, metrics, loop (order,
@@ -22,7 +22,7 @@ from typing import Any
 _EXPORTS = {
     "FinetuneConfig": "config", "finetune": "run", "load_finetuned": "saved", "Finetuned": "saved",
     "Backbone": "backbone", "make_backbone": "backbone", "SequenceClassifier": "heads",
-    "TokenClassifier": "heads", "add_finetune_parser": "cli", "run_finetune": "cli",
+    "TokenClassifier": "heads",
 }
 __all__ = sorted(_EXPORTS)
 

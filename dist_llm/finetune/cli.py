@@ -10,7 +10,7 @@ import sys
 from dist_llm.finetune.config import PRECISIONS, TASKS, FinetuneConfig
 
 
-def add_finetune_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="sequence or token classification head on a pretrained checkpoint "
                                         "or HF directory, from labelled JSONL/CSV, accuracy/F1 per epoch")
     p.add_argument("backbone", metavar="CHECKPOINT_OR_HF_DIR",
@@ -51,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         precision=args.precision, tokenizer=args.tokenizer)
 
 
-def run_finetune(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Validate every flag (files exist, numbers in range) before loading anything, then fine-tune.
     Library errors propagate as DistLLMError for dist_llm.cli to print as one line."""
     from dist_llm.finetune.run import finetune
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from dist_llm.errors import DistLLMError
 
     parser = argparse.ArgumentParser(prog="dist-llm")
-    add_finetune_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return run_finetune(args)
+        return run(args)
     except DistLLMError as e:
         print(f"dist-llm finetune: error: {e}", file=sys.stderr)
         return 2

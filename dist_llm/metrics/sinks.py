@@ -1,4 +1,8 @@
-"""Where metrics go: console (human, with ETA) and JSONL (machine, one line per logged step)."""
+"""Where metrics go: console (human, with ETA) and JSONL (machine, one line per record).
+
+W&B is `wandb_sink`. A record is one of: a training step (`loss`, ...), a validation (`val_loss`,
+...), a checkpoint snapshot (`checkpoint_blocked_s`) or a checkpoint outcome (`checkpoint_committed`
+or `checkpoint_failed`). All carry `step`; consumers pick the kind they read by its keys."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ log = get_logger("metrics")
 class Sink(Protocol):
     def write(self, metrics: dict[str, Any]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None:
+        """`failed`: training raised (a W&B run is then marked failed, not finished)."""
 
 
 class ConsoleSink:
@@ -32,16 +37,18 @@ class ConsoleSink:
             log.info("step %d | checkpoint snapshot blocked training %.3fs", m["step"],
                      m["checkpoint_blocked_s"])
             return
+        if "checkpoint_committed" in m or "checkpoint_failed" in m:
+            return  # the writer already logged the outcome
         eta = m.get("eta_s")
         log.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
                  m["step"], self.max_steps, m["loss"], m["lr"], m["grad_norm"],
-                 f"{m['tokens_per_s']:,.0f}", 100 * m["mfu"], _fmt_eta(eta))
+                 f"{m['tokens_per_s']:,.0f}", 100 * m["mfu"], format_eta(eta))
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
-def _fmt_eta(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
     minutes, secs = divmod(int(seconds), 60)
@@ -59,5 +66,5 @@ class JsonlSink:
         self._file.write(json.dumps(m) + "\n")
         self._file.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._file.close()

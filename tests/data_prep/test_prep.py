@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,20 @@ def test_module_entry_point_reports_errors_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.txt'}: input path")
+
+
+def test_progress_in_a_log_file_has_an_eta(tmp_path, corpus_jsonl, sp_model, monkeypatch, warnings_log):
+    """Without a terminal (SLURM logs, nohup) the bar is off and progress lines with ETA are logged."""
+    import logging
+
+    from data_prep import pipeline
+
+    monkeypatch.setattr(pipeline, "PROGRESS_LOG_S", 0.0)
+    warnings_log.set_level(logging.INFO, logger="dist_llm")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = [str(corpus_jsonl), "--tokenizer", sp_model, "--unit-mb", "0.005", "--workers", "1",
+            "--out", str(tmp_path / "data")]
+    assert run(parser.parse_args(args)) == 0
+    lines = [r.getMessage() for r in warnings_log.records if "ETA" in r.getMessage()]
+    assert lines and all(re.match(r"prep: \d+% of [\d.]+ MB \| [\d.]+ MB/s \| ETA \d+m\d\ds$", m) for m in lines)
