@@ -223,4 +223,5 @@ def test_progress_in_a_log_file_has_an_eta(tmp_path, corpus_jsonl, sp_model, mon
             "--out", str(tmp_path / "data")]
     assert run(parser.parse_args(args)) == 0
     lines = [r.getMessage() for r in warnings_log.records if "ETA" in r.getMessage()]
-    assert lines and all(re.match(r"prep: \d+% of [\d.]+ MB \| [\d.]+ MB/s \| ETA \d+m\d\ds$", m) for m in lines)
+    line = re.compile(r"prep: \d+% of [\d.]+ MB \| [\d.]+ MB/s \| ETA \d+m\d\ds$")
+    assert lines and all(line.match(m) for m in lines)
