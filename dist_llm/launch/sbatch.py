@@ -114,7 +114,10 @@ def render_sbatch(spec: SbatchSpec) -> str:
                 f"--comment=dist-llm:{os.path.join(spec.workdir, spec.run_dir)}",
                 f"--chdir={spec.workdir}", *spec.sbatch_args]
     header = "\n".join(f"#SBATCH {shlex.quote(o)}" for o in options)
-    srun = shell_join(["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", *spec.srun_args])
+    # Since SLURM 22.05 srun no longer inherits the job's --cpus-per-task: without it again, the task
+    # (torchrun and all its ranks) would be bound to one CPU where the cluster binds tasks to cores.
+    cpus = [f"--cpus-per-task={spec.cpus_per_task}"] if spec.cpus_per_task else []
+    srun = shell_join(["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", *cpus, *spec.srun_args])
     return _TEMPLATE.format(header=header, port=spec.rdzv_port,
                             srun=f"{srun} \\\n  {shell_join(node_command(spec))}")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.slurm_cluster import slurm, slurm_cluster  # noqa: F401
 
 ACCESS_KEY = "dist-llm-test"
 SECRET_KEY = "dist-llm-test-secret"
