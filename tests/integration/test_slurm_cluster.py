@@ -1,19 +1,18 @@
 """Smoke tests of the single-node SLURM cluster fixture (tests/integration/slurm_cluster.py), and
-of the SLURM behaviours the preemption/requeue tests rely on:
+of the SLURM behaviours the training job's script relies on (the job itself, requeue included, is
+tests/integration/test_slurm_job.py):
 
 - a batch job runs `srun` steps and the tests' own `python` in the repository, and exits 0;
 - a job asking for every CPU as one task (`--ntasks-per-node=1 --cpus-per-task=2`) starts;
-- `scontrol requeue` SIGTERMs the running job and runs it again with SLURM_RESTART_COUNT=1;
 - `--signal=B:USR1@N` reaches the batch shell before the time limit (never later than N seconds
   before it; up to 30 s earlier, slurmctld's time-limit check period);
 - `scancel --signal=USR1` reaches every process of every srun step, children and grandchildren
   of the task included (also one in its own session, as torchrun starts its workers), but not the
-  batch shell; `--batch` only the batch shell; `--full` everything;
-- but a process whose parent died (reparented to init) is out of SLURM's reach: proctrack/linuxproc
-  (the only process tracking that works in this container: no cgroups, and proctrack/pgid would
-  miss torchrun's workers, which run in sessions of their own) finds a step's processes by walking
-  parent links from its slurmstepd each time it signals. Such an orphan gets neither the signals
-  nor the final SIGKILL.
+  batch shell; `--batch` only the batch shell. proctrack/linuxproc (the only process tracking that
+  works in this container: no cgroups, and proctrack/pgid would miss torchrun's workers, which run
+  in sessions of their own) finds a step's processes by walking parent links from its slurmstepd
+  each time it signals, so a process whose parent died gets neither the signals nor the final
+  SIGKILL: torchrun must survive the forwarded signal (`--signals_to_handle` includes SIGUSR1).
 """
 
 from __future__ import annotations
@@ -66,31 +65,6 @@ def test_a_job_gets_every_cpu_as_one_task(slurm):
     job = slurm.wait_for(job_id, "COMPLETED", timeout=30)
     assert job["NumCPUs"] == str(slurm.cpus)
     assert slurm.output(job_id).split() == [str(slurm.cpus), str(os.cpu_count())]
-
-
-def test_requeue_runs_the_job_again_with_restart_count_1(slurm, tmp_path):
-    starts = tmp_path / "starts"
-    script = slurm.script(f"""\
-echo "start ${{SLURM_RESTART_COUNT:-0}}" >> {starts}
-[ "${{SLURM_RESTART_COUNT:-0}}" -ge 1 ] && exit 0
-trap 'echo "TERM" >> {starts}; exit 0' TERM
-sleep 600 &
-wait
-""")
-    job_id = slurm.sbatch(script)
-    slurm.wait_for(job_id, "RUNNING")
-    _wait_lines(starts, 1, what="(first start) ")
-    requeued_at = time.time()
-    slurm.requeue(job_id)
-    pending = slurm.wait_for(job_id, "PENDING", timeout=10, poll=0.05)
-    assert pending["Reason"] == "BeginTime"  # held back for cred_expire seconds
-    job = slurm.wait_for(job_id, "COMPLETED", timeout=slurm.cred_expire + 30)
-    restart_latency = _epoch(job["StartTime"]) - requeued_at
-    print(f"requeue -> running again: {restart_latency:.1f}s (cred_expire={slurm.cred_expire})")
-    # The requeue SIGTERMs the running job (SIGKILL after KillWait), as a time limit would.
-    assert starts.read_text().splitlines() == ["start 0", "TERM", "start 1"]
-    assert job["Restarts"] == "1" and job["ExitCode"] == "0:0"
-    assert restart_latency < slurm.cred_expire + 10
 
 
 def test_time_limit_warning_signal_reaches_the_batch_shell(slurm, tmp_path):
@@ -160,8 +134,7 @@ BATCH_PROCS = {"batch", "batch-child"}
 @pytest.mark.parametrize("flags, expected", [
     ({}, STEP_PROCS),
     ({"batch": True}, {"batch"}),
-    ({"full": True}, STEP_PROCS | BATCH_PROCS),
-], ids=["steps", "batch", "full"])
+], ids=["steps", "batch"])
 def test_scancel_signal_reaches(slurm, tmp_path, flags, expected):
     child, step, log = tmp_path / "child.py", tmp_path / "step.sh", tmp_path / "log"
     child.write_text(STEP_CHILD)
@@ -188,31 +161,3 @@ def test_scancel_signal_reaches(slurm, tmp_path, flags, expected):
     dead = not psutil.pid_exists(default_pid) or psutil.Process(default_pid).status() == psutil.STATUS_ZOMBIE
     assert dead == ("step-bash" in expected)
     assert slurm.job_state(job_id)["JobState"] == "RUNNING"
-
-
-def test_an_orphaned_process_escapes_the_job(slurm, tmp_path):
-    """A python started by a subshell that exits at once (parent gone, reparented to init) gets no
-    `scancel --signal` and survives `scancel` of its job; its stdout is the step's, so the step
-    waits for it ("Waiting for IO") and the job stays COMPLETING: the fixture's cleanup SIGKILLs
-    such processes itself. For training jobs: ranks must not outlive torchrun (torchrun itself
-    must not die of the forwarded signal, e.g. `--signals_to_handle` must include it)."""
-    child, log = tmp_path / "child.py", tmp_path / "log"
-    child.write_text(STEP_CHILD)
-    task = (f"trap '' USR1; (python {child} {log} orphan 1 &); "
-            f"python {child} {log} child 1 & while true; do sleep 0.1; done")
-    job_id = slurm.sbatch(slurm.script(f'srun bash -c "{task}"\n'))
-    up = {line.split()[0]: int(line.split()[2]) for line in _wait_lines(log, 2, what="(both up) ")}
-    assert psutil.Process(up["orphan"]).ppid() != psutil.Process(up["child"]).ppid()
-
-    slurm.signal(job_id, "USR1")
-    _wait_lines(log, 3, what="(child got USR1) ")
-    time.sleep(1)
-    assert [line.split()[:2] for line in log.read_text().splitlines()[2:]] == [["child", "USR1"]]
-
-    slurm.cancel(job_id)
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(up["child"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not psutil.pid_exists(up["child"])
-    assert psutil.Process(up["orphan"]).status() != psutil.STATUS_ZOMBIE
-    assert slurm.job_state(job_id)["JobState"] == "COMPLETING"
