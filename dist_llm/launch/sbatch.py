@@ -38,7 +38,9 @@ class SbatchSpec:
     signal_before_s: int = 300
     """SIGUSR1 reaches the job this long before its time limit: time to finish a step and commit a
     checkpoint. SLURM checks the signal time about once a minute, so leave at least 60 s slack."""
-    rdzv_port: int = 29500
+    rdzv_port: int = 0
+    """c10d rendezvous port on the first node; 0 = 20000 + job id % 10000, so jobs sharing a node
+    do not collide."""
     workdir: str = "."
     python: str = sys.executable
     sbatch_args: list[str] = field(default_factory=list)
@@ -118,7 +120,8 @@ def render_sbatch(spec: SbatchSpec) -> str:
     # (torchrun and all its ranks) would be bound to one CPU where the cluster binds tasks to cores.
     cpus = [f"--cpus-per-task={spec.cpus_per_task}"] if spec.cpus_per_task else []
     srun = shell_join(["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", *cpus, *spec.srun_args])
-    return _TEMPLATE.format(header=header, port=spec.rdzv_port,
+    port = spec.rdzv_port or "$((20000 + SLURM_JOB_ID % 10000))"
+    return _TEMPLATE.format(header=header, port=port,
                             srun=f"{srun} \\\n  {shell_join(node_command(spec))}")
 
 

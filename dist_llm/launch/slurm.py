@@ -48,7 +48,8 @@ class JobRow:
     elapsed: str
     time_limit: str
     nodes: str
-    reason: str
+    where: str
+    """squeue's NODELIST(REASON): the nodes of a running job, why a pending one waits."""
     run_dir: str
     """Run directory of a dist-llm job ('' for other jobs)."""
 

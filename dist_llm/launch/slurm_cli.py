@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--job-name", default="", help="default: dist-llm-<config name>")
     s.add_argument("--signal-before", type=int, default=300, metavar="SECONDS",
                    help="SIGUSR1 this long before the time limit starts checkpoint-and-requeue")
-    s.add_argument("--rdzv-port", type=int, default=29500, help="c10d rendezvous port on the first node")
+    s.add_argument("--rdzv-port", type=int, default=0,
+                   help="c10d rendezvous port on the first node (default: 20000 + job id %% 10000)")
     s.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH option (repeatable)")
     s.add_argument("--srun-arg", action="append", default=[],
                    help="extra srun option (repeatable), e.g. --container-image=... with pyxis")
@@ -82,13 +83,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         rows = slurm.list_jobs(args.job_ids)
-        print(f"{'JOBID':<10} {'STATE':<12} {'ELAPSED':>10} {'LIMIT':>10} {'NODES':>5}  "
-              f"{'NAME':<24} PROGRESS / REASON")
+        print(f"{'JOBID':<10} {'STATE':<11} {'ELAPSED':>10} {'LIMIT':>10} {'NODES':>5}  {'NAME':<22} "
+              f"{'NODELIST(REASON)':<18} PROGRESS")
         for r in rows:
-            progress = slurm.latest_progress(r.run_dir) if r.run_dir else ""
-            detail = progress or ("" if r.reason == "None" else r.reason)
-            print(f"{r.job_id:<10} {r.state:<12} {r.elapsed:>10} {r.time_limit:>10} {r.nodes:>5}  "
-                  f"{r.name:<24} {detail}")
+            progress = (slurm.latest_progress(r.run_dir) or "-") if r.run_dir else ""
+            print(f"{r.job_id:<10} {r.state:<11} {r.elapsed:>10} {r.time_limit:>10} {r.nodes:>5}  "
+                  f"{r.name:<22} {r.where:<18} {progress}")
         return 0
     getattr(slurm, args.action)(args.job_ids)
     print(f"{args.action}: {' '.join(args.job_ids)}")

@@ -566,3 +566,20 @@ def slurm(slurm_cluster) -> SlurmCluster:
     """The session's cluster for one test; jobs the test leaves behind are SIGKILLed after it."""
     yield slurm_cluster
     slurm_cluster.cancel_all()
+
+
+if __name__ == "__main__":
+    # The same cluster by hand, to try `dist-llm slurm` on this machine (as root):
+    #   python -m tests.integration.slurm_cluster     then, in another shell, the printed export.
+    cluster = SlurmCluster(tempfile.mkdtemp(prefix="dist-llm-slurm-")).start()
+    print(f"SLURM is up (node {cluster.node}, {cluster.cpus} CPUs, partition debug). In another shell:\n"
+          f"  export SLURM_CONF={cluster.conf_path}\n"
+          "  dist-llm slurm submit configs/tiny.yaml --nproc-per-node 2 --cpus-per-task 2 --time 30\n"
+          "Ctrl-C (or SIGTERM) stops the cluster and its jobs.", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
