@@ -112,8 +112,9 @@ class TrainConfig:
     """Samples per forward/backward on one rank; the rest is gradient accumulation."""
     seed: int = 1234
     """Global seed; data order and init derive per-purpose seeds from it."""
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """Autocast dtype for forward/backward; weights and optimizer stay fp32. fp16 needs CUDA."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype for forward/backward; weights and optimizer stay fp32. auto: bf16 where the
+    device has native bf16 (CUDA, CPUs with AVX512-BF16/AMX), else fp32. fp16 needs CUDA."""
     eval_interval: int = 100
     """Run validation every N steps (and at the end); 0 = only at the end."""
     eval_batches: int = 20

@@ -25,6 +25,7 @@ from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 from dist_llm.models import build_model, count_params
 from dist_llm.parallel_dims import ParallelDims
+from dist_llm.precision import resolve_precision
 from dist_llm.pretrained import adopt_pretrained
 from dist_llm.schedule import lr_at
 from dist_llm.seeding import derive_seed
@@ -42,6 +43,7 @@ def fill_vocab_size(cfg: Config, manifest: dict) -> None:
 class Trainer:
     def __init__(self, cfg: Config, world: World, callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
+        cfg.train.precision = resolve_precision(cfg, world.device)  # concrete from here on
         self.world = world
         self.data = open_training_data(cfg.data)
         fill_vocab_size(cfg, self.data.manifest)

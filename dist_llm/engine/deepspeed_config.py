@@ -197,6 +197,20 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _precision_of(ds: dict[str, Any]) -> str | None:
+    """bf16 / fp16 / fp32 if the JSON has a precision section, None if it leaves it to us."""
+    precision_keys = ("bf16", "bfloat16", "fp16")
+    if not any(key in ds for key in precision_keys):
+        return None
+    return next((key[:2] + "16" for key in precision_keys
+                 if isinstance(ds.get(key), dict) and ds[key].get("enabled")), "fp32")
+
+
+def json_precision(path: str) -> str | None:
+    """The precision a DeepSpeed JSON file enables, or None if it has no precision section."""
+    return _precision_of(_read_json(path))
+
+
 def _check_agreement(ds: dict[str, Any], ours: dict[str, Any], cfg: Config, origin: str) -> None:
     """Batch sizes, precision and clipping in the JSON must be what train/optim say: the trainer
     slices data and logs tokens by train.*, so a disagreeing JSON would silently train otherwise."""
@@ -207,13 +221,11 @@ def _check_agreement(ds: dict[str, Any], ours: dict[str, Any], cfg: Config, orig
         if key in ds and ds[key] != ours[key]:
             raise ConfigError(f"{origin}: {key}={ds[key]} disagrees with {ours_key} "
                               f"(= {ours[key]}); remove {key} from the JSON or make them equal")
-    precision_keys = ("bf16", "bfloat16", "fp16")
-    if any(key in ds for key in precision_keys):
-        precision = next((key[:2] + "16" for key in precision_keys
-                          if isinstance(ds.get(key), dict) and ds[key].get("enabled")), "fp32")
-        if precision != cfg.train.precision:
-            raise ConfigError(f"{origin}: the JSON enables {precision} but train.precision="
-                              f"{cfg.train.precision}; set train.precision={precision} or change the JSON")
+    precision = _precision_of(ds)
+    if precision and cfg.train.precision not in ("auto", precision):  # auto follows the JSON
+        raise ConfigError(f"{origin}: the JSON enables {precision} but train.precision="
+                          f"{cfg.train.precision}; set train.precision={precision} (or auto) or change "
+                          "the JSON")
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage != cfg.engine.zero_stage:
         raise ConfigError(f"{origin}: zero_optimization.stage={stage} disagrees with engine.zero_stage="
