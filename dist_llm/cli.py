@@ -92,6 +92,33 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--steps", type=int, default=40)
     d.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
     d.add_argument("--json", help="also write the results to this JSON file")
+    pe = kinds.add_parser("peer", help="our training vs nanoGPT's on the same model size, batches and "
+                                       "threads, step by step in one process: tokens/s ratio and loss")
+    pe.add_argument("--config", default="configs/tiny.yaml", help="the training config both follow")
+    pe.add_argument("overrides", nargs="*", help="dotted overrides of the config")
+    pe.add_argument("--steps", type=int, default=30, help="optimizer steps, for both")
+    pe.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
+    pe.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16"],
+                    help="our train.precision (nanoGPT on CPU always runs fp32)")
+    pe.add_argument("--threads", type=int, help="torch threads for both (default: every usable core)")
+    pe.add_argument("--nanogpt-dir", help="import model.py (GPT, GPTConfig) from this nanoGPT checkout "
+                                          "instead of the built-in one")
+    pe.add_argument("--json", help="also write the results to this JSON file")
+    sc = kinds.add_parser("scaling", help="on paper: tokens/s and MFU on 8-512 GPUs from one GPU's "
+                                          "throughput and each layout's communication volume (assumptions "
+                                          "printed)")
+    sc.add_argument("--config", default="configs/models/1.3b.yaml", help="model preset or training config")
+    sc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=4096")
+    sc.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
+    sc.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU per forward/backward")
+    sc.add_argument("--layouts", default="zero1,zero3,tp8,tp8-pp4",
+                    help="comma-separated: zero1, zero3, tp8, tp8-pp4")
+    sc.add_argument("--gpus", default="8,16,32,64,128,256,512", help="comma-separated GPU counts")
+    sc.add_argument("--mfu", type=float, default=0.45, help="assumed single-GPU MFU (see --tokens-per-s)")
+    sc.add_argument("--tokens-per-s", type=float, help="measured tokens/s of one GPU at this micro-batch "
+                                                       "(replaces --mfu)")
+    sc.add_argument("--internode-gbps", type=float, default=50.0, help="GB/s per GPU between nodes")
+    sc.add_argument("--json", help="also write the results to this JSON file")
 
 
 def _run_bench(args: argparse.Namespace):
@@ -110,6 +137,18 @@ def _run_bench(args: argparse.Namespace):
         from dist_llm.bench import checkpoint
 
         return checkpoint, [checkpoint.bench_checkpoint(args.uri, args.size_mb, args.repeats)]
+    if args.kind == "scaling":
+        from dist_llm.bench import scaling
+
+        hw = scaling.Hardware(internode_gbps=args.internode_gbps)
+        return scaling, [scaling.bench_scaling(
+            args.config, ["data.seq_len=2048", *args.overrides], args.global_batch, args.micro_batch,
+            args.layouts.split(","), [int(g) for g in args.gpus.split(",")], args.mfu, args.tokens_per_s, hw)]
+    if args.kind == "peer":
+        from dist_llm.bench import peer
+
+        return peer, [peer.bench_peer(args.config, args.overrides, args.steps, args.warmup, args.precision,
+                                      args.threads, args.nanogpt_dir)]
     from dist_llm.bench import train
 
     if args.kind == "train":

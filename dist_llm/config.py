@@ -160,6 +160,9 @@ class EngineConfig:
     """With tp > 1: shard norms/dropout activations along the sequence between TP regions."""
     activation_checkpointing: bool = False
     """Recompute each Transformer block's activations in backward instead of storing them."""
+    compile: bool = False
+    """torch.compile each Transformer block (fuses norms, RoPE and activations; the first steps
+    pay the compilation). Parameter names stay the same, so checkpoints are interchangeable."""
     zero_stage: int = 1
     """deepspeed only: ZeRO stage 0-3 (1: optimizer states, 2: + gradients, 3: + parameters sharded)."""
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
@@ -220,6 +223,8 @@ class LoggingConfig:
     """Write one JSON line of metrics per logged step to <run_dir>/metrics.jsonl."""
     peak_tflops: Optional[float] = None
     """Peak TFLOP/s per device used for MFU; None = measured with a matmul at start-up."""
+    profile_steps: str = ""
+    """Steps FIRST-LAST to profile into <run_dir>/breakdown/rank<r>.json (`dist-llm bench`); empty = off."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

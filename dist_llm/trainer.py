@@ -13,6 +13,7 @@ import torch
 
 from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
 from dist_llm.callbacks.nonfinite import NonFiniteCallback
+from dist_llm.callbacks.profiling import ProfilingCallback
 from dist_llm.callbacks.signals import PreemptionCallback
 from dist_llm.checkpoint.discovery import resolve_resume
 from dist_llm.checkpoint.state import load_checkpoint
@@ -23,6 +24,7 @@ from dist_llm.distributed import World, broadcast_object
 from dist_llm.engine import build_engine
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
+from dist_llm.metrics.phases import DATA, STEP, phase
 from dist_llm.models import build_model, count_params
 from dist_llm.parallel_dims import ParallelDims
 from dist_llm.precision import resolve_precision
@@ -70,7 +72,7 @@ class Trainer:
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
         self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
                           EvalCallback(self.data.validation, self.data.collator), CheckpointCallback(),
-                          *(callbacks or [])]
+                          ProfilingCallback(), *(callbacks or [])]
         self.stop_requested = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -144,10 +146,12 @@ class Trainer:
             cb.on_train_start(self)
         while self.step < self.stop_step and not self.stop_requested:
             start = time.perf_counter()
-            micro_batches = self.batches.next_step()
-            data_time = time.perf_counter() - start
-            lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
-            result = self.engine.train_step(micro_batches, lr)
+            with phase(STEP, self.world.device):
+                with phase(DATA, self.world.device):
+                    micro_batches = self.batches.next_step()
+                data_time = time.perf_counter() - start
+                lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
+                result = self.engine.train_step(micro_batches, lr)
             self.step += 1
             metrics = {"step": self.step, "loss": result.loss, "lr": lr, "skipped": result.skipped,
                        "grad_norm": result.grad_norm, "tokens": self.tokens_per_step,

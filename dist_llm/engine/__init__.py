@@ -18,6 +18,7 @@ def build_engine(model: nn.Module, cfg: Config, world: World) -> Engine:
     if cfg.engine.type == "deepspeed":
         from dist_llm.engine.deepspeed_engine import DeepSpeedEngine
 
+        _checkpoint_and_compile(model, cfg)
         return DeepSpeedEngine(model, cfg, world)
     if cfg.engine.tp > 1 or cfg.engine.pp > 1:
         from dist_llm.engine.mesh import MeshEngine
@@ -25,8 +26,15 @@ def build_engine(model: nn.Module, cfg: Config, world: World) -> Engine:
         return MeshEngine(model, cfg, world)
     from dist_llm.engine.ddp import DDPEngine
 
-    if cfg.engine.activation_checkpointing:  # MeshEngine applies it inside `parallelize`
-        from dist_llm.parallel import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model)
+    _checkpoint_and_compile(model, cfg)
     return DDPEngine(model, cfg, world)
+
+
+def _checkpoint_and_compile(model: nn.Module, cfg: Config) -> None:
+    """What `parallelize` does after TP, for engines without a mesh (DDP, DeepSpeed), in its order."""
+    from dist_llm.parallel import apply_activation_checkpointing, apply_compile
+
+    if cfg.engine.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if cfg.engine.compile:
+        apply_compile(model)

@@ -15,6 +15,7 @@ from dist_llm.config import Config
 from dist_llm.distributed import World
 from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
 from dist_llm.engine.optim import build_adamw
+from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_FILE = "optimizer.pt"
@@ -49,9 +50,10 @@ class DDPEngine:
         no_sync = (self.wrapped.no_sync() if isinstance(self.wrapped, DistributedDataParallel)
                    and not sync_grads else contextlib.nullcontext())
         with no_sync:
-            with autocast(self.device, self.precision):
+            with phase(FORWARD, self.device), autocast(self.device, self.precision):
                 loss = self.wrapped(**batch)
-            self.scaler.scale(loss * loss_scale).backward()
+            with phase(BACKWARD, self.device):  # with sync_grads, DDP's all-reduce runs inside
+                self.scaler.scale(loss * loss_scale).backward()
         return loss.detach()
 
     def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
@@ -60,20 +62,21 @@ class DDPEngine:
             # Gradients are all-reduced only with the last micro-batch of the step.
             loss += self._forward_backward(batch, sync_grads=i == len(micro_batches) - 1,
                                            loss_scale=1.0 / len(micro_batches))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        loss = loss / len(micro_batches)
-        # One host sync per step, so a NaN/Inf never reaches the weights or the Adam moments.
-        # (fp16 overflow is the loss scaler's business: it skips and lowers the scale itself.)
-        bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled()
-                                                 and not bool(torch.isfinite(grad_norm)))
-        if not bad:
-            self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        with phase(OPTIMIZER, self.device):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.scaler.unscale_(self.optimizer)
+            max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            loss = loss / len(micro_batches)
+            # One host sync per step, so a NaN/Inf never reaches the weights or the Adam moments.
+            # (fp16 overflow is the loss scaler's business: it skips and lowers the scale itself.)
+            bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled()
+                                                     and not bool(torch.isfinite(grad_norm)))
+            if not bad:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=bad)
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_devi
 from dist_llm.engine.deepspeed_memory import zero_memory_report
 from dist_llm.engine.optim import build_adamw, param_groups
 from dist_llm.errors import ConfigError
+from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 
 _TAG = "state"  # DeepSpeed's checkpoint tag; our step directories already tell checkpoints apart
 
@@ -53,17 +54,21 @@ class DeepSpeedEngine:
                               "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)")
         for group in self.zero_optimizer.param_groups:
             group["lr"] = lr
-        loss = torch.zeros((), device=self.world.device)
+        device = self.world.device
+        loss = torch.zeros((), device=device)
         unsharded_norm = None
         for i, batch in enumerate(micro_batches):
-            micro_loss = self.engine(**to_device(batch, self.world.device))
+            with phase(FORWARD, device):
+                micro_loss = self.engine(**to_device(batch, device))
             # backward scales by 1/accumulation; step() applies the optimizer on the last micro-batch.
-            self.engine.backward(micro_loss)
-            if i == len(micro_batches) - 1 and self.engine.zero_optimization_stage() == 0:
-                # Without ZeRO DeepSpeed clips but does not keep the norm; grads are all-reduced here.
-                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-                unsharded_norm = torch.nn.utils.get_total_norm(grads).item()
-            self.engine.step()
+            with phase(BACKWARD, device):  # ZeRO reduces (and stage 3 gathers) gradients in here
+                self.engine.backward(micro_loss)
+            with phase(OPTIMIZER, device):
+                if i == len(micro_batches) - 1 and self.engine.zero_optimization_stage() == 0:
+                    # Without ZeRO DeepSpeed clips but does not keep the norm; grads are all-reduced here.
+                    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                    unsharded_norm = torch.nn.utils.get_total_norm(grads).item()
+                self.engine.step()
             loss += micro_loss.detach().float()
         norm = self.engine.get_global_grad_norm() if unsharded_norm is None else unsharded_norm
         # None when a user's JSON turns off zero_optimization.compute_grad_norm.

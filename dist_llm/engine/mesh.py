@@ -24,6 +24,7 @@ from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
 from dist_llm.engine.ddp import OPTIMIZER_FILE, autocast, to_device
 from dist_llm.engine.optim import build_adamw
 from dist_llm.errors import CheckpointError, ConfigError
+from dist_llm.metrics.phases import BACKWARD, FORWARD, FORWARD_BACKWARD, OPTIMIZER, phase
 from dist_llm.parallel import parallelize, split_pipeline_stage
 from dist_llm.parallel.consolidate import full_cpu, gather_to_rank0, shard_like
 from dist_llm.parallel.grads import all_reduce_grads, clip_grad_norm_, local, reduce_partial_grads
@@ -107,32 +108,40 @@ class MeshEngine:
             if self.pipeline is not None:
                 # The pipeline runs decoder-only models (the config check), whose batches are
                 # exactly input_ids and labels.
-                input_ids = torch.cat([b["input_ids"] for b in micro_batches]).to(self.device)
-                labels = torch.cat([b["labels"] for b in micro_batches]).to(self.device)
-                loss = self.pipeline.train_step(input_ids, labels, n)
+                with phase(FORWARD_BACKWARD, self.device):
+                    input_ids = torch.cat([b["input_ids"] for b in micro_batches]).to(self.device)
+                    labels = torch.cat([b["labels"] for b in micro_batches]).to(self.device)
+                    loss = self.pipeline.train_step(input_ids, labels, n)
             else:
                 loss = torch.zeros((), device=self.device)
                 for batch in micro_batches:
-                    mb_loss = self.model(**to_device(batch, self.device))
-                    (mb_loss / n).backward()
+                    with phase(FORWARD, self.device):
+                        mb_loss = self.model(**to_device(batch, self.device))
+                    with phase(BACKWARD, self.device):
+                        (mb_loss / n).backward()
                     loss += mb_loss.detach()
                 loss = loss / n
-        grad_norm = self._sync_and_clip()
-        # Skip a step whose gradients are not finite (a non-finite loss makes them so). Decided on
-        # the global norm, which is identical on every rank, so all replicas and shards agree.
-        skipped = not bool(torch.isfinite(grad_norm))
-        if not skipped:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._sync_grads()  # unmarked: its collectives are the step's exposed communication
+        with phase(OPTIMIZER, self.device):
+            grad_norm = self._clip()
+            # Skip a step whose gradients are not finite (a non-finite loss makes them so). Decided
+            # on the global norm, which is identical on every rank, so all replicas and shards agree.
+            skipped = not bool(torch.isfinite(grad_norm))
+            if not skipped:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=skipped)
 
     @torch.no_grad()
-    def _sync_and_clip(self) -> torch.Tensor:
+    def _sync_grads(self) -> None:
         reduce_partial_grads(self.params)
         if self.tie_group is not None:
             tied = self.tied_copy if self.tied_copy is not None else self.model.tok_embeddings.weight
             all_reduce_grads([tied], self.tie_group, average=False)
         all_reduce_grads(self.params, self.mesh["dp"].get_group(), average=True)
+
+    @torch.no_grad()
+    def _clip(self) -> torch.Tensor:
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         return clip_grad_norm_(
             self.params, max_norm,

@@ -7,11 +7,12 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from dist_llm.config import EngineConfig
 from dist_llm.parallel.activation_checkpointing import apply_activation_checkpointing
+from dist_llm.parallel.compile import apply_compile
 from dist_llm.parallel.tensor_parallel import apply_tensor_parallel
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: EngineConfig) -> nn.Module:
-    """Apply tensor parallelism over `mesh["tp"]`, then activation checkpointing, in place.
+    """Apply tensor parallelism over `mesh["tp"]`, then activation checkpointing, then compile, in place.
 
     Pipeline splitting happens before this (each stage is parallelized on its own) and data
     parallelism after it (the engine averages gradients over `mesh["dp"]`), as in torchtitan.
@@ -22,4 +23,6 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: EngineConfig) -> nn.Mod
         apply_tensor_parallel(model, mesh["tp"], cfg.sequence_parallel)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
+    if cfg.compile:
+        apply_compile(model)
     return model
