@@ -2,11 +2,12 @@
 measured in one run; the first variant is the baseline every ratio is against.
 
 Each variant runs the real `dist-llm train` in fresh processes; tokens/s is the median over the
-logged steps after `warmup` steps (first steps pay for allocator and kernel warm-up). Those same
-steps are profiled (`logging.profile_steps`) into data / forward / backward / optimizer /
-communication / other per step, and every rank measures its bf16 and fp32 matmul peaks: MFU is
-stated against the measured peak of the precision the run used. Profiling adds ~3 us per recorded
-op (~20 ms on a `tiny` step of several seconds on CPU).
+logged steps after `warmup` steps (first steps pay for allocator and kernel warm-up). Then
+PROFILED_STEPS more steps are profiled (`logging.profile_steps`) into data / forward / backward /
+optimizer / communication / other: after the timed steps, because the profiler's per-op cost
+(measured on CPU: +2% of a `tiny` step's CPU time, +15% of a 0.1 s step) would otherwise be in
+tokens/s. Every rank measures its bf16 and fp32 matmul peaks; MFU is stated against the measured
+peak of the precision the run used.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dist_llm.errors import ConfigError
 from dist_llm.launch.torchrun import torchrun_command
 
 MEMORY_KEYS = ("param_bytes", "grad_bytes", "optimizer_bytes")
+PROFILED_STEPS = 10
 
 
 @dataclass
@@ -41,6 +43,8 @@ class TrainBenchResult:
     tokens_per_s: float
     tokens_per_s_per_thread: float
     step_time_s: float
+    profiled_step_time_s: float
+    """Median step time of the profiled steps: against step_time_s, what profiling costs."""
     precision: str
     """The run's resolved train.precision: its peak is the MFU denominator."""
     achieved_tflops: float
@@ -52,7 +56,7 @@ class TrainBenchResult:
     memory: dict[str, int]
     """Rank 0's bytes of parameters / gradients / optimizer state after the first step."""
     rank_memory: list[dict[str, int]]
-    """Each rank's host RSS (and CUDA allocator peak) after the warm-up steps."""
+    """Each rank's host RSS (and CUDA allocator peak) after the timed steps."""
     breakdown_ms: dict[str, float]
     """Rank 0's mean ms per profiled step: step, data, forward, backward (or forward_backward for a
     pipeline), optimizer, comm (all collectives), comm_in_<phase>, comm_exposed, other."""
@@ -83,13 +87,14 @@ def bench_variants(config: str, overrides: list[str], variants: list[Variant], s
                    warmup: int) -> list[TrainBenchResult]:
     if not 0 <= warmup < steps:
         raise ConfigError(f"--warmup {warmup} with --steps {steps}: need 0 <= warmup < steps")
-    profile = f"logging.profile_steps={warmup + 1}-{steps}"  # exactly the steps the medians are over
+    total = steps + PROFILED_STEPS
+    profile = f"logging.profile_steps={steps + 1}-{total}"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, v in enumerate(variants):
             run_dir = os.path.join(tmp, str(i))
-            all_records = _run(config, [*overrides, *v.overrides, profile], v.ranks, steps, run_dir)
-            records = all_records[warmup:]
+            all_records = _run(config, [*overrides, *v.overrides, profile], v.ranks, total, run_dir)
+            records = all_records[warmup:steps]  # one record per step: the log interval is 1
             ranks = _read_breakdowns(run_dir, v.ranks)
             threads = records[0]["threads_per_rank"]
             tps = statistics.median(r["tokens_per_s"] for r in records)
@@ -101,6 +106,7 @@ def bench_variants(config: str, overrides: list[str], variants: list[Variant], s
                 name=v.name, ranks=v.ranks, threads_per_rank=threads, tokens_per_s=tps,
                 tokens_per_s_per_thread=tps / (v.ranks * threads),
                 step_time_s=statistics.median(r["step_time_s"] for r in records),
+                profiled_step_time_s=statistics.median(r["step_time_s"] for r in all_records[steps:]),
                 precision=precision, achieved_tflops=achieved, mfu=achieved / peaks[precision],
                 peak_tflops=peaks, memory={k: all_records[0][k] for k in MEMORY_KEYS if k in all_records[0]},
                 rank_memory=[r["memory"] for r in ranks], breakdown_ms=ranks[0]["phases_ms"],
@@ -169,23 +175,26 @@ def _comm(b: dict[str, float]) -> str:
 
 
 def _breakdown_table(results: list[TrainBenchResult]) -> list[str]:
-    lines = ["variant | step | data | forward | backward | optimizer | comm exposed | other | "
-             "comm total (inside phase)",
+    lines = ["variant | step (profiling cost) | data | forward | backward | optimizer | comm exposed | "
+             "other | comm total (inside phase)",
              "---|---|---|---|---|---|---|---|---"]
     for r in results:
         b = r.breakdown_ms
         backward = (f"{b['forward_backward']:.1f} (fwd+bwd)" if "forward_backward" in b
                     else _ms(b, "backward"))
-        lines.append(f"{r.name} | {b['step']:.1f} | {_ms(b, 'data')} | {_ms(b, 'forward')} | {backward} | "
-                     f"{_ms(b, 'optimizer')} | {b['comm_exposed']:.1f} | {b['other']:.1f} | {_comm(b)}")
+        cost = r.profiled_step_time_s / r.step_time_s - 1
+        lines.append(f"{r.name} | {b['step']:.1f} ({100 * cost:+.0f}%) | {_ms(b, 'data')} | "
+                     f"{_ms(b, 'forward')} | {backward} | {_ms(b, 'optimizer')} | {b['comm_exposed']:.1f} | "
+                     f"{b['other']:.1f} | {_comm(b)}")
     return lines
 
 
 def format_table(results: list[TrainBenchResult]) -> str:
     return "\n".join([
         *_throughput_table(results), "",
-        "Step breakdown on rank 0, ms per step (mean of the profiled steps): step = data + forward + "
-        "backward + optimizer + comm exposed + other.",
+        f"Step breakdown on rank 0, ms per step (mean of {PROFILED_STEPS} profiled steps after the timed "
+        "ones; profiling cost: their median step vs the timed median):",
+        "step = data + forward + backward + optimizer + comm exposed + other.",
         "comm total: time collectives ran (gloo/NCCL); what ran inside a phase is part of that phase "
         "(DDP all-reduces gradients during backward), the rest is exposed.",
         *_breakdown_table(results)])

@@ -87,9 +87,10 @@ def test_table_has_the_breakdown_columns():
                  "optimizer": 1.0, "comm": 2.5, "comm_exposed": 0.5, "other": 1.5}
     result = TrainBenchResult(
         name="pp2", ranks=2, threads_per_rank=1, tokens_per_s=100.0, tokens_per_s_per_thread=50.0,
-        step_time_s=0.01, precision="fp32", achieved_tflops=0.01, mfu=0.25,
+        step_time_s=0.01, profiled_step_time_s=0.0102, precision="fp32", achieved_tflops=0.01, mfu=0.25,
         peak_tflops={"bf16": 0.001, "fp32": 0.04}, memory={}, rank_memory=[{"memory_rss_bytes": 2**20}] * 2,
         breakdown_ms=breakdown, rank_breakdowns=[])
     table = format_table([result])
     assert "25.0% (fp32 0.04)" in table and "0.001 / 0.04" in table
-    assert "pp2 | 10.0 | 1.0 | - | 6.0 (fwd+bwd) | 1.0 | 0.5 | 1.5 | 2.5 (forward_backward 2.0)" in table
+    assert ("pp2 | 10.0 (+2%) | 1.0 | - | 6.0 (fwd+bwd) | 1.0 | 0.5 | 1.5 | 2.5 (forward_backward 2.0)"
+            in table)
