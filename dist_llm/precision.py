@@ -1,7 +1,8 @@
 """The autocast dtype a run computes in. `train.precision=auto` (the default) picks bf16 where the
 hardware multiplies bf16 natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX) and fp32
-elsewhere: without those instructions PyTorch's CPU bf16 matmul is a fallback path, measured 40x
-slower than fp32 (0.8 vs 33.7 GFLOP/s per core on an AVX2-only EPYC)."""
+elsewhere: without those instructions PyTorch's CPU bf16 matmul is a fallback path, measured 40-100x
+slower than fp32 on an AVX2-only EPYC (about 0.6-0.8 GFLOP/s per core against 34-80 for fp32,
+depending on the matmul size)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ from dist_llm.data.sources import train_batches
 from dist_llm.distributed import init_distributed
 from dist_llm.errors import ConfigError
 from dist_llm.launch.preflight import check_training
+from dist_llm.metrics.peak import measured_peaks
+from dist_llm.models import flops_per_token
 from dist_llm.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ LOSS_TOLERANCE = 0.02
 """Nats: our final loss counts as equal or better when it is at most nanoGPT's plus this."""
 FINAL_STEPS = 10
 """The final loss is the mean over this many last steps (a single step's loss is noisy)."""
+GOAL_RATIO = 2.5
+"""The issue's target for ours / nanoGPT tokens/s on the tiny preset."""
 
 
 @dataclass
@@ -56,6 +60,10 @@ class PeerRun:
     """Training loss of every step (mean over its micro-batches)."""
     step_times_ms: list[float]
     """Every step's time, warmup included: how much the machine's load moved them."""
+    flops_per_token: float
+    """6N + 12LHQT with N the matmul parameters (LM head included, embeddings and positions not)."""
+    achieved_tflops: float
+    """tokens_per_s x flops_per_token: the model FLOP/s this run sustained."""
 
 
 @dataclass
@@ -71,6 +79,12 @@ class PeerBenchResult:
     loss_tolerance: float
     loss_equal_or_better: bool
     """ours.final_loss <= nanogpt.final_loss + loss_tolerance."""
+    peaks_tflops: dict[str, float]
+    """Best square-matmul TFLOP/s per dtype, measured after the runs on the same threads."""
+    goal_tflops: float
+    """Model FLOP/s our model would need for GOAL_RATIO x nanoGPT's tokens/s."""
+    goal_vs_peak: float
+    """goal_tflops / the best measured peak: above 1, the goal is out of this device's reach."""
 
 
 class NanoGPTPeer(Callback):
@@ -81,6 +95,7 @@ class NanoGPTPeer(Callback):
         self.step_s: list[float] = []
         self.losses: list[float] = []
         self.params = 0
+        self.flops_per_token = 0.0
 
     def on_train_start(self, trainer: "Trainer") -> None:
         cfg, device = trainer.cfg, trainer.world.device
@@ -91,6 +106,11 @@ class NanoGPTPeer(Callback):
             torch.manual_seed(derive_seed(cfg.train.seed, "init"))
             self.model = self.source.GPT(gpt_cfg).to(device)
         self.params = sum(p.numel() for p in self.model.parameters())
+        # The same 6N + 12LHQT count as ours, N = the Linear weights (the tied head once): token
+        # and position tables are lookups, and a user's checkout may name its modules otherwise.
+        matmul_params = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
+        self.flops_per_token = (6.0 * matmul_params
+                                + 12.0 * cfg.model.n_layers * cfg.model.d_model * cfg.data.seq_len)
         o = cfg.optim
         self.optimizer = self.model.configure_optimizers(o.weight_decay, o.lr, (o.beta1, o.beta2),
                                                          device.type)
@@ -108,12 +128,13 @@ class NanoGPTPeer(Callback):
         self.losses.append(loss)
 
 
-def _peer_run(name: str, precision: str, params: int, tokens: int, step_s: list[float],
+def _peer_run(name: str, precision: str, params: int, flops: float, tokens: int, step_s: list[float],
               losses: list[float], warmup: int) -> PeerRun:
     median_s = statistics.median(step_s[warmup:])
     return PeerRun(name=name, precision=precision, params=params, tokens_per_s=tokens / median_s,
                    step_ms=1e3 * median_s, final_loss=statistics.fmean(losses[-FINAL_STEPS:]), losses=losses,
-                   step_times_ms=[1e3 * s for s in step_s])
+                   step_times_ms=[1e3 * s for s in step_s], flops_per_token=flops,
+                   achieved_tflops=tokens / median_s * flops / 1e12)
 
 
 def bench_peer(config: str, overrides: list[str], steps: int, warmup: int, precision: str = "fp32",
@@ -139,20 +160,25 @@ def bench_peer(config: str, overrides: list[str], steps: int, warmup: int, preci
                 "logging.wandb.enabled=false"], 1)
             trainer = Trainer(cfg, init_distributed(cfg.engine.backend), callbacks=[peer])
             records = [r for r in trainer.fit() if "tokens_per_s" in r]
+        # Measured here, on the same threads: the ceiling both sides' matmuls share.
+        peaks = measured_peaks(trainer.world.device, cfg.train.precision)
     finally:
         torch.set_num_threads(previous_threads)
     tokens = cfg.train.global_batch_size * cfg.data.seq_len
     device = trainer.world.device
     ours_params = sum(p.numel() for p in trainer.engine.model.parameters())
-    ours = _peer_run("dist_llm", cfg.train.precision, ours_params, tokens,
+    ours = _peer_run("dist_llm", cfg.train.precision, ours_params,
+                     flops_per_token(cfg.model, cfg.data.seq_len), tokens,
                      [r["step_time_s"] for r in records], [r["loss"] for r in records], warmup)
     theirs = _peer_run(f"nanoGPT ({nanogpt_dir or 'built-in'})",
-                       "fp32" if device.type == "cpu" else "bf16 autocast", peer.params, tokens, peer.step_s,
-                       peer.losses, warmup)
+                       "fp32" if device.type == "cpu" else "bf16 autocast", peer.params, peer.flops_per_token,
+                       tokens, peer.step_s, peer.losses, warmup)
+    goal = GOAL_RATIO * theirs.tokens_per_s * ours.flops_per_token / 1e12
     return PeerBenchResult(
         ours=ours, nanogpt=theirs, threads=threads, device=str(device), steps=steps, warmup=warmup,
         ratio=ours.tokens_per_s / theirs.tokens_per_s, loss_tolerance=LOSS_TOLERANCE,
-        loss_equal_or_better=ours.final_loss <= theirs.final_loss + LOSS_TOLERANCE)
+        loss_equal_or_better=ours.final_loss <= theirs.final_loss + LOSS_TOLERANCE,
+        peaks_tflops=peaks, goal_tflops=goal, goal_vs_peak=goal / max(peaks.values()))
 
 
 def _loss_steps(steps: int) -> list[int]:
@@ -167,16 +193,22 @@ def format_table(results: list[PeerBenchResult]) -> str:
         lines += [f"device {r.device}, {r.threads} threads for both, {r.steps} steps (medians over steps "
                   f"{r.warmup + 1}..{r.steps}); nanoGPT as its train.py runs it: bias=False, dropout 0, "
                   "no torch.compile (its CPU instructions)",
-                  "run | precision | params | tokens/s | ms/step | " + " | ".join(f"loss@{s}" for s in shown)
-                  + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
-                  "---|---|---|---|---|" + "---|" * len(shown) + "---"]
+                  "run | precision | params | tokens/s | ms/step | model GFLOP/s | "
+                  + " | ".join(f"loss@{s}" for s in shown) + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
+                  "---|---|---|---|---|---|" + "---|" * len(shown) + "---"]
         for run in (r.ours, r.nanogpt):
             lines.append(f"{run.name} | {run.precision} | {run.params:,} | {run.tokens_per_s:,.0f} | "
-                         f"{run.step_ms:.1f} | " + " | ".join(f"{run.losses[s - 1]:.4f}" for s in shown)
-                         + f" | {run.final_loss:.4f}")
+                         f"{run.step_ms:.1f} | {1e3 * run.achieved_tflops:,.1f} | "
+                         + " | ".join(f"{run.losses[s - 1]:.4f}" for s in shown) + f" | {run.final_loss:.4f}")
         verdict = "yes" if r.loss_equal_or_better else "no"
-        lines += [f"ours / nanoGPT tokens/s: {r.ratio:.2f}x (goal >= 2.5x); ours per step "
+        peaks = ", ".join(f"{name} {1e3 * v:,.1f}" for name, v in sorted(r.peaks_tflops.items()))
+        reach = ("out of reach on this device: it exceeds the best matmul peak" if r.goal_vs_peak > 1
+                 else "within the best matmul peak")
+        lines += [f"ours / nanoGPT tokens/s: {r.ratio:.2f}x (goal >= {GOAL_RATIO}x); ours per step "
                   f"{r.ours.step_ms:.1f} ms vs {r.nanogpt.step_ms:.1f} ms",
                   f"loss per step equal or better (ours final <= nanoGPT final + {r.loss_tolerance} nats): "
-                  f"{verdict} ({r.ours.final_loss:.4f} vs {r.nanogpt.final_loss:.4f})"]
+                  f"{verdict} ({r.ours.final_loss:.4f} vs {r.nanogpt.final_loss:.4f})",
+                  f"matmul peak measured here, GFLOP/s on {r.threads} threads: {peaks}; "
+                  f"{GOAL_RATIO}x nanoGPT needs {1e3 * r.goal_tflops:,.1f} GFLOP/s of model FLOPs = "
+                  f"{r.goal_vs_peak:.2f}x that peak, {reach}"]
     return "\n".join(lines)

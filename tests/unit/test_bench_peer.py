@@ -91,7 +91,19 @@ def test_bench_peer_end_to_end(dataset, tmp_path, capsys):
     assert len(ours["losses"]) == len(theirs["losses"]) == len(theirs["step_times_ms"]) == 6
     # Same init scale, same batches: both start at about ln(vocab) and within a hair of each other.
     assert ours["losses"][0] == pytest.approx(theirs["losses"][0], abs=0.05)
-    assert "ours / nanoGPT tokens/s" in capsys.readouterr().out
+    # The ceiling: nanoGPT's N is its Linear weights, i.e. every parameter but the position table
+    # and the norm gains (the tied head counted once); the goal is priced in our FLOPs per token
+    # against the best peak measured in the run.
+    d, layers, seq = 64, 2, 64
+    linear_weights = theirs["params"] - seq * d - layers * 2 * d - d
+    assert theirs["flops_per_token"] == 6 * linear_weights + 12 * layers * d * seq
+    for run in (ours, theirs):
+        assert run["achieved_tflops"] == pytest.approx(run["tokens_per_s"] * run["flops_per_token"] / 1e12)
+    assert set(result["peaks_tflops"]) == {"bf16", "fp32"} and min(result["peaks_tflops"].values()) > 0
+    assert result["goal_tflops"] == pytest.approx(2.5 * theirs["tokens_per_s"] * ours["flops_per_token"] / 1e12)
+    assert result["goal_vs_peak"] == pytest.approx(result["goal_tflops"] / max(result["peaks_tflops"].values()))
+    out = capsys.readouterr().out
+    assert "ours / nanoGPT tokens/s" in out and "matmul peak measured here" in out
 
 
 def test_bench_peer_imports_a_checkout(dataset, tmp_path):
