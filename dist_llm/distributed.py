@@ -68,6 +68,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_reduce_sum_async(values: torch.Tensor) -> dist.Work | None:
+    """Start summing a small tensor across ranks in place; `wait()` on the returned work before
+    reading it (None when running alone: `values` is already the sum)."""
+    if dist.is_initialized():
+        return dist.all_reduce(values, op=dist.ReduceOp.SUM, async_op=True)
+    return None
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's value of a picklable object, on every rank."""
     if not dist.is_initialized():

@@ -20,8 +20,10 @@ class StepResult:
     """Mean loss over this rank's micro-batches (detached, on device: reading it syncs the host)."""
     grad_norm: torch.Tensor
     """Global gradient norm before clipping."""
-    skipped: bool = False
-    """True when the loss or gradients were not finite and the optimizer step was not applied."""
+    skipped: bool | torch.Tensor = False
+    """True when the loss or gradients were not finite and the optimizer step was not applied; or a
+    one-element device tensor (nonzero: skipped) from an engine that decides on the device, so the
+    step needs no host sync (read a step later, see `callbacks.nonfinite`)."""
 
 
 class Engine(Protocol):

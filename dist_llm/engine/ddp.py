@@ -43,6 +43,7 @@ class DDPEngine:
                                     device_ids=[world.local_rank] if world.device.type == "cuda" else None)
             if world.size > 1 else self.model)
         self.optimizer = build_adamw(self.model, cfg.optim, world.device)
+        self.fused = bool(self.optimizer.defaults["fused"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
     def _forward_backward(self, batch: Batch, sync_grads: bool, loss_scale: float) -> torch.Tensor:
@@ -67,17 +68,36 @@ class DDPEngine:
                 group["lr"] = lr
             self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+            # No host sync: the clip factor is clamped on the device (to 1 when max_norm is inf).
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
             loss = loss / len(micro_batches)
-            # One host sync per step, so a NaN/Inf never reaches the weights or the Adam moments.
-            # (fp16 overflow is the loss scaler's business: it skips and lowers the scale itself.)
-            bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled()
-                                                     and not bool(torch.isfinite(grad_norm)))
-            if not bad:
-                self.scaler.step(self.optimizer)
+            skipped = self._step_if_finite(loss, grad_norm)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=bad)
+        return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=skipped)
+
+    def _step_if_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool | torch.Tensor:
+        """Apply the optimizer unless the loss or gradients are not finite, so a NaN/Inf never
+        reaches the weights or the Adam moments; returns whether the step was skipped."""
+        if self.scaler.is_enabled():
+            # fp16: gradient overflow is the loss scaler's business (it skips and lowers the scale
+            # itself); only the loss is checked here, with a host sync.
+            skipped = not bool(torch.isfinite(loss))
+            if not skipped:
+                self.scaler.step(self.optimizer)
+            return skipped
+        found_inf = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if not self.fused:  # foreach has no device-side skip: one host sync per step
+            skipped = bool(found_inf)
+            if not skipped:
+                self.optimizer.step()
+            return skipped
+        # The fused kernel reads `found_inf` on the device, as GradScaler passes it: at 1 it leaves
+        # weights and moments alone and undoes its step-count increment. No host sync.
+        self.optimizer.found_inf = found_inf
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        return found_inf
 
     @torch.no_grad()
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:

@@ -126,6 +126,7 @@ class MeshEngine:
             grad_norm = self._clip()
             # Skip a step whose gradients are not finite (a non-finite loss makes them so). Decided
             # on the global norm, which is identical on every rank, so all replicas and shards agree.
+            # A host sync: with TP the kernel is not fused (no device-side skip, see the DDP engine).
             skipped = not bool(torch.isfinite(grad_norm))
             if not skipped:
                 self.optimizer.step()

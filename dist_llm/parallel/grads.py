@@ -73,18 +73,18 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, tp_group: dist.
     stages add their sums over `pp_group`. `skip` holds ids of parameters counted on another stage
     (the head copy of a tied embedding). Same formula as `torch.nn.utils.clip_grad_norm_`.
     """
-    sharded = torch.zeros((), dtype=torch.float32)
-    replicated = torch.zeros((), dtype=torch.float32)
+    # Summed on the device: a per-parameter copy to the host would sync once per parameter.
+    device = params[0].device if params else torch.device("cpu")
+    sharded = torch.zeros((), dtype=torch.float32, device=device)
+    replicated = torch.zeros((), dtype=torch.float32, device=device)
     for p in params:
         if p.grad is None or id(p) in skip:
             continue
-        sq = torch.linalg.vector_norm(local(p.grad), dtype=torch.float32).square().cpu()
+        sq = torch.linalg.vector_norm(local(p.grad), dtype=torch.float32).square()
         if isinstance(p.grad, DTensor) and any(isinstance(pl, Shard) for pl in p.grad.placements):
             sharded += sq
         else:
             replicated += sq
-    device = params[0].device if params else torch.device("cpu")
-    sharded, replicated = sharded.to(device), replicated.to(device)
     if tp_group is not None:
         dist.all_reduce(sharded, group=tp_group)
     total = sharded + replicated

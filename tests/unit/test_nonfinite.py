@@ -4,6 +4,7 @@ train.max_bad_steps in a row the run stops with a clear error or rolls back to t
 from __future__ import annotations
 
 import math
+import os
 import signal
 
 import pytest
@@ -39,14 +40,22 @@ class Snapshot(Callback):
 def test_bad_steps_are_skipped_then_the_run_stops(tmp_path, dataset, warnings_log):
     snap = Snapshot()
     trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=3"], [PoisonGrads({4, 5, 6, 7, 8}), snap])
-    with pytest.raises(DivergenceError, match=r"3 consecutive steps with non-finite.*train.max_bad_steps=3"):
+    with pytest.raises(DivergenceError, match=r"3 consecutive steps with non-finite.*last: step 6;.*"
+                                              r"train.max_bad_steps=3"):
         trainer.fit()
-    assert trainer.step == 6
-    snap.weights[6] = trainer.engine.model.state_dict()  # the error came before Snapshot's hook
-    for step in (4, 5, 6):  # skipped steps leave every weight exactly as it was
+    assert trainer.step == 7  # a step's flag is read at the next step's end
+    snap.weights[7] = trainer.engine.model.state_dict()  # the error came before Snapshot's hook
+    for step in (4, 5, 6, 7):  # skipped steps leave every weight exactly as it was
         for name, value in snap.weights[step].items():
             assert torch.equal(value, snap.weights[3][name]), (step, name)
     assert "step 4: non-finite loss or gradients, step skipped (1 in a row" in warnings_log.text
+
+
+def test_bad_last_step_is_counted_before_the_final_checkpoint(tmp_path, dataset, warnings_log):
+    trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=2"], [PoisonGrads({7, 8})])
+    with pytest.raises(DivergenceError, match="last: step 8;"):
+        trainer.fit()
+    assert not os.path.exists(f"{tmp_path}/checkpoints"), "no checkpoint after the run diverged"
 
 
 def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warnings_log):
@@ -57,8 +66,12 @@ def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warn
     trainer.fit()
     assert trainer.step == 8
     ckpt4 = load_model_state(layout.step_uri(f"{tmp_path}/checkpoints", 4))
-    for name, value in snap.weights[6].items():  # right after the rollback at step 6
-        assert torch.equal(value, ckpt4[name]), name
+    # Steps 5 and 6 were skipped; step 6's flag, read at step 7's end, triggered the rollback (to
+    # step 6's checkpoint, which skipped steps left equal to step 4's) and undid step 7's update.
+    assert "continuing at step 7" in warnings_log.text
+    for step in (6, 7):
+        for name, value in snap.weights[step].items():
+            assert torch.equal(value, ckpt4[name]), (step, name)
     assert not torch.equal(snap.weights[8]["norm.weight"], ckpt4["norm.weight"]), "training went on"
     assert all(torch.isfinite(v).all() for v in snap.weights[8].values())
     assert "rolled back weights and optimizer to" in warnings_log.text
