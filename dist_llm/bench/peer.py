@@ -194,7 +194,8 @@ def format_table(results: list[PeerBenchResult]) -> str:
                   f"{r.warmup + 1}..{r.steps}); nanoGPT as its train.py runs it: bias=False, dropout 0, "
                   "no torch.compile (its CPU instructions)",
                   "run | precision | params | tokens/s | ms/step | model GFLOP/s | "
-                  + " | ".join(f"loss@{s}" for s in shown) + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
+                  + " | ".join(f"loss@{s}" for s in shown)
+                  + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
                   "---|---|---|---|---|---|" + "---|" * len(shown) + "---"]
         for run in (r.ours, r.nanogpt):
             lines.append(f"{run.name} | {run.precision} | {run.params:,} | {run.tokens_per_s:,.0f} | "

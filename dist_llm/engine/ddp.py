@@ -14,7 +14,7 @@ from dist_llm.checkpoint.serialize import from_bytes, snapshot
 from dist_llm.config import Config
 from dist_llm.distributed import World
 from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
-from dist_llm.engine.optim import build_adamw
+from dist_llm.engine.optim import build_adamw, step_if_finite
 from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,7 +43,6 @@ class DDPEngine:
                                     device_ids=[world.local_rank] if world.device.type == "cuda" else None)
             if world.size > 1 else self.model)
         self.optimizer = build_adamw(self.model, cfg.optim, world.device)
-        self.fused = bool(self.optimizer.defaults["fused"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
     def _forward_backward(self, batch: Batch, sync_grads: bool, loss_scale: float) -> torch.Tensor:
@@ -77,8 +76,8 @@ class DDPEngine:
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=skipped)
 
     def _step_if_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool | torch.Tensor:
-        """Apply the optimizer unless the loss or gradients are not finite, so a NaN/Inf never
-        reaches the weights or the Adam moments; returns whether the step was skipped."""
+        """Apply the optimizer unless the loss or gradients are not finite; returns whether the
+        step was skipped."""
         if self.scaler.is_enabled():
             # fp16: gradient overflow is the loss scaler's business (it skips and lowers the scale
             # itself); only the loss is checked here, with a host sync.
@@ -86,18 +85,7 @@ class DDPEngine:
             if not skipped:
                 self.scaler.step(self.optimizer)
             return skipped
-        found_inf = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
-        if not self.fused:  # foreach has no device-side skip: one host sync per step
-            skipped = bool(found_inf)
-            if not skipped:
-                self.optimizer.step()
-            return skipped
-        # The fused kernel reads `found_inf` on the device, as GradScaler passes it: at 1 it leaves
-        # weights and moments alone and undoes its step-count increment. No host sync.
-        self.optimizer.found_inf = found_inf
-        self.optimizer.step()
-        del self.optimizer.found_inf
-        return found_inf
+        return step_if_finite(self.optimizer, torch.isfinite(loss) & torch.isfinite(grad_norm))
 
     @torch.no_grad()
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:

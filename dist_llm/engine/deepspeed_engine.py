@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import torch
 from torch import nn
@@ -26,12 +27,17 @@ from dist_llm.errors import ConfigError
 from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 
 _TAG = "state"  # DeepSpeed's checkpoint tag; our step directories already tell checkpoints apart
+# DeepSpeed's ZeRO calls these renamed torch collectives every step, and torch warns each time:
+# hundreds of lines per run that no user can act on.
+_DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
+                           "is deprecated")
 
 
 class DeepSpeedEngine:
     def __init__(self, model: nn.Module, cfg: Config, world: World) -> None:
         import deepspeed
 
+        warnings.filterwarnings("ignore", message=_DEPRECATED_COLLECTIVES, category=FutureWarning)
         ensure_process_group()
         self.world = world
         self.ds_config = load_deepspeed_config(cfg, world.size)

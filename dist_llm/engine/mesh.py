@@ -22,7 +22,7 @@ from dist_llm.config import Config
 from dist_llm.distributed import World
 from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
 from dist_llm.engine.ddp import OPTIMIZER_FILE, autocast, to_device
-from dist_llm.engine.optim import build_adamw
+from dist_llm.engine.optim import build_adamw, step_if_finite
 from dist_llm.errors import CheckpointError, ConfigError
 from dist_llm.metrics.phases import BACKWARD, FORWARD, FORWARD_BACKWARD, OPTIMIZER, phase
 from dist_llm.parallel import parallelize, split_pipeline_stage
@@ -126,10 +126,8 @@ class MeshEngine:
             grad_norm = self._clip()
             # Skip a step whose gradients are not finite (a non-finite loss makes them so). Decided
             # on the global norm, which is identical on every rank, so all replicas and shards agree.
-            # A host sync: with TP the kernel is not fused (no device-side skip, see the DDP engine).
-            skipped = not bool(torch.isfinite(grad_norm))
-            if not skipped:
-                self.optimizer.step()
+            # On the device with PP alone; with TP the kernel is not fused and this syncs the host.
+            skipped = step_if_finite(self.optimizer, torch.isfinite(grad_norm))
             self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=skipped)
 
