@@ -29,7 +29,7 @@ from dist_llm.distributed import init_distributed
 from dist_llm.errors import ConfigError
 from dist_llm.launch.preflight import check_training
 from dist_llm.metrics.peak import measured_peaks
-from dist_llm.models import flops_per_token
+from dist_llm.models import dense_flops_per_token, flops_per_token
 from dist_llm.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -109,8 +109,8 @@ class NanoGPTPeer(Callback):
         # The same 6N + 12LHQT count as ours, N = the Linear weights (the tied head once): token
         # and position tables are lookups, and a user's checkout may name its modules otherwise.
         matmul_params = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
-        self.flops_per_token = (6.0 * matmul_params
-                                + 12.0 * cfg.model.n_layers * cfg.model.d_model * cfg.data.seq_len)
+        self.flops_per_token = dense_flops_per_token(matmul_params, cfg.model.n_layers, cfg.model.d_model,
+                                                     cfg.data.seq_len)
         o = cfg.optim
         self.optimizer = self.model.configure_optimizers(o.weight_decay, o.lr, (o.beta1, o.beta2),
                                                          device.type)

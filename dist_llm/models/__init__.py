@@ -5,6 +5,7 @@ Public API:
     build_model(cfg) -> nn.Module        dispatch on cfg.arch: DecoderLM, EncoderLM, EncoderDecoderLM
     count_params(cfg, non_embedding)     closed-form parameter count, no instantiation
     flops_per_token(cfg, seq_len, ...)   training FLOPs per (input) token for MFU
+    dense_flops_per_token(n, L, H*Q, T)  the same count from raw sizes (for models not built here)
     DecoderLM, generate                  the decoder model and its sampler
 
 The encoder (BERT) and encoder-decoder (T5) modules are imported on use, so a decoder run does not
@@ -18,7 +19,8 @@ from dist_llm.models.config import ModelConfig
 from dist_llm.models.decoder import DecoderLM
 from dist_llm.models.sampling import generate
 
-__all__ = ["ModelConfig", "DecoderLM", "build_model", "count_params", "flops_per_token", "generate"]
+__all__ = ["ModelConfig", "DecoderLM", "build_model", "count_params", "dense_flops_per_token",
+           "flops_per_token", "generate"]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -88,7 +90,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None = Non
     if cfg.arch == "encoder_decoder":
         return _encoder_decoder_flops(cfg, seq_len, target_len)
     n = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
-    return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return dense_flops_per_token(n, cfg.n_layers, cfg.n_heads * cfg.head_dim, seq_len)
+
+
+def dense_flops_per_token(matmul_params: int, n_layers: int, attention_width: int, seq_len: int) -> float:
+    """6*N + 12*L*(H*Q)*T, the `flops_per_token` convention, for any decoder given its matmul
+    parameter count N and attention width H*Q (also how `dist-llm bench peer` counts nanoGPT)."""
+    return 6.0 * matmul_params + 12.0 * n_layers * attention_width * seq_len
 
 
 def _encoder_decoder_flops(cfg: ModelConfig, seq_len: int, target_len: int | None) -> float:
