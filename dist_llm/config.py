@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Optional
 
 import yaml
 
+from dist_llm.distributed.dims import ParallelDims
 from dist_llm.errors import ConfigError
 from dist_llm.models.config import ModelConfig
 
@@ -148,16 +149,33 @@ class DistillConfig:
 
 @dataclass
 class EngineConfig:
-    type: Literal["ddp", "deepspeed"] = "ddp"
-    """ddp: torch-native data parallel (with tp/pp: DP x TP x PP device mesh); deepspeed: ZeRO."""
+    type: Literal["torch", "deepspeed"] = "torch"
+    """torch: one torch-native engine for every FSDP2/HSDP/DP x TP x PP layout; deepspeed: ZeRO 0-3
+    with CPU/NVMe offload (data parallelism only)."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend; auto = nccl when CUDA is present, else gloo."""
+    dp_shard: int = -1
+    """Data-parallel ranks that shard one replica with FSDP2 (parameters, gradients and optimizer
+    state split among them); -1 = what the world size leaves after the other degrees."""
+    dp_replicate: int = 1
+    """Data-parallel replicas: with dp_shard > 1 this is HSDP (sharded within a group, e.g. a node,
+    replicated across groups); with dp_shard = 1 plain data parallelism (a full replica per rank)."""
     tp: int = 1
-    """Tensor-parallel degree (ranks that split each layer's matrices)."""
+    """Tensor-parallel degree (ranks that split each layer's matrices, with sequence parallelism and a
+    vocabulary-parallel embedding, head and cross-entropy)."""
     pp: int = 1
     """Pipeline-parallel degree (ranks that each hold a contiguous group of layers)."""
-    sequence_parallel: bool = False
-    """With tp > 1: shard norms/dropout activations along the sequence between TP regions."""
+    reshard_after_forward: Optional[bool] = None
+    """FSDP2: free each block's gathered parameters after forward and gather them again in backward
+    (less memory, more communication); null = true, except with pipeline parallelism."""
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP2: dtype parameters are gathered and computed in (bf16 halves the all-gathers); the sharded
+    master weights and the optimizer stay fp32."""
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP2: dtype gradients are reduced in."""
+    cpu_offload: bool = False
+    """FSDP2: keep sharded parameters, gradients and optimizer state in host memory; the optimizer
+    step runs on the CPU (needs data-parallel ranks, i.e. dp_shard or dp_replicate > 1)."""
     activation_checkpointing: bool = False
     """Recompute each Transformer block's activations in backward instead of storing them."""
     compile: bool = False
@@ -175,8 +193,12 @@ class EngineConfig:
     """deepspeed only: a DeepSpeed JSON file to use instead of the one generated from this config;
     batch sizes, precision and optimizer in it must agree with train/optim (checked)."""
 
-    def data_parallel_size(self, world_size: int) -> int:
-        return world_size // (self.tp * self.pp)
+    def dims(self, world_size: int, rank: int = 0) -> ParallelDims:
+        """The resolved layout on `world_size` ranks (DeepSpeed: every rank is a data-parallel rank);
+        raises ValueError with the reason if the degrees do not fit."""
+        if self.type == "deepspeed":
+            return ParallelDims(pp=1, dp_replicate=1, dp_shard=world_size, tp=1, rank=rank)
+        return ParallelDims.resolve(self.pp, self.dp_replicate, self.dp_shard, self.tp, world_size, rank)
 
 
 @dataclass
@@ -296,7 +318,7 @@ class Config:
         self._validate_parallelism(world, fail)
         self._validate_data(fail)
         self._validate_distill(fail)
-        dp = self.engine.data_parallel_size(world)
+        dp = self.engine.dims(world).dp
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             fail("train.global_batch_size",
                  f"train.global_batch_size={t.global_batch_size} is not divisible by "
@@ -364,46 +386,64 @@ class Config:
             seen[source.name] = i
 
     def _validate_parallelism(self, world: int, fail: Callable[[str, str], None]) -> None:
-        e = self.engine
-        if self.model.arch != "decoder" and (e.tp > 1 or e.pp > 1):
+        e, m = self.engine, self.model
+        if m.arch != "decoder" and (e.tp > 1 or e.pp > 1):
             fail("engine.tp" if e.tp > 1 else "engine.pp",
                  f"engine.tp={e.tp}, engine.pp={e.pp}: tensor and pipeline parallelism are implemented "
-                 f"for model.arch=decoder only, not {self.model.arch!r}; use data parallelism (DDP or "
-                 "DeepSpeed ZeRO) for encoder and encoder-decoder models")
-        for key, value in {"engine.tp": e.tp, "engine.pp": e.pp}.items():
-            if value < 1:
-                fail(key, f"{key}={value} must be >= 1")
-        if world % (e.tp * e.pp):
-            fail("engine.tp", f"world size {world} is not divisible by engine.tp={e.tp} x engine.pp={e.pp}; "
-                              "data parallelism is what is left over, so tp*pp must divide the rank count")
-        if e.tp > 1 and self.model.n_heads % e.tp:
-            fail("engine.tp", f"engine.tp={e.tp} must divide model.n_heads={self.model.n_heads} "
-                              f"(and model.n_kv_heads={self.model.kv_heads}): TP splits attention by heads")
-        if e.tp > 1 and self.model.kv_heads % e.tp:
-            fail("engine.tp", f"engine.tp={e.tp} must divide model.n_kv_heads={self.model.kv_heads}")
-        if e.pp > self.model.n_layers:
-            fail("engine.pp", f"engine.pp={e.pp} exceeds model.n_layers={self.model.n_layers}: "
-                              "every pipeline stage needs at least one layer")
-        if e.sequence_parallel and e.tp == 1:
-            fail("engine.sequence_parallel", "engine.sequence_parallel needs engine.tp > 1")
-        if e.type == "ddp":
-            for key in ("offload_optimizer", "offload_params"):
-                if getattr(e, key) != "none":
-                    fail(f"engine.{key}", f"engine.{key}={getattr(e, key)} needs engine.type=deepspeed")
-            if e.deepspeed_config:
-                fail("engine.deepspeed_config", "engine.deepspeed_config is set but engine.type=ddp")
+                 f"for model.arch=decoder only, not {m.arch!r}; use data parallelism (engine.dp_shard, "
+                 "engine.dp_replicate, or DeepSpeed ZeRO) for encoder and encoder-decoder models")
+        if e.type == "deepspeed":
+            self._validate_deepspeed(fail)
             return
-        if not 0 <= e.zero_stage <= 3:
-            fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} must be 0, 1, 2 or 3")
-        if e.pp > 1 and e.zero_stage >= 2:
-            fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} with engine.pp={e.pp}: DeepSpeed's "
-                                      "pipeline engine supports ZeRO stage 0 or 1 only (stage 2/3 shard "
-                                      "gradients/parameters that the pipeline schedule needs whole); "
-                                      "use zero_stage<=1 with pp, or pp=1 with ZeRO-2/3")
+        try:
+            dims = e.dims(world)
+        except ValueError as exc:
+            key = next((f"engine.{k}" for k in ("dp_shard", "dp_replicate", "tp", "pp") if getattr(e, k) == -1),
+                       "engine.dp_shard")
+            fail(key, f"engine.pp={e.pp} x dp_replicate={e.dp_replicate} x dp_shard={e.dp_shard} x tp={e.tp} "
+                      f"on {world} ranks: {exc}")
+        if e.tp > 1:
+            for key, value in {"model.n_heads": m.n_heads, "model.n_kv_heads": m.kv_heads,
+                               "model.vocab_size": m.vocab_size, "data.seq_len": self.data.seq_len}.items():
+                if value % e.tp:
+                    fail("engine.tp", f"engine.tp={e.tp} must divide {key}={value}: TP splits attention by "
+                                      "heads, the embedding and head by vocabulary rows, and (sequence "
+                                      "parallelism) the tokens of each sample")
+            if m.dropout > 0:
+                fail("model.dropout", f"model.dropout={m.dropout} with engine.tp={e.tp}: replicated "
+                                      "activations would get different dropout masks per TP rank; set "
+                                      "model.dropout=0")
+        if e.pp > m.n_layers:
+            fail("engine.pp", f"engine.pp={e.pp} exceeds model.n_layers={m.n_layers}: every pipeline stage "
+                              "needs at least one layer")
+        if self.train.precision == "fp16" and (e.tp > 1 or e.pp > 1):
+            fail("train.precision", f"train.precision=fp16 with engine.tp={e.tp}, engine.pp={e.pp} is not "
+                                    "supported (no sharded loss scaler); use train.precision=bf16")
+        if e.cpu_offload and dims.dp == 1:
+            fail("engine.cpu_offload", "engine.cpu_offload=true offloads FSDP2's shards, which need "
+                                       "data-parallel ranks (dp_shard or dp_replicate > 1); on one rank use "
+                                       "engine.type=deepspeed with offload_optimizer/offload_params")
+        for key in ("offload_optimizer", "offload_params"):
+            if getattr(e, key) != "none":
+                fail(f"engine.{key}", f"engine.{key}={getattr(e, key)} needs engine.type=deepspeed (the "
+                                      "torch engine offloads with engine.cpu_offload=true)")
+        if e.deepspeed_config:
+            fail("engine.deepspeed_config", "engine.deepspeed_config is set but engine.type=torch")
+
+    def _validate_deepspeed(self, fail: Callable[[str, str], None]) -> None:
+        e = self.engine
         if e.pp > 1 or e.tp > 1:
             fail("engine.type", f"engine.type=deepspeed with engine.tp={e.tp}, engine.pp={e.pp}: the "
                                 "DeepSpeed engine runs ZeRO data parallelism only; tensor and pipeline "
-                                "parallelism run on engine.type=ddp (torch-native DP x TP x PP mesh)")
+                                "parallelism, alone or with sharded data parallelism, run on engine.type=torch")
+        if e.dp_replicate != 1 or e.dp_shard not in (-1,):
+            fail("engine.dp_shard", "engine.dp_shard/dp_replicate lay out the torch engine; DeepSpeed shards "
+                                    "over every rank (ZeRO): leave them at their defaults (-1, 1)")
+        if e.cpu_offload:
+            fail("engine.cpu_offload", "engine.cpu_offload is the torch engine's; with DeepSpeed set "
+                                       "engine.offload_optimizer/offload_params")
+        if not 0 <= e.zero_stage <= 3:
+            fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} must be 0, 1, 2 or 3")
         if e.offload_params != "none" and e.zero_stage != 3:
             fail("engine.offload_params",
                  f"engine.offload_params={e.offload_params} needs engine.zero_stage=3")

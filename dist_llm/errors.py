@@ -15,3 +15,8 @@ class DataError(DistLLMError):
 
 class CheckpointError(DistLLMError):
     """A checkpoint is missing, partial, corrupt or cannot be written."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's bytes are missing or do not match their recorded size/sha256: resuming falls
+    back to the previous checkpoint (unlike other errors, e.g. a checkpoint of another model)."""

@@ -11,7 +11,8 @@ from torch import nn
 
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import find_resumable
-from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.checkpoint.storage import exists, join
 from dist_llm.config import OBJECTIVES, Config, DataConfig, TrainConfig, config_from_dict
 from dist_llm.data.collate import Batch, Collator
@@ -59,7 +60,8 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     uri = resolve_checkpoint(path)
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
-    return LoadedModel(model=instantiate(cfg.model, load_model_state(uri, device), device), cfg=cfg,
+    state = load_model_state(uri, cfg.model.tie_embeddings)
+    return LoadedModel(model=instantiate(cfg.model, state, device), cfg=cfg,
                        step=trainer_state["step"], checkpoint=uri)
 
 

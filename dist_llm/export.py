@@ -1,6 +1,6 @@
 """Consolidated weights out of any checkpoint, as safetensors (fp32 or bf16).
 
-Every checkpoint holds the engine-independent `model.pt`, so this works the same for DDP, TP/PP
+Any engine's sharded checkpoint is read tensor by tensor, so this works the same for FSDP/TP/PP
 and ZeRO runs. HF-transformers directories are `--format hf`, see `dist_llm.interop`.
 """
 
@@ -12,7 +12,8 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+from dist_llm.checkpoint.offline import model_tensors
+from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.evaluate import resolve_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -21,13 +22,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def export_safetensors(checkpoint: str, out_dir: str, dtype: str = "fp32") -> str:
     """Write `model.safetensors` + `config.json` (our full config) into out_dir; returns the file path."""
     uri = resolve_checkpoint(checkpoint)
-    state = load_model_state(uri)
     trainer_state = load_trainer_state(uri)
     tied = trainer_state["config"]["model"]["tie_embeddings"]
-    if tied:
-        # safetensors refuses aliased tensors; the head is the embedding, and loaders re-tie it.
-        state.pop("output.weight", None)
-    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in state.items()}
+    # A tied head is stored once, as the embedding (safetensors refuses aliases; loaders re-tie it).
+    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in model_tensors(uri)}
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "model.safetensors")
     save_file(tensors, path, metadata={"format": "pt", "step": str(trainer_state["step"]),

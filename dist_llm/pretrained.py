@@ -43,13 +43,14 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         from dist_llm.interop import import_hf
 
         return import_hf(path)
-    from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+    from dist_llm.checkpoint.offline import load_model_state
+    from dist_llm.checkpoint.state import load_trainer_state
     from dist_llm.config import config_from_dict
     from dist_llm.evaluate import resolve_checkpoint
 
     uri = resolve_checkpoint(path)
     cfg = config_from_dict(load_trainer_state(uri)["config"], origin=uri)
-    return cfg.model, load_model_state(uri)
+    return cfg.model, load_model_state(uri, cfg.model.tie_embeddings)
 
 
 def instantiate(model_cfg: ModelConfig, state: dict[str, torch.Tensor],

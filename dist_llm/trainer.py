@@ -15,18 +15,15 @@ from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, Metri
 from dist_llm.callbacks.nonfinite import NonFiniteCallback
 from dist_llm.callbacks.profiling import ProfilingCallback
 from dist_llm.callbacks.signals import PreemptionCallback
-from dist_llm.checkpoint.discovery import resolve_resume
-from dist_llm.checkpoint.state import load_checkpoint
+from dist_llm.checkpoint.restore import restore_newest
 from dist_llm.config import Config
 from dist_llm.data.sources import open_training_data, train_batches
 from dist_llm.distill import attach_teacher
-from dist_llm.distributed import World, broadcast_object
+from dist_llm.distributed import World
 from dist_llm.engine import build_engine
-from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 from dist_llm.metrics.phases import DATA, STEP, phase
-from dist_llm.models import build_model, count_params
-from dist_llm.parallel_dims import ParallelDims
+from dist_llm.models import count_params
 from dist_llm.precision import resolve_precision
 from dist_llm.pretrained import adopt_pretrained
 from dist_llm.schedule import lr_at
@@ -54,20 +51,16 @@ class Trainer:
             cfg.model, pretrained = adopt_pretrained(cfg.model, self.data.manifest["tokenizer"]["vocab_size"],
                                                      cfg.data.seq_len)
         cfg.model.validate()
-        torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        model = build_model(cfg.model)
-        if pretrained is not None:
-            model.load_state_dict(pretrained)
-        if cfg.distill.teacher:
-            attach_teacher(model, cfg, world)
-        self.engine = build_engine(model, cfg, world)
-        log.info("model: %s parameters (%s non-embedding), %d rank(s), engine %s",
+        teacher = (lambda model: attach_teacher(model, cfg, world)) if cfg.distill.teacher else None
+        self.engine = build_engine(cfg, world, pretrained.__getitem__ if pretrained is not None else None,
+                                   prepare=teacher)
+        log.info("model: %s parameters (%s non-embedding), %d rank(s), engine %s %s",
                  f"{count_params(cfg.model):,}", f"{count_params(cfg.model, non_embedding=True):,}",
-                 world.size, cfg.engine.type)
+                 world.size, cfg.engine.type, self.engine.dims)
         # Per-rank stream for dropout and sampling; distinct per rank, reproducible per run.
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
         # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
-        self.dims = ParallelDims.from_config(cfg.engine, world.rank, world.size)
+        self.dims = self.engine.dims
         self.batches = train_batches(cfg, self.data, self.dims.dp_rank, self.dims.dp)
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
         self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
@@ -89,40 +82,29 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Trainer part of a checkpoint: small, JSON, independent of the world size."""
         return {"step": self.step, "data": asdict(self.batches.state()), "config": self.cfg.to_dict(),
-                "world_size": self.world.size, "consumed_tokens": self.step * self.tokens_per_step}
-
-    def _pick_checkpoint(self, resume: str) -> str | None:
-        """Rank 0 resolves (verifying checksums once) and tells everyone; errors raise on all ranks."""
-        choice: tuple[str | None, str | None] = (None, None)
-        if self.world.is_main:
-            try:
-                choice = (resolve_resume(resume, self.cfg.checkpoint_dir), None)
-            except CheckpointError as e:  # raised on every rank below, so none waits forever
-                choice = (None, str(e))
-        uri, error = broadcast_object(choice)
-        if error:
-            raise CheckpointError(error)
-        return uri
+                "world_size": self.world.size, "consumed_tokens": self.step * self.tokens_per_step,
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
 
     def resume(self) -> None:
-        uri = self._pick_checkpoint(self.cfg.checkpoint.resume)
-        if uri is None:
+        restored = restore_newest(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir, self.engine, self.world)
+        if restored is None:
             return
-        saved = load_checkpoint(uri, self.engine, self.world)
+        uri, saved = restored
         self.batches.load_state(saved["data"])
         self.step = saved["step"]
+        for cb in self.callbacks:
+            cb.load_state_dict(saved.get("callbacks", {}).get(type(cb).__name__, {}))
         log.info("resumed from %s at step %d (saved on %d ranks, now %d)", uri, self.step,
                  saved["world_size"], self.world.size)
 
     def rollback(self) -> bool:
         """Reload weights and optimizer from the newest committed checkpoint, keeping the step count
         and the data position: the batches that diverged are not fed again. False if none exists."""
-        uri = self._pick_checkpoint("auto")
-        if uri is None:
+        restored = restore_newest("auto", self.cfg.checkpoint_dir, self.engine, self.world)
+        if restored is None:
             return False
-        load_checkpoint(uri, self.engine, self.world)
         log.warning("rolled back weights and optimizer to %s; continuing at step %d with fresh data",
-                    uri, self.step)
+                    restored[0], self.step)
         return True
 
     def emit(self, record: dict[str, Any]) -> None:

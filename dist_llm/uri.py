@@ -27,15 +27,22 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(uri)
 
 
-def put_object(uri: str, data: bytes, attempts: int, backoff_s: float, log: logging.Logger) -> None:
+SINGLE_PUT_BYTES = 64 * 2**20
+"""Remote objects up to this size go up in one call; larger ones stream as a multipart upload."""
+
+
+def payload_size(data: bytes | list[memoryview]) -> int:
+    return len(data) if isinstance(data, bytes) else sum(b.nbytes for b in data)
+
+
+def put_object(uri: str, data: bytes | list[memoryview], attempts: int, backoff_s: float,
+               log: logging.Logger) -> None:
     """Upload a whole object to a remote store, retrying transient failures (connection reset, store
     restarting) with exponential backoff; the last failure is re-raised for the caller to explain."""
     fs, path = filesystem(uri)
     for attempt in range(1, attempts + 1):
         try:
-            # One call with the whole buffer: s3fs then sends a single PUT (or concurrent parts
-            # for big objects) instead of streaming sequential 50 MB parts through a file object.
-            fs.pipe_file(path, data)
+            _put(fs, path, data)
             return
         except Exception as e:  # botocore's connection errors are not OSError
             if attempt == attempts:
@@ -44,3 +51,22 @@ def put_object(uri: str, data: bytes, attempts: int, backoff_s: float, log: logg
             log.warning("writing %s failed (%s); retry %d/%d in %.1fs", uri, e, attempt, attempts - 1, delay)
             time.sleep(delay)
             fs.invalidate_cache()
+
+
+def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list[memoryview]) -> None:
+    if isinstance(data, bytes) or payload_size(data) <= SINGLE_PUT_BYTES:
+        # One call with the whole buffer: s3fs then sends a single PUT instead of streaming
+        # sequential parts through a file object.
+        fs.pipe_file(path, data if isinstance(data, bytes) else b"".join(data))
+        return
+    # A shard of a large model: the store assembles the parts, so no process joins them in memory.
+    # The object appears only when the upload completes (close); a failure aborts it.
+    with fs.open(path, "wb") as f:
+        for buffer in data:
+            f.write(buffer)
+
+
+def read_range(uri: str, offset: int, length: int) -> bytes:
+    """`length` bytes of an object from `offset`: a ranged GET on object stores."""
+    fs, path = filesystem(uri)
+    return fs.cat_file(path, start=offset, end=offset + length)

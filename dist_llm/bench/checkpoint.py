@@ -6,7 +6,7 @@
   locally and retries on object stores) vs a plain fsspec `pipe_file` of the same bytes, the
   baseline of what the storage client can do.
 
-The state is a real DDP engine (model + AdamW state after one step) on this process, sized to
+The state is a real torch engine (model + AdamW state after one step) on this process, sized to
 about `size_mb` megabytes of checkpoint.
 """
 
@@ -19,16 +19,17 @@ import uuid
 from dataclasses import dataclass
 
 import torch
+import torch.distributed.checkpoint as dcp
 
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.serialize import to_bytes
+from dist_llm.checkpoint.dcp_storage import MemoryWriter
 from dist_llm.checkpoint.storage import _fs, join, remove_tree
 from dist_llm.checkpoint.writer import CheckpointWriter
 from dist_llm.config import CheckpointConfig, load_config
 from dist_llm.distributed import World
-from dist_llm.engine.ddp import DDPEngine
+from dist_llm.engine.torch_engine import TorchEngine
 from dist_llm.errors import CheckpointError
-from dist_llm.models import build_model, count_params
+from dist_llm.models import count_params
 
 WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments
@@ -47,21 +48,20 @@ class CheckpointBenchResult:
     repeats: int
 
 
-def build_engine(size_mb: float) -> DDPEngine:
+def build_engine(size_mb: float) -> TorchEngine:
     """A 2-layer decoder, widened in steps of 64 until weights + optimizer state come to about
     `size_mb` MB, after one optimizer step (AdamW's moments exist only after a step)."""
     cfg = load_config(None, ["model.vocab_size=1024", "model.n_layers=2", "model.n_heads=4",
                              "model.max_seq_len=32", "optim.warmup_steps=0", "model.d_model=64"])
     while count_params(cfg.model) * BYTES_PER_PARAM < size_mb * 1e6:
         cfg.model.d_model += 64
-    torch.manual_seed(0)
-    engine = DDPEngine(build_model(cfg.model), cfg, WORLD)
+    engine = TorchEngine(cfg, WORLD)
     ids = torch.randint(0, cfg.model.vocab_size, (2, 32))
     engine.train_step([{"input_ids": ids, "labels": ids}], lr=1e-4)
     return engine
 
 
-def _timed_save(writer: CheckpointWriter, step: int, engine: DDPEngine) -> tuple[float, float]:
+def _timed_save(writer: CheckpointWriter, step: int, engine: TorchEngine) -> tuple[float, float]:
     """(seconds the caller was blocked, seconds until the checkpoint was committed)."""
     start = time.perf_counter()
     blocked = writer.save(step, engine, {"step": step})
@@ -82,10 +82,16 @@ def _plain_put(root: str, parts: dict[str, bytes]) -> float:
     return time.perf_counter() - start
 
 
+def checkpoint_bytes(engine: TorchEngine) -> dict[str, bytes]:
+    """The engine's checkpoint files as the writer lays them out (one rank: one shard file)."""
+    writer = MemoryWriter(layout.state_file)
+    dcp.save(engine.state_dict(), storage_writer=writer, no_dist=True)
+    return {writer.file: b"".join(writer.buffers), layout.STATE_METADATA: writer.metadata}
+
+
 def bench_checkpoint(uri: str | None, size_mb: float, repeats: int) -> CheckpointBenchResult:
     engine = build_engine(size_mb)
-    state = {**engine.checkpoint_parts(), layout.MODEL: engine.consolidated_state_dict()}
-    parts = {name: value if isinstance(value, bytes) else to_bytes(value) for name, value in state.items()}
+    parts = checkpoint_bytes(engine)
     mb = sum(map(len, parts.values())) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         root = join(uri or tmp, f"bench-checkpoint-{uuid.uuid4().hex[:8]}")

@@ -48,7 +48,7 @@ def _loader_times(config: str, overrides: list[str], steps: int) -> list[float]:
     world = cfg.launch.nproc_per_node * cfg.launch.nnodes
     cfg.validate(world_size=world)
     data = open_training_data(cfg.data)
-    batches = train_batches(cfg, data, 0, cfg.engine.data_parallel_size(world))
+    batches = train_batches(cfg, data, 0, cfg.engine.dims(world).dp)
     times = []
     try:
         for _ in range(steps):

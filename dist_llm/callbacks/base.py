@@ -21,5 +21,12 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume (saved in the checkpoint's trainer.json): plain JSON values."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def close(self, trainer: "Trainer") -> None:
         """Always called when `fit` returns or raises: undo process-wide changes (signal handlers)."""

@@ -34,6 +34,13 @@ class NonFiniteCallback(Callback):
         self._pending: tuple[int, DeferredRead] | None = None
         """The last step not counted yet, and its skip flag."""
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consecutive = state.get("consecutive", 0)
+        self.total = state.get("total", 0)
+
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         previous = self._pending
         self._pending = (trainer.step, DeferredRead(torch.as_tensor(metrics["skipped"])))

@@ -1,9 +1,11 @@
-"""Find the checkpoint to resume from: the newest committed, verified one."""
+"""Find checkpoints to resume from: committed ones whose manifest checks out, newest first."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.commit import verify
+from dist_llm.checkpoint.commit import check_manifest
 from dist_llm.checkpoint.storage import exists, join, list_dirs, read_bytes
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
@@ -18,8 +20,10 @@ def committed_steps(root: str) -> list[int]:
                   reverse=True)
 
 
-def find_resumable(root: str) -> str | None:
-    """URI of the newest checkpoint that verifies; corrupt/partial newer ones are reported and skipped."""
+def resumable(root: str) -> Iterator[str]:
+    """URIs of the committed checkpoints under `root` whose manifest and file sizes check out,
+    newest first, checked lazily; the others are reported and skipped. Content is verified as it
+    is read (by the ranks that read it)."""
     pointed = None
     if exists(join(root, layout.LATEST)):
         pointed = layout.step_of(read_bytes(join(root, layout.LATEST)).decode().strip())
@@ -30,19 +34,24 @@ def find_resumable(root: str) -> str | None:
     for step in candidates:
         uri = layout.step_uri(root, step)
         try:
-            verify(uri)
-            return uri
+            check_manifest(uri)
         except (CheckpointError, ValueError, KeyError) as e:
             log.warning("skipping checkpoint %s: %s; trying the previous one", uri, e)
-    return None
+            continue
+        yield uri
 
 
-def resolve_resume(resume: str, root: str) -> str | None:
-    """`none` -> None; `auto` -> newest good checkpoint under root (None if there is none);
-    anything else is a checkpoint directory URI that must verify."""
-    if resume == "none":
-        return None
+def find_resumable(root: str) -> str | None:
+    """URI of the newest checkpoint under `root` that checks out, or None."""
+    return next(resumable(root), None)
+
+
+def resume_candidates(resume: str, root: str) -> Iterator[str]:
+    """`none` -> nothing; `auto` -> the good checkpoints under root, newest first (a load that finds
+    one corrupt falls back to the next); anything else is one checkpoint directory URI that must
+    check out."""
     if resume == "auto":
-        return find_resumable(root)
-    verify(resume)
-    return resume
+        yield from resumable(root)
+    elif resume != "none":
+        check_manifest(resume)
+        yield resume

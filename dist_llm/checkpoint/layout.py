@@ -9,8 +9,9 @@ from dist_llm.checkpoint.storage import join
 LATEST = "latest"
 MANIFEST = "manifest.json"
 COMMITTED = "COMMITTED"
-MODEL = "model.pt"  # consolidated weights, whatever the engine: eval, generate, export read it
 TRAINER = "trainer.json"
+STATE_METADATA = "state/.metadata"  # DCP metadata: every tensor's chunks and where each one is stored
+DEEPSPEED = "deepspeed/"  # DeepSpeed's own files (per-rank ZeRO partitions), under their names
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -26,6 +27,11 @@ def step_of(name: str) -> int | None:
 
 def rng_name(rank: int) -> str:
     return f"rng-rank{rank:05d}.pt"
+
+
+def state_file(rank: int) -> str:
+    """The DCP file with everything rank `rank` saved (its shards, the replicated items it was given)."""
+    return f"state/rank-{rank:05d}.distcp"
 
 
 def rank_done_name(rank: int) -> str:

@@ -10,16 +10,17 @@ import errno
 import os
 import uuid
 
-from dist_llm.errors import CheckpointError
+from dist_llm.errors import CheckpointError, CorruptCheckpointError
 from dist_llm.log import get_logger
 from dist_llm.uri import filesystem as _fs
 from dist_llm.uri import is_local, join, put_object  # noqa: F401  (re-exported: checkpoint code calls storage.join)
+from dist_llm.uri import read_range as _read_range
 
 log = get_logger("checkpoint")
 
 
-def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5) -> None:
-    """Write a whole object. Locally through a temp file + rename so readers never see half a file;
+def write_bytes(uri: str, data: bytes | list[memoryview], attempts: int = 5, backoff_s: float = 0.5) -> None:
+    """Write a whole object (one buffer, or several back to back). Locally through a temp file + rename so readers never see half a file;
     remote stores publish an object only when its (multipart) upload completes, and transient
     failures there (connection reset, store restarting) are retried with exponential backoff."""
     if is_local(uri):
@@ -32,13 +33,14 @@ def write_bytes(uri: str, data: bytes, attempts: int = 5, backoff_s: float = 0.5
                               "endpoint, credentials and bucket") from e
 
 
-def _write_local(path: str, data: bytes) -> None:
+def _write_local(path: str, data: bytes | list[memoryview]) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                for buffer in [data] if isinstance(data, bytes) else data:
+                    f.write(buffer)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -69,7 +71,23 @@ def read_bytes(uri: str) -> bytes:
         with fs.open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise CheckpointError(f"{uri} does not exist") from None
+        raise CorruptCheckpointError(f"{uri} does not exist") from None
+
+
+def read_range(uri: str, offset: int, length: int) -> bytes:
+    try:
+        return _read_range(uri, offset, length)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{uri} does not exist") from None
+
+
+def file_sizes(uri: str) -> dict[str, int]:
+    """Size of every file below `uri`, keyed by its path relative to `uri` (one listing call)."""
+    fs, path = _fs(uri)
+    root = path.rstrip("/") + "/"
+    found = fs.find(path, detail=True) if fs.exists(path) else {}
+    return {name[len(root):]: int(info["size"]) for name, info in found.items()
+            if info.get("type") == "file" and name.startswith(root)}
 
 
 def exists(uri: str) -> bool:

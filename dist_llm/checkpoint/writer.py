@@ -1,25 +1,32 @@
 """Checkpoint saving that does not stall training.
 
-`save()` (collective, main thread) snapshots everything to host memory as bytes — the only part
-the training loop waits for — and hands the bytes to one background thread that uploads them and
-runs the commit protocol. Ranks coordinate the commit through the storage itself (each rank
-writes a `rank-done` note after its files; rank 0 commits when all notes exist), never through
-collectives, which must stay on the main thread in the order every rank issues them.
+`save()` (collective, main thread) copies this rank's shards to host memory (pinned on CUDA) — the
+only part the training loop waits for — and hands the copy to one background thread. There DCP plans
+the save over a process group of its own (so its collectives never interleave with training's),
+lays this rank's items out as one file without copying them, and the thread uploads that file and
+runs the commit protocol. Ranks coordinate the commit through the storage itself (each rank writes
+a `rank-done` note after its files; rank 0 commits when all notes exist).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._state_dict_stager import StateDictStager
 
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.commit import commit, write_parts
+from dist_llm.checkpoint.dcp_storage import MemoryWriter
+from dist_llm.checkpoint.deepspeed_files import snapshot_files
 from dist_llm.checkpoint.retention import apply_retention
-from dist_llm.checkpoint.serialize import snapshot, to_bytes
+from dist_llm.checkpoint.serialize import to_bytes
 from dist_llm.checkpoint.state import rng_state
 from dist_llm.checkpoint.storage import exists, join, read_bytes, remove_tree, write_bytes
 from dist_llm.config import CheckpointConfig
@@ -41,6 +48,12 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self.failed_steps: list[int] = []
         self.committed_steps: list[int] = []
+        # DCP's planning collectives run in the background thread, on a group of their own.
+        self.group = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.commit_timeout_s))
+                      if dist.is_initialized() and world.size > 1 else None)
+        # On CUDA the staging buffers are pinned and reused from save to save; on CPU a copy per save,
+        # freed once it is uploaded.
+        self._stager = StateDictStager(pin_memory=True, share_memory=False) if torch.cuda.is_available() else None
 
     @property
     def busy(self) -> bool:
@@ -61,19 +74,22 @@ class CheckpointWriter:
         step_uri = layout.step_uri(self.root, step)
         if not self._clear_leftovers(step, step_uri):
             return None
-        # The snapshot is all the training loop waits for: tensors are copied, not yet serialized.
-        parts: dict[str, Any] = {layout.rng_name(self.world.rank): to_bytes(rng_state()),
-                                 **engine.checkpoint_parts()}
-        weights = engine.consolidated_state_dict()
+        # The copy is all the training loop waits for: planning, layout and upload come later.
+        parts: dict[str, Any] = {layout.rng_name(self.world.rank): to_bytes(rng_state())}
         if self.world.is_main:
-            parts[layout.MODEL] = snapshot(weights)
             parts[layout.TRAINER] = json.dumps(trainer_state, indent=1).encode()
+        staged = None
+        if engine.checkpoint_format == "dcp":
+            stager = self._stager or StateDictStager(pin_memory=False, share_memory=False)
+            staged = stager.stage(engine.state_dict(), non_blocking=False)
+        else:  # DeepSpeed writes its own partition files (collective), then they are bytes here
+            parts.update(snapshot_files(engine.engine))
         if self.cfg.async_save:
-            self._thread = threading.Thread(target=self._write_and_commit, args=(step, parts),
+            self._thread = threading.Thread(target=self._write_and_commit, args=(step, parts, staged),
                                             name=f"checkpoint-{step}", daemon=True)
             self._thread.start()
         else:
-            self._write_and_commit(step, parts)
+            self._write_and_commit(step, parts, staged)
         return time.perf_counter() - start
 
     def _clear_leftovers(self, step: int, step_uri: str) -> bool:
@@ -99,11 +115,12 @@ class CheckpointWriter:
             self._thread.join()
             self._thread = None
 
-    def _write_and_commit(self, step: int, parts: dict[str, Any]) -> None:
+    def _write_and_commit(self, step: int, parts: dict[str, Any], staged: dict[str, Any] | None) -> None:
         step_uri = layout.step_uri(self.root, step)
         try:
-            records = write_parts(step_uri, {name: value if isinstance(value, bytes) else to_bytes(value)
-                                             for name, value in parts.items()})
+            if staged is not None:
+                parts.update(self._layout_shards(staged))
+            records = write_parts(step_uri, parts)
             write_bytes(join(step_uri, layout.rank_done_name(self.world.rank)), json.dumps(records).encode())
             if self.world.is_main:
                 merged = self._gather_records(step_uri)
@@ -117,6 +134,15 @@ class CheckpointWriter:
             self.failed_steps.append(step)
             log.error("checkpoint step %d failed, not committed (%s); training continues and the previous "
                       "committed checkpoint remains the resume point", step, e)
+
+    def _layout_shards(self, staged: dict[str, Any]) -> dict[str, Any]:
+        """This rank's DCP file (buffers viewing the staged tensors) and, on rank 0, DCP's metadata."""
+        writer = MemoryWriter(layout.state_file)
+        dcp.save(staged, storage_writer=writer, process_group=self.group, no_dist=self.group is None)
+        files: dict[str, Any] = {writer.file: writer.buffers}
+        if writer.metadata is not None:
+            files[layout.STATE_METADATA] = writer.metadata
+        return files
 
     def _gather_records(self, step_uri: str) -> dict[str, dict[str, object]]:
         deadline = time.monotonic() + self.cfg.commit_timeout_s

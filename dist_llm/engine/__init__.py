@@ -1,40 +1,32 @@
 """Engines behind one interface (`Engine`); `build_engine` picks the one the config names.
 
-- ddp with tp = pp = 1: `DDPEngine` (torch DistributedDataParallel).
-- ddp with tp or pp > 1: `MeshEngine`, torch-native DP x TP x PP over a device mesh.
+- torch: `TorchEngine`, every FSDP2/HSDP/DP x TP x PP layout, built on the meta device.
 - deepspeed: `DeepSpeedEngine` (ZeRO 0-3, CPU/NVMe offload).
+
+Each engine builds the model itself, so it can build it without memory and materialize only what
+the rank holds.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 
 from dist_llm.config import Config
 from dist_llm.distributed import World
+from dist_llm.distributed.materialize import FullTensor
 from dist_llm.engine.base import Engine
 
 
-def build_engine(model: nn.Module, cfg: Config, world: World) -> Engine:
+def build_engine(cfg: Config, world: World, pretrained: FullTensor | None = None,
+                 prepare: Callable[[nn.Module], None] | None = None) -> Engine:
+    """`pretrained`: full weights by name to start from (else initialized from train.seed);
+    `prepare`: called with the bare model before it is parallelized (e.g. to attach a teacher)."""
     if cfg.engine.type == "deepspeed":
         from dist_llm.engine.deepspeed_engine import DeepSpeedEngine
 
-        _checkpoint_and_compile(model, cfg)
-        return DeepSpeedEngine(model, cfg, world)
-    if cfg.engine.tp > 1 or cfg.engine.pp > 1:
-        from dist_llm.engine.mesh import MeshEngine
+        return DeepSpeedEngine(cfg, world, pretrained, prepare)
+    from dist_llm.engine.torch_engine import TorchEngine
 
-        return MeshEngine(model, cfg, world)
-    from dist_llm.engine.ddp import DDPEngine
-
-    _checkpoint_and_compile(model, cfg)
-    return DDPEngine(model, cfg, world)
-
-
-def _checkpoint_and_compile(model: nn.Module, cfg: Config) -> None:
-    """What `parallelize` does after TP, for engines without a mesh (DDP, DeepSpeed), in its order."""
-    from dist_llm.parallel import apply_activation_checkpointing, apply_compile
-
-    if cfg.engine.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if cfg.engine.compile:
-        apply_compile(model)
+    return TorchEngine(cfg, world, pretrained, prepare)

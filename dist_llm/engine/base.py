@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
+from dist_llm.distributed.dims import ParallelDims
+
 Batch = dict[str, torch.Tensor]
 """Model inputs keyed by `forward` keyword (input_ids, labels, ...); see `data.collate`."""
 MicroBatches = list[Batch]
-ReadPart = Callable[[str], bytes]
 
 
 @dataclass
@@ -35,6 +36,11 @@ class Engine(Protocol):
 
     model: nn.Module
     """The bare model (unwrapped; possibly sharded), e.g. for evaluation."""
+    dims: ParallelDims
+    """Where this rank sits in the layout (its data-parallel rank picks its samples)."""
+    checkpoint_format: Literal["dcp", "deepspeed"]
+    """How `checkpoint/` saves this engine: its `state_dict()` through torch.distributed.checkpoint
+    (sharded, resharded on load), or DeepSpeed's own partition files of `engine.engine`."""
 
     def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
         """Forward/backward every micro-batch (gradients accumulated, synced once), clip, apply
@@ -43,20 +49,6 @@ class Engine(Protocol):
 
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         """Mean loss of one batch without gradients."""
-        ...
-
-    def checkpoint_parts(self) -> dict[str, Any]:
-        """This rank's engine files for a checkpoint (optimizer state, shards): name -> bytes, or a
-        state object that is already a snapshot (`checkpoint.serialize.snapshot`); objects are
-        serialized off the training thread."""
-        ...
-
-    def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
-        """Restore from a checkpoint whose files are `names`; `read(name)` returns one file's bytes."""
-        ...
-
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full, unsharded model weights on rank 0 (None on other ranks). Collective."""
         ...
 
     def memory_report(self) -> dict[str, int]:

@@ -56,7 +56,7 @@ def generate_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     No optimizer or scheduler section: the engine passes its own AdamW and sets the LR each step.
     """
     t, e = cfg.train, cfg.engine
-    dp = e.data_parallel_size(world_size)
+    dp = e.dims(world_size).dp
     zero: dict[str, Any] = {"stage": e.zero_stage}
     if e.offload_optimizer != "none":
         zero["offload_optimizer"] = _offload(e.offload_optimizer, e.nvme_path)

@@ -8,25 +8,27 @@ sections, so the two engines train the same model the same way.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
+from typing import Callable
 
 import torch
 from torch import nn
 
 from dist_llm.config import Config, OptimConfig
 from dist_llm.distributed import World, ensure_process_group
-from dist_llm.engine.base import Batch, MicroBatches, ReadPart, StepResult
-from dist_llm.engine.ddp import to_device
-from dist_llm.engine.deepspeed_checkpoint import PREFIX, load_engine_files, read_engine_files
+from dist_llm.distributed.activation_checkpointing import apply_activation_checkpointing
+from dist_llm.distributed.compile import apply_compile
+from dist_llm.distributed.materialize import FullTensor, materialize
+from dist_llm.engine.base import Batch, MicroBatches, StepResult
 from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_device
 from dist_llm.engine.deepspeed_memory import zero_memory_report
+from dist_llm.engine.device import to_device
 from dist_llm.engine.optim import build_adamw, param_groups
 from dist_llm.errors import ConfigError
 from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
+from dist_llm.models import build_model
+from dist_llm.seeding import derive_seed
 
-_TAG = "state"  # DeepSpeed's checkpoint tag; our step directories already tell checkpoints apart
 # DeepSpeed's ZeRO calls these renamed torch collectives every step, and torch warns each time:
 # hundreds of lines per run that no user can act on.
 _DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
@@ -34,14 +36,28 @@ _DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.(reduce_scatter_tensor|all_gat
 
 
 class DeepSpeedEngine:
-    def __init__(self, model: nn.Module, cfg: Config, world: World) -> None:
+    checkpoint_format = "deepspeed"
+
+    def __init__(self, cfg: Config, world: World, pretrained: FullTensor | None = None,
+                 prepare: Callable[[nn.Module], None] | None = None) -> None:
         import deepspeed
 
         warnings.filterwarnings("ignore", message=_DEPRECATED_COLLECTIVES, category=FutureWarning)
         ensure_process_group()
         self.world = world
         self.ds_config = load_deepspeed_config(cfg, world.size)
-        self.model = model.to(world.device)
+        self.dims = cfg.engine.dims(world.size, world.rank)
+        # The same initial weights as the torch engine (materialized unit by unit from the seed).
+        with torch.device("meta"):
+            model, skeleton = build_model(cfg.model), build_model(cfg.model)
+        materialize(model, skeleton, world.device, derive_seed(cfg.train.seed, "init"), pretrained)
+        if prepare is not None:
+            prepare(model)
+        if cfg.engine.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if cfg.engine.compile:
+            apply_compile(model)
+        self.model = model
         optimizer = _build_optimizer(self.model, cfg.optim, world.device,
                                      offload=offload_device(self.ds_config, "offload_optimizer") != "none")
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
@@ -88,36 +104,6 @@ class DeepSpeedEngine:
         loss = self.engine(**to_device(batch, self.world.device))
         self.engine.train()
         return loss.detach().float()
-
-    def checkpoint_parts(self) -> dict[str, bytes]:
-        with tempfile.TemporaryDirectory(prefix="dist_llm_ds_save_") as tmp:
-            self.engine.save_checkpoint(tmp, tag=_TAG, save_latest=False)
-            return read_engine_files(os.path.join(tmp, _TAG))
-
-    def load_checkpoint_parts(self, read: ReadPart, names: list[str]) -> None:
-        load_engine_files(self.engine, read, [n for n in names if n.startswith(PREFIX)], _TAG)
-
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """fp32 master weights gathered from every ZeRO partition, keyed like the bare model.
-
-        Collective: every rank gathers each parameter in the same order."""
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        full: dict[int, torch.Tensor] = {}
-        for param in self.model.parameters():  # each shared (tied) parameter once
-            master = safe_get_full_fp32_param(param)
-            full[id(param)] = (master if master is not None else param.detach()).float().cpu().clone()
-        if not self.world.is_main:
-            return None
-        out: dict[str, torch.Tensor] = {}
-        for key, value in self.model.state_dict(keep_vars=True).items():
-            if id(value) in full:
-                out[key] = full[id(value)]
-            else:  # a buffer; bf16 DeepSpeed casts float buffers to bf16 along with the weights
-                out[key] = value.detach().cpu().clone()
-                if out[key].is_floating_point():
-                    out[key] = out[key].float()
-        return out
 
     def memory_report(self) -> dict[str, int]:
         return zero_memory_report(self.model, self.zero_optimizer, self.engine.zero_optimization_stage())

@@ -105,7 +105,8 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str
     """A checkpoint (run dir, checkpoint root or step dir) as an HF Llama directory; returns out_dir.
     The tokenizer comes from `data_path`'s manifest, by default the run's (first) training dataset."""
     from dist_llm.checkpoint import layout
-    from dist_llm.checkpoint.state import load_model_state, load_trainer_state
+    from dist_llm.checkpoint.offline import load_model_state
+    from dist_llm.checkpoint.state import load_trainer_state
     from dist_llm.config import config_from_dict
     from dist_llm.evaluate import resolve_checkpoint, tokenizer_path
 
@@ -118,7 +119,7 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str
     except DataError as exc:
         raise DataError(f"{exc}; the export needs the run's tokenizer: pass --data with the dataset "
                         "directory the model was trained on") from exc
-    return save_hf_model(load_model_state(uri), cfg.model, out_dir, tok_path, dtype,
+    return save_hf_model(load_model_state(uri, cfg.model.tie_embeddings), cfg.model, out_dir, tok_path, dtype,
                          metadata={"step": str(trainer_state["step"]), "source": uri})
 
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle
+from torch.distributed.tensor import DTensor
 
 from dist_llm.models.decoder import lm_loss
 
@@ -131,6 +132,8 @@ class Pipeline:
         return self._from_last(torch.zeros((), device=self.device))
 
     def _from_last(self, value: torch.Tensor) -> torch.Tensor:
+        if isinstance(value, DTensor):  # a loss over vocabulary-sharded logits (tensor parallel)
+            value = value.full_tensor()
         value = value.float().contiguous()
         dist.broadcast(value, src=self._last_rank, group=self.group)
         return value

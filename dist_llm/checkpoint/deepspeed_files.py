@@ -19,29 +19,32 @@ import io
 import os
 import re
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import torch.distributed as dist
 
-from dist_llm.engine.base import ReadPart
+from dist_llm.checkpoint.layout import DEEPSPEED as PREFIX
 from dist_llm.errors import CheckpointError
 from dist_llm.log import get_logger
 
 log = get_logger("deepspeed")
 
-PREFIX = "deepspeed/"
+TAG = "state"  # DeepSpeed's checkpoint tag; our step directories already tell checkpoints apart
 _OPTIM_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
-def read_engine_files(tag_dir: str) -> dict[str, bytes]:
-    """Every file this rank's `save_checkpoint` wrote under `tag_dir`, as `deepspeed/<relpath>`."""
-    parts: dict[str, bytes] = {}
-    for root, _, files in os.walk(tag_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                parts[PREFIX + os.path.relpath(path, tag_dir)] = f.read()
-    return parts
+def snapshot_files(engine: Any) -> dict[str, bytes]:
+    """Every file this rank's `save_checkpoint` writes, as `deepspeed/<relpath>` -> bytes."""
+    with tempfile.TemporaryDirectory(prefix="dist_llm_ds_save_") as tmp:
+        engine.save_checkpoint(tmp, tag=TAG, save_latest=False)
+        parts: dict[str, bytes] = {}
+        tag_dir = os.path.join(tmp, TAG)
+        for root, _, files in os.walk(tag_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    parts[PREFIX + os.path.relpath(path, tag_dir)] = f.read()
+        return parts
 
 
 def saved_dp_size(names: list[str]) -> int:
@@ -53,14 +56,14 @@ def saved_dp_size(names: list[str]) -> int:
     return max(ranks) + 1
 
 
-def load_engine_files(engine: Any, read: ReadPart, names: list[str], tag: str) -> None:
+def restore_files(engine: Any, read: Callable[[str], bytes], names: list[str]) -> None:
     """Restore a DeepSpeed engine from the `deepspeed/...` files of one of our checkpoints."""
     if not names:
         raise CheckpointError("the checkpoint has no deepspeed/ files: it was not saved by "
                               "engine.type=deepspeed; resume it with the engine that saved it")
     saved = saved_dp_size(names) if engine.zero_optimization() else dist.get_world_size()
     with tempfile.TemporaryDirectory(prefix="dist_llm_ds_load_") as tmp:
-        tag_dir = os.path.join(tmp, tag)
+        tag_dir = os.path.join(tmp, TAG)
         # ZeRO-1/2 read every rank's partition file (to check the partitioning), so write them all.
         for name in names:
             path = os.path.join(tag_dir, name[len(PREFIX):])
@@ -68,16 +71,16 @@ def load_engine_files(engine: Any, read: ReadPart, names: list[str], tag: str) -
             with open(path, "wb") as f:
                 f.write(read(name))
         if saved == dist.get_world_size():
-            _load(engine, tmp, tag)
+            _load(engine, tmp, TAG)
             return
         log.info("DeepSpeed checkpoint saved on %d data-parallel ranks, now %d: converting it to a "
                  "universal checkpoint", saved, dist.get_world_size())
         universal = os.path.join(tmp, "universal")
-        _to_universal(tag_dir, os.path.join(universal, tag))
+        _to_universal(tag_dir, os.path.join(universal, TAG))
         # load_universal is read from the config at load time; it only applies to this load.
         engine._config.load_universal_checkpoint = True
         try:
-            _load(engine, universal, tag)
+            _load(engine, universal, TAG)
         finally:
             engine._config.load_universal_checkpoint = False
 
