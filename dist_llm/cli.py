@@ -58,7 +58,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t = kinds.add_parser("train", help="training tokens/s on 1 rank (baseline) vs N ranks")
     t.add_argument("--ranks", default="1,2", help="comma-separated rank counts; the first is the baseline")
     e = kinds.add_parser("engines", help="tokens/s and per-rank memory of each engine, same config")
-    e.add_argument("--engines", default="ddp,zero1,zero2,zero3,zero3-offload,tp2,pp2",
+    e.add_argument("--engines", default="dp,fsdp,zero1,zero2,zero3,zero3-offload,tp2,pp2",
                    help="comma-separated; the first is the baseline")
     e.add_argument("--ranks-per-variant", type=int, default=2)
     for k in (t, e):

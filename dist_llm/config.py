@@ -345,7 +345,7 @@ class Config:
         if not d.teacher:
             return
         if self.engine.tp > 1 or self.engine.pp > 1:
-            fail("distill.teacher", "distillation runs on data-parallel engines (DDP, DeepSpeed ZeRO); "
+            fail("distill.teacher", "distillation runs on data-parallel layouts (FSDP2, replication, DeepSpeed ZeRO); "
                                     "set engine.tp=1 and engine.pp=1")
         if d.teacher_shard and self.engine.type != "deepspeed":
             fail("distill.teacher_shard", "distill.teacher_shard=true partitions the teacher with "

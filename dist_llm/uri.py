@@ -29,6 +29,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 SINGLE_PUT_BYTES = 64 * 2**20
 """Remote objects up to this size go up in one call; larger ones stream as a multipart upload."""
+PART_BYTES = 64 * 2**20
+"""Size of each part of a multipart upload (S3 allows 5 MiB to 5 GiB, and 10,000 parts)."""
 
 
 def payload_size(data: bytes | list[memoryview]) -> int:
@@ -61,7 +63,7 @@ def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list[memoryview
         return
     # A shard of a large model: the store assembles the parts, so no process joins them in memory.
     # The object appears only when the upload completes (close); a failure aborts it.
-    with fs.open(path, "wb") as f:
+    with fs.open(path, "wb", block_size=PART_BYTES) as f:
         for buffer in data:
             f.write(buffer)
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_llm.checkpoint.commit import check_manifest, read_verified
+from dist_llm.checkpoint.discovery import find_resumable
+from dist_llm.checkpoint.offline import model_tensors
 from dist_llm.config import load_config
 from dist_llm.distributed import World
 from dist_llm.trainer import Trainer
@@ -84,10 +87,16 @@ def train_losses(run_dir: str) -> dict[int, float]:
 
 
 def final_weights(run_dir: str) -> dict[str, torch.Tensor]:
-    from dist_llm.checkpoint.discovery import find_resumable
-    from dist_llm.checkpoint.state import load_model_state
+    """The model weights of a run's newest checkpoint, read tensor by tensor (a tied head once)."""
+    return dict(model_tensors(find_resumable(os.path.join(run_dir, "checkpoints"))))
 
-    return load_model_state(find_resumable(os.path.join(run_dir, "checkpoints")))
+
+def verify_checkpoint(step_uri: str) -> dict:
+    """Check every file of a checkpoint against its manifest (what the ranks that read it check)."""
+    manifest = check_manifest(step_uri)
+    for name in manifest["files"]:
+        read_verified(step_uri, manifest, name)
+    return manifest
 
 
 def assert_weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

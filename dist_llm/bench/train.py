@@ -115,7 +115,8 @@ def bench_variants(config: str, overrides: list[str], variants: list[Variant], s
 
 
 ENGINE_OVERRIDES = {
-    "ddp": [],
+    "dp": ["engine.dp_shard=1", "engine.dp_replicate=-1"],
+    "fsdp": [],
     "zero1": ["engine.type=deepspeed", "engine.zero_stage=1"],
     "zero2": ["engine.type=deepspeed", "engine.zero_stage=2"],
     "zero3": ["engine.type=deepspeed", "engine.zero_stage=3"],

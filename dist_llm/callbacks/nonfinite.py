@@ -1,7 +1,7 @@
 """Non-finite loss or gradients: the engine skips the step; this counts them, and after
 `train.max_bad_steps` in a row stops the run or rolls back to the last committed checkpoint.
 
-A step's skip flag is read at the next step's end (the DDP engine decides on the device, and
+A step's skip flag is read at the next step's end (the engines decide on the device, and
 reading the flag at once would wait for the step in flight), so the run stops or rolls back one
 step after the step that made the count; messages name the bad step itself.
 """

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +29,9 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from dist_llm.errors import CheckpointError, CorruptCheckpointError
+
+# One process saving or loading alone is normal here (one-rank runs, offline tools), not a mistake.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def _load_sharded(step_uri: str, metadata: bytes, engine: Engine) -> None:
     try:
         dcp.load(template, storage_reader=reader)
     except CheckpointException as e:  # raised on every rank, with every rank's failure
-        causes = [f for f in e.failures.values()]
+        # Each failure is the exception, or (exception, traceback summary) from a gather.
+        causes = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]
         corrupt = next((f for f in causes if isinstance(f, CorruptCheckpointError)), None)
         if corrupt is not None:
             raise CorruptCheckpointError(str(corrupt)) from None

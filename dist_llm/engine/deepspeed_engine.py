@@ -1,7 +1,7 @@
 """DeepSpeed engine: ZeRO 0-3 with optional CPU/NVMe offload, behind the same `Engine` interface.
 
 The DeepSpeed JSON is generated from our config (or a user's file checked against it), the
-optimizer is the same AdamW (same param groups, betas, eps, decay) that the DDP engine builds, and
+optimizer is the same AdamW (same param groups, betas, eps, decay) that the torch engine builds, and
 the learning rate is set by the trainer every step: DeepSpeed gets neither optimizer nor scheduler
 sections, so the two engines train the same model the same way.
 """
@@ -112,7 +112,7 @@ class DeepSpeedEngine:
 
 def _build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device,
                      offload: bool) -> torch.optim.Optimizer:
-    """The DDP engine's AdamW; with optimizer offload DeepSpeed requires its CPU Adam kernel,
+    """The torch engine's AdamW; with optimizer offload DeepSpeed requires its CPU Adam kernel,
     built here in AdamW mode (decoupled decay) on the same param groups."""
     if not offload:
         return build_adamw(model, o, device)

@@ -1,8 +1,8 @@
 """Per-rank bytes a DeepSpeed engine holds, counted from the partitions ZeRO actually allocated.
 
-Keys match the DDP engine's report (param/grad/optimizer bytes) plus `master_param_bytes`: ZeRO
+Keys match the torch engine's report (param/grad/optimizer bytes) plus `master_param_bytes`: ZeRO
 keeps an fp32 copy of this rank's partition for the optimizer. Under bf16/fp16 that copy is the
-master weights DDP keeps as its parameters; in fp32 runs it duplicates the partition.
+master weights the torch engine keeps as its parameters; in fp32 runs it duplicates the partition.
 """
 
 from __future__ import annotations

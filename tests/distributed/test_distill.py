@@ -17,7 +17,7 @@ COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.interv
 SHARDED = ["engine.type=deepspeed", "engine.zero_stage=2", "distill.teacher_shard=true"]
 VARIANTS = {  # name -> (ranks, overrides)
     "one_rank": (1, []),
-    "ddp": (2, []),
+    "fsdp2": (2, []),
     "zero2_sharded_teacher": (2, SHARDED),
     "zero2_offloaded_teacher": (2, [*SHARDED, "distill.teacher_offload=true"]),
     # Student and teacher both ZeRO-3: two parameter coordinators in one process.
@@ -52,7 +52,7 @@ def runs(tmp_path_factory, dataset):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("variant", ["ddp", "zero2_sharded_teacher", "zero2_offloaded_teacher",
+@pytest.mark.parametrize("variant", ["fsdp2", "zero2_sharded_teacher", "zero2_offloaded_teacher",
                                      "zero3_sharded_teacher"])
 def test_two_ranks_distill_like_one(runs, variant):
     (reference, _), (run_dir, _) = runs("one_rank"), runs(variant)
@@ -64,8 +64,8 @@ def test_two_ranks_distill_like_one(runs, variant):
     # Validation scores the plain loss whatever the engine and teacher placement (against 2-rank DDP:
     # each rank evaluates its own eval_batches, so 1 and 2 ranks score different samples).
     val = [m["val_loss"] for m in read_metrics(run_dir) if "val_loss" in m]
-    ddp_val = [m["val_loss"] for m in read_metrics(runs("ddp")[0]) if "val_loss" in m]
-    assert val == pytest.approx(ddp_val, abs=LOSS_TOLERANCE)
+    fsdp_val = [m["val_loss"] for m in read_metrics(runs("fsdp2")[0]) if "val_loss" in m]
+    assert val == pytest.approx(fsdp_val, abs=LOSS_TOLERANCE)
 
 
 @pytest.mark.distributed
@@ -73,7 +73,7 @@ def test_a_sharded_teacher_holds_half_its_weights_per_rank(runs):
     fields = {name: runs(name)[1] for name in VARIANTS}
     assert {f[2] for f in fields.values()} == {"replicated", "zero3", "zero3+cpu offload"}
     assert len({f[0] for f in fields.values()}) == 1  # one teacher, counted alike
-    replicated = float(fields["ddp"][1])
+    replicated = float(fields["fsdp2"][1])
     assert float(fields["one_rank"][1]) == replicated
     for name in ("zero2_sharded_teacher", "zero2_offloaded_teacher", "zero3_sharded_teacher"):
         # Each rank keeps its partition (padded) plus the few norm gains DeepSpeed keeps whole.

@@ -17,10 +17,9 @@ import uuid
 import pytest
 
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.commit import verify
 from dist_llm.checkpoint.discovery import committed_steps, find_resumable
-from dist_llm.checkpoint.state import load_model_state
-from tests.conftest import REPO, read_metrics, run_train, train_command, train_losses
+from dist_llm.checkpoint.offline import model_tensors
+from tests.conftest import REPO, read_metrics, run_train, train_command, train_losses, verify_checkpoint
 
 STEPS = 6
 COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.interval=2",
@@ -81,9 +80,9 @@ def test_disk_full_keeps_last_commit_and_fails_final_clearly(tmp_path, dataset, 
     for step in (4, STEPS):
         assert not os.path.exists(os.path.join(layout.step_uri(ckpt, step), layout.COMMITTED))
     assert find_resumable(ckpt) == layout.step_uri(ckpt, 2)
-    verify(layout.step_uri(ckpt, 2))
+    verify_checkpoint(layout.step_uri(ckpt, 2))
     assert open(os.path.join(ckpt, layout.LATEST)).read() == layout.step_dir_name(2)
-    assert load_model_state(layout.step_uri(ckpt, 2))
+    assert dict(model_tensors(layout.step_uri(ckpt, 2)))
 
 
 def test_permission_denied_names_path_and_fix(tmp_path, dataset):

@@ -26,9 +26,8 @@ import pytest
 import s3fs
 
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.commit import verify
 from dist_llm.checkpoint.discovery import committed_steps, find_resumable
-from dist_llm.checkpoint.state import load_model_state
+from dist_llm.checkpoint.offline import model_tensors
 from dist_llm.checkpoint.storage import _fs
 from tests.conftest import (
     REPO,
@@ -38,6 +37,7 @@ from tests.conftest import (
     run_train,
     train_command,
     train_losses,
+    verify_checkpoint,
 )
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY
 
@@ -192,14 +192,14 @@ def test_sigkill_during_s3_upload_resumes_from_last_commit(tmp_path, dataset, s3
     fresh_view(remote)
     assert committed_steps(remote) == sorted((s for s in after if layout.COMMITTED in after[s]), reverse=True)
     assert find_resumable(remote) == layout.step_uri(remote, committed)  # the partial one is skipped
-    verify(layout.step_uri(remote, committed))
-    assert load_model_state(layout.step_uri(remote, committed))
+    verify_checkpoint(layout.step_uri(remote, committed))
+    assert dict(model_tensors(layout.step_uri(remote, committed)))
 
     resumed = run_train(run, dataset, [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}",
                                        "checkpoint.resume=auto"], nproc=2)
     assert train_losses(run) == train_losses(uninterrupted)
     fresh_view(remote)
-    assert_weights_equal(load_model_state(find_resumable(remote)), final_weights(uninterrupted))
+    assert_weights_equal(dict(model_tensors(find_resumable(remote))), final_weights(uninterrupted))
     assert layout.COMMITTED in bucket_steps(bucket_fs, prefix)[partial]  # redone cleanly on resume
     assert_no_secrets(resumed.stdout + resumed.stderr, run, bucket_fs, bucket)
 
@@ -219,7 +219,7 @@ def test_object_store_restart_during_upload(tmp_path, dataset, restartable_s3):
                          {"AWS_ENDPOINT_URL": link.endpoint})
         committed, partial = wait_for("an upload in flight after a commit",
                                       lambda: in_flight_after_commit(fs, prefix), proc)
-        before = {s: verify(layout.step_uri(remote, s)) for s in committed_steps_direct(fs, prefix)}
+        before = {s: verify_checkpoint(layout.step_uri(remote, s)) for s in committed_steps_direct(fs, prefix)}
         # Killed outright (no grace), so the upload in flight cannot finish before the outage.
         server.stop(grace_s=0)
         down_at = time.time()
@@ -237,7 +237,7 @@ def test_object_store_restart_during_upload(tmp_path, dataset, restartable_s3):
         assert f"checkpoint step {partial} failed, not committed" in output, output[-4000:]
     fresh_view(remote)
     for step, manifest in before.items():  # nothing committed before the outage is lost
-        assert verify(layout.step_uri(remote, step)) == manifest
+        assert verify_checkpoint(layout.step_uri(remote, step)) == manifest
     steps = committed_steps(remote)
     assert steps[0] == STEPS and find_resumable(remote) == layout.step_uri(remote, STEPS)
     failed = [s for s in range(2, STEPS + 1, 2) if s not in steps]

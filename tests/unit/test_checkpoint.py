@@ -1,5 +1,5 @@
-"""Checkpoints: the commit protocol, discovery of the newest good one, retention, atomic writes,
-and an exact save/load round trip of a real engine in one process."""
+"""Checkpoints: the commit protocol, discovery of the newest good one, fallback past corrupt ones,
+retention, atomic writes, and an exact save/load round trip of a real engine in one process."""
 
 from __future__ import annotations
 
@@ -13,22 +13,25 @@ import torch
 
 from dist_llm.checkpoint import commit as commit_module
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.commit import commit, verify, write_parts
-from dist_llm.checkpoint.discovery import committed_steps, find_resumable, resolve_resume
+from dist_llm.checkpoint.commit import check_manifest, commit, write_parts
+from dist_llm.checkpoint.discovery import committed_steps, find_resumable, resume_candidates
+from dist_llm.checkpoint.offline import model_tensors
+from dist_llm.checkpoint.restore import restore_newest
 from dist_llm.checkpoint.retention import apply_retention
-from dist_llm.checkpoint.state import load_checkpoint, load_model_state, load_trainer_state
+from dist_llm.checkpoint.state import load_checkpoint, load_trainer_state
 from dist_llm.checkpoint.storage import join, list_dirs, read_bytes, write_bytes
 from dist_llm.checkpoint.writer import CheckpointWriter
 from dist_llm.config import CheckpointConfig, load_config
 from dist_llm.distributed import World
-from dist_llm.engine.ddp import OPTIMIZER_FILE, DDPEngine
-from dist_llm.errors import CheckpointError
-from dist_llm.models import build_model
+from dist_llm.engine.torch_engine import TorchEngine
+from dist_llm.errors import CheckpointError, CorruptCheckpointError
+
+SHARD = layout.state_file(0)
 
 
 def parts_for(step: int) -> dict[str, bytes]:
-    return {layout.MODEL: f"model weights of step {step}".encode() * 50,
-            OPTIMIZER_FILE: f"optimizer of step {step}".encode() * 30,
+    return {SHARD: f"model and optimizer shard of step {step}".encode() * 50,
+            layout.STATE_METADATA: f"metadata of step {step}".encode() * 30,
             layout.TRAINER: json.dumps({"step": step}).encode(),
             layout.rng_name(0): b"rng0-%d" % step, layout.rng_name(1): b"rng1-%d" % step}
 
@@ -49,8 +52,6 @@ def root(tmp_path) -> str:
     return str(tmp_path / "checkpoints")
 
 
-
-
 # --- commit protocol ---------------------------------------------------------------------------
 
 def test_parts_without_marker_are_never_used(root):
@@ -64,7 +65,7 @@ def test_parts_without_marker_are_never_used(root):
     assert committed_steps(root) == [10]
     assert find_resumable(root) == layout.step_uri(root, 10)
     with pytest.raises(CheckpointError, match=layout.COMMITTED):
-        verify(step_uri)
+        check_manifest(step_uri)
 
 
 def test_commit_writes_manifest_then_marker_then_latest(root, monkeypatch):
@@ -82,7 +83,7 @@ def test_commit_writes_manifest_then_marker_then_latest(root, monkeypatch):
                             join(root, layout.LATEST)]
     assert set(written[:-3]) == {join(step_uri, name) for name in parts_for(7)}
     assert latest_of(root) == layout.step_dir_name(7)
-    manifest = verify(step_uri)
+    manifest = check_manifest(step_uri)
     assert manifest["step"] == 7 and set(manifest["files"]) == set(parts_for(7))
 
 
@@ -118,30 +119,41 @@ def _flip_byte(path: str, pos: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("name", [layout.MODEL, OPTIMIZER_FILE, layout.TRAINER, layout.rng_name(1),
-                                  layout.MANIFEST])
-def test_corrupt_newest_falls_back_to_previous_with_warning(root, warnings_log, name):
+def test_discovery_reads_only_the_manifest_and_a_listing(root, monkeypatch):
+    """Choosing a checkpoint must not read (or hash) its data: that scales with the model."""
     save_committed(root, 10)
     newest = save_committed(root, 20)
-    path = join(newest, name)
-    size = os.path.getsize(path)
-    for pos in sorted({0, 1, size // 2, size - 1}):
-        _flip_byte(path, pos)
-        warnings_log.clear()
-        assert find_resumable(root) == layout.step_uri(root, 10), (name, pos)
-        assert any("skipping checkpoint" in r.getMessage() and newest in r.getMessage()
-                   for r in warnings_log.records if r.levelno == logging.WARNING)
-        _flip_byte(path, pos)  # restore
-        assert find_resumable(root) == newest
+    read = []
+    real = commit_module.read_bytes
+
+    def recording(uri: str) -> bytes:
+        read.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(commit_module, "read_bytes", recording)
+    assert find_resumable(root) == newest
+    assert read == [join(newest, layout.MANIFEST)]
 
 
-@pytest.mark.parametrize("name", [layout.MODEL, layout.rng_name(0), layout.MANIFEST])
+@pytest.mark.parametrize("name", [SHARD, layout.TRAINER, layout.rng_name(0), layout.MANIFEST])
 def test_missing_file_in_newest_falls_back(root, warnings_log, name):
     save_committed(root, 10)
     newest = save_committed(root, 20)
     os.remove(join(newest, name))
     assert find_resumable(root) == layout.step_uri(root, 10)
     assert any(newest in r.getMessage() for r in warnings_log.records)
+
+
+@pytest.mark.parametrize("name", [SHARD, layout.STATE_METADATA, layout.rng_name(1)])
+def test_truncated_or_grown_file_in_newest_falls_back(root, warnings_log, name):
+    save_committed(root, 10)
+    newest = save_committed(root, 20)
+    path = join(newest, name)
+    data = read_bytes(path)
+    for changed in (data[:-1], data + b"x"):
+        write_bytes(path, changed)
+        assert find_resumable(root) == layout.step_uri(root, 10), len(changed)
+        assert any("manifest says" in r.getMessage() for r in warnings_log.records)
 
 
 def test_manifest_of_wrong_shape_falls_back(root, warnings_log):
@@ -168,23 +180,20 @@ def test_latest_pointing_at_uncommitted_step_is_ignored(root, warnings_log):
     assert any("not committed" in r.getMessage() for r in warnings_log.records)
 
 
-def test_resolve_resume(root):
+def test_resume_candidates(root):
     save_committed(root, 10)
     newest = save_committed(root, 20)
-    assert resolve_resume("none", root) is None
-    assert resolve_resume("auto", root) == newest
-    assert resolve_resume("auto", root + "-empty") is None
     older = layout.step_uri(root, 10)
-    assert resolve_resume(older, root) == older  # an explicit path wins over newer ones
-    _flip_byte(join(older, layout.MODEL), 3)
-    with pytest.raises(CheckpointError, match="corrupt"):
-        resolve_resume(older, root)
+    assert list(resume_candidates("none", root)) == []
+    assert list(resume_candidates("auto", root)) == [newest, older]
+    assert list(resume_candidates("auto", root + "-empty")) == []
+    assert list(resume_candidates(older, root)) == [older]  # an explicit path wins over newer ones
     partial = layout.step_uri(root, 30)
     write_parts(partial, parts_for(30))
     with pytest.raises(CheckpointError, match=layout.COMMITTED):
-        resolve_resume(partial, root)
+        list(resume_candidates(partial, root))
     with pytest.raises(CheckpointError):
-        resolve_resume(join(root, "step-99999999"), root)
+        list(resume_candidates(join(root, "step-99999999"), root))
 
 
 # --- retention ---------------------------------------------------------------------------------
@@ -283,13 +292,11 @@ TINY = ["model.vocab_size=64", "model.d_model=32", "model.n_layers=2", "model.n_
 WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 
-def _engine(seed: int) -> DDPEngine:
-    cfg = load_config(None, TINY)
-    torch.manual_seed(seed)
-    return DDPEngine(build_model(cfg.model), cfg, WORLD)
+def _engine(seed: int) -> TorchEngine:
+    return TorchEngine(load_config(None, [*TINY, f"train.seed={seed}"]), WORLD)
 
 
-def _train_step(engine: DDPEngine, data_seed: int) -> None:
+def _train_step(engine: TorchEngine, data_seed: int) -> None:
     gen = torch.Generator().manual_seed(data_seed)
     tokens = torch.randint(0, 64, (2, 17), generator=gen)
     engine.train_step([{"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}], lr=0.01)
@@ -320,8 +327,9 @@ def test_save_load_roundtrip_is_bitwise_and_training_continues_identically(root)
     uri = save_checkpoint(root, 2, engine, trainer_state, WORLD, keep_last=2)
 
     assert uri == layout.step_uri(root, 2) and find_resumable(root) == uri
-    assert set(verify(uri)["files"]) == {layout.MODEL, OPTIMIZER_FILE, layout.TRAINER, layout.rng_name(0)}
-    _assert_same_tensors(load_model_state(uri), saved_state["model"], "model")
+    assert set(check_manifest(uri)["files"]) == {SHARD, layout.STATE_METADATA, layout.TRAINER, layout.rng_name(0)}
+    _assert_same_tensors(dict(model_tensors(uri)), saved_state["model"], "model")
+    assert "output.weight" not in saved_state["model"], "a tied head is saved once, as the embedding"
     assert load_trainer_state(uri) == trainer_state
 
     _train_step(engine, data_seed=2)  # the original keeps going (dropout draws from the RNG)
@@ -366,3 +374,51 @@ def test_save_checkpoint_applies_retention(root):
         save_checkpoint(root, step, engine, {"step": step}, WORLD, keep_last=2)
     assert committed_steps(root) == [4, 3]
     assert latest_of(root) == layout.step_dir_name(4)
+
+
+def _flip_byte(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", [SHARD, layout.STATE_METADATA, layout.TRAINER, layout.rng_name(0)])
+def test_corrupt_bytes_in_newest_fall_back_to_previous_on_load(root, warnings_log, name):
+    """Same size, other bytes: found by the rank that reads them (per tensor chunk for the shards),
+    and the restore moves on to the previous checkpoint with the reason logged."""
+    engine = _engine(seed=0)
+    _train_step(engine, data_seed=0)
+    older = save_checkpoint(root, 1, engine, {"step": 1}, WORLD, keep_last=5)
+    expected = copy.deepcopy(engine.state_dict())
+    _train_step(engine, data_seed=1)
+    newest = save_checkpoint(root, 2, engine, {"step": 2}, WORLD, keep_last=5)
+    path = join(newest, name)
+    size = os.path.getsize(path)
+    for pos in sorted({0, size // 2, size - 1}):
+        _flip_byte(path, pos)
+        warnings_log.clear()
+        restored = _engine(seed=1)
+        assert restore_newest("auto", root, restored, WORLD) == (older, {"step": 1}), (name, pos)
+        _assert_same_tensors(restored.state_dict(), expected, "state")
+        assert any("skipping checkpoint" in r.getMessage() and newest in r.getMessage()
+                   for r in warnings_log.records if r.levelno == logging.WARNING), (name, pos)
+        _flip_byte(path, pos)  # restore
+        assert restore_newest("auto", root, _engine(seed=1), WORLD)[0] == newest
+
+
+def test_explicit_corrupt_checkpoint_is_an_error_not_a_fallback(root):
+    engine = _engine(seed=0)
+    save_checkpoint(root, 1, engine, {"step": 1}, WORLD, keep_last=5)
+    newest = save_checkpoint(root, 2, engine, {"step": 2}, WORLD, keep_last=5)
+    _flip_byte(join(newest, SHARD), 5)
+    with pytest.raises(CorruptCheckpointError, match="sha256"):
+        restore_newest(newest, root, _engine(seed=1), WORLD)
+
+
+def test_checkpoint_of_another_model_is_an_error_not_a_fallback(root):
+    save_checkpoint(root, 1, _engine(seed=0), {"step": 1}, WORLD, keep_last=5)
+    other = TorchEngine(load_config(None, [*TINY, "model.d_model=48"]), WORLD)
+    with pytest.raises(CheckpointError, match="cannot load into this model"):
+        restore_newest("auto", root, other, WORLD)

@@ -15,17 +15,16 @@ from dist_llm.checkpoint.discovery import committed_steps, find_resumable
 from dist_llm.checkpoint.writer import CheckpointWriter
 from dist_llm.config import CheckpointConfig, load_config
 from dist_llm.distributed import World
-from dist_llm.engine.ddp import DDPEngine
-from dist_llm.models import build_model
+from dist_llm.engine.torch_engine import TorchEngine
 
 WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 
 @pytest.fixture
-def engine() -> DDPEngine:
+def engine() -> TorchEngine:
     cfg = load_config(None, ["model.vocab_size=64", "model.d_model=32", "model.n_layers=2",
                              "model.n_heads=2", "model.max_seq_len=16"])
-    return DDPEngine(build_model(cfg.model), cfg, WORLD)
+    return TorchEngine(cfg, WORLD)
 
 
 @pytest.fixture

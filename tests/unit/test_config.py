@@ -3,6 +3,7 @@
 import pytest
 
 from dist_llm.config import config_from_dict, load_config
+from dist_llm.distributed.dims import ParallelDims
 from dist_llm.errors import ConfigError
 
 
@@ -75,14 +76,26 @@ def test_round_trip_through_dict():
 
 
 def test_parallel_layouts_validated_before_launch():
-    with pytest.raises(ConfigError, match="world size 6 is not divisible by engine.tp=4 x engine.pp=1"):
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by the product 4"):
         load_config(None, ["engine.tp=4", "model.n_heads=4", "model.n_kv_heads=4"]).validate(world_size=6)
+    with pytest.raises(ConfigError, match="= 8 but the world size is 4"):
+        load_config(None, ["engine.tp=2", "engine.dp_shard=2", "engine.dp_replicate=2"]).validate(world_size=4)
+    with pytest.raises(ConfigError, match="only one of dp_shard, tp may be -1"):
+        load_config(None, ["engine.tp=-1"]).validate(world_size=4)
     with pytest.raises(ConfigError, match="engine.tp=4 must divide model.n_kv_heads=2"):
         load_config(None, ["engine.tp=4", "model.n_kv_heads=2"]).validate(world_size=4)
-    with pytest.raises(ConfigError, match="supports ZeRO stage 0 or 1 only"):
-        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=3", "engine.pp=2"]).validate(2)
-    with pytest.raises(ConfigError, match="tensor and pipeline parallelism run on engine.type=ddp"):
+    with pytest.raises(ConfigError, match="engine.tp=2 must divide data.seq_len=255"):
+        load_config(None, ["engine.tp=2", "data.seq_len=255"]).validate(world_size=2)
+    with pytest.raises(ConfigError, match="model.dropout=0.1 with engine.tp=2"):
+        load_config(None, ["engine.tp=2", "model.dropout=0.1"]).validate(world_size=2)
+    with pytest.raises(ConfigError, match="engine.pp=9 exceeds model.n_layers"):
+        load_config(None, ["engine.pp=9", "model.n_layers=8"]).validate(world_size=9)
+    with pytest.raises(ConfigError, match="cpu_offload=true offloads FSDP2's shards"):
+        load_config(None, ["engine.cpu_offload=true"]).validate(world_size=1)
+    with pytest.raises(ConfigError, match="run on engine.type=torch"):
         load_config(None, ["engine.type=deepspeed", "engine.zero_stage=1", "engine.tp=2"]).validate(2)
+    with pytest.raises(ConfigError, match="leave them at their defaults"):
+        load_config(None, ["engine.type=deepspeed", "engine.dp_replicate=2"]).validate(2)
     with pytest.raises(ConfigError, match="offload_params=cpu needs engine.zero_stage=3"):
         load_config(None, ["engine.type=deepspeed", "engine.zero_stage=2",
                            "engine.offload_params=cpu"]).validate()
@@ -91,8 +104,18 @@ def test_parallel_layouts_validated_before_launch():
     cfg = load_config(None, ["engine.tp=2", "engine.pp=2", "train.global_batch_size=12",
                              "train.micro_batch_size=2"])
     cfg.validate(world_size=8)  # dp = 8 / (2 x 2) = 2, and 12 = 2 x 2 x 3
+    assert cfg.engine.dims(8) == ParallelDims(pp=2, dp_replicate=1, dp_shard=2, tp=2)
     with pytest.raises(ConfigError, match="x 4 data-parallel ranks"):
         cfg.validate(world_size=16)
+
+
+def test_layout_coordinates_follow_the_device_mesh():
+    """tp varies fastest, then dp_shard, dp_replicate, pp: init_device_mesh's row-major order."""
+    dims = [ParallelDims.resolve(2, 2, 2, 2, 16, rank) for rank in range(16)]
+    assert [d.tp_rank for d in dims[:4]] == [0, 1, 0, 1]
+    assert [d.dp_rank for d in dims[:8]] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [d.pp_rank for d in dims] == [0] * 8 + [1] * 8
+    assert dims[0].dp == 4 and dims[0].world_size == 16
 
 
 def test_exponent_without_dot_is_a_float(tmp_path):

@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dist_llm.distributed.activation_checkpointing import apply_activation_checkpointing
+from dist_llm.distributed.compile import apply_compile
+from dist_llm.distributed.pipeline import partition_layers, split_pipeline_stage
 from dist_llm.models import ModelConfig, build_model
-from dist_llm.parallel import (
-    apply_activation_checkpointing,
-    apply_compile,
-    partition_layers,
-    split_pipeline_stage,
-)
 
 TINY = dict(vocab_size=97, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=16)
 
