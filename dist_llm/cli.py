@@ -121,6 +121,25 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--json", help="also write the results to this JSON file")
 
 
+    m = kinds.add_parser("memory", help="per-rank peak host memory by phase (build, train, save, load) of "
+                                        "real N-rank runs, against each rank's share of the training state")
+    m.add_argument("--config", default="configs/tiny.yaml", help="training config")
+    m.add_argument("--ranks", default="2,4", help="comma-separated rank counts")
+    m.add_argument("--steps", type=int, default=2, help="training steps before the save")
+    m.add_argument("--work-dir", help="directory for the runs' checkpoints (default: system temp)")
+    m.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=1024")
+    m.add_argument("--json", help="also write the results to this JSON file")
+    dr = kinds.add_parser("dry-run", help="a real-scale layout on meta tensors with a fake process group: "
+                                          "each rank's bytes of parameters, gradients, optimizer state and "
+                                          "checkpoint shard, from the engine's own sharding code")
+    dr.add_argument("--model", default="70b", help="model preset name or YAML file")
+    dr.add_argument("--world", type=int, default=512, help="ranks (GPUs) to lay out")
+    dr.add_argument("--ranks", default="corners", help="'corners' (first, middle and last rank of each "
+                                                       "pipeline stage), 'all', or comma-separated ranks")
+    dr.add_argument("overrides", nargs="*", help="engine/train keys, e.g. engine.tp=8 engine.pp=4")
+    dr.add_argument("--json", help="also write the results to this JSON file")
+
+
 def _run_bench(args: argparse.Namespace):
     """(the bench module, its results) for `dist-llm bench KIND`."""
     if args.kind == "dataloader":
@@ -144,6 +163,17 @@ def _run_bench(args: argparse.Namespace):
         return scaling, [scaling.bench_scaling(
             args.config, ["data.seq_len=2048", *args.overrides], args.global_batch, args.micro_batch,
             args.layouts.split(","), [int(g) for g in args.gpus.split(",")], args.mfu, args.tokens_per_s, hw)]
+    if args.kind == "memory":
+        from dist_llm.bench import memory
+
+        return memory, memory.bench_memory(args.config, args.overrides, [int(r) for r in args.ranks.split(",")],
+                                           args.steps, args.work_dir)
+    if args.kind == "dry-run":
+        from dist_llm.bench import dry_run
+
+        ranks = (None if args.ranks == "corners" else list(range(args.world)) if args.ranks == "all"
+                 else [int(r) for r in args.ranks.split(",")])
+        return dry_run, [dry_run.dry_run(args.model, args.overrides, args.world, ranks)]
     if args.kind == "peer":
         from dist_llm.bench import peer
 

@@ -8,6 +8,7 @@ sections, so the two engines train the same model the same way.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -24,7 +25,7 @@ from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_devi
 from dist_llm.engine.deepspeed_memory import zero_memory_report
 from dist_llm.engine.device import to_device
 from dist_llm.engine.optim import build_adamw, param_groups
-from dist_llm.errors import ConfigError
+from dist_llm.errors import ConfigError, DistLLMError
 from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
 from dist_llm.seeding import derive_seed
@@ -79,6 +80,7 @@ class DeepSpeedEngine:
         device = self.world.device
         loss = torch.zeros((), device=device)
         unsharded_norm = None
+        skipped_before = self.engine.skipped_steps
         for i, batch in enumerate(micro_batches):
             with phase(FORWARD, device):
                 micro_loss = self.engine(**to_device(batch, device))
@@ -87,15 +89,33 @@ class DeepSpeedEngine:
                 self.engine.backward(micro_loss)
             with phase(OPTIMIZER, device):
                 if i == len(micro_batches) - 1 and self.engine.zero_optimization_stage() == 0:
-                    # Without ZeRO DeepSpeed clips but does not keep the norm; grads are all-reduced here.
-                    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-                    unsharded_norm = torch.nn.utils.get_total_norm(grads).item()
+                    unsharded_norm = self._stage0_norm()
                 self.engine.step()
+                vars(self.zero_optimizer).pop("found_inf", None)
             loss += micro_loss.detach().float()
+        if unsharded_norm is not None and not math.isfinite(unsharded_norm):
+            skipped = True  # stage 0: the fused AdamW skipped it (found_inf)
+        else:
+            # ZeRO 1-3 skip a step whose gradient norm is not finite themselves and count it.
+            skipped = self.engine.skipped_steps > skipped_before
         norm = self.engine.get_global_grad_norm() if unsharded_norm is None else unsharded_norm
         # None when a user's JSON turns off zero_optimization.compute_grad_norm.
-        return StepResult(loss=loss / len(micro_batches),
+        return StepResult(loss=loss / len(micro_batches), skipped=skipped,
                           grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)))
+
+    def _stage0_norm(self) -> float:
+        """Without ZeRO DeepSpeed clips but neither keeps the norm nor skips non-finite steps; the
+        gradients are all-reduced here, so the norm is global and every rank decides alike. Our
+        fused AdamW skips on the device when told (`found_inf`), as in the torch engine."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads).item()
+        optimizer = self.zero_optimizer
+        if not math.isfinite(norm):
+            if not all(group.get("fused") for group in optimizer.param_groups):
+                raise DistLLMError("non-finite gradients with DeepSpeed ZeRO stage 0 and a non-fused optimizer "
+                                   "cannot be skipped; use engine.zero_stage >= 1")
+            optimizer.found_inf = torch.ones((), device=grads[0].device)
+        return norm
 
     @torch.no_grad()
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:

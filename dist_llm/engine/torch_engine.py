@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from dist_llm.config import Config
 from dist_llm.distributed import World
-from dist_llm.distributed.dims import NAMES
+from dist_llm.distributed.dims import NAMES, ParallelDims
 from dist_llm.distributed.grads import clip_grad_norm_, local, reduce_partial_grads, sum_tied_grads
 from dist_llm.distributed.materialize import FullTensor, materialize
 from dist_llm.distributed.parallelize import parallelize
@@ -41,6 +41,22 @@ EMBEDDING, HEAD = "tok_embeddings.weight", "output.weight"
 # Optimizer state flattened to one key per parameter and field ("state.<fqn>.exp_avg",
 # "param_groups.<fqn>.lr"): pipeline stages then hold disjoint keys, and DCP reshards each tensor.
 STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def build_on_meta(cfg: Config, dims: ParallelDims, mesh: DeviceMesh | None,
+                  prepare: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, nn.Module, bool]:
+    """This rank's pipeline stage of the model, parallelized, still on the meta device (no memory);
+    an unsharded meta skeleton to materialize it from; and whether the head is tied to the embedding."""
+    with torch.device("meta"):
+        model, skeleton = build_model(cfg.model), build_model(cfg.model)
+    head = getattr(getattr(model, "output", None), "weight", None)
+    tied = head is not None and head is model.tok_embeddings.weight
+    if prepare is not None:
+        prepare(model)
+    if dims.pp > 1:
+        split_pipeline_stage(model, dims.pp_rank, dims.pp)
+    parallelize(model, mesh, dims, cfg.engine)
+    return model, skeleton, tied
 
 
 def _value(t: torch.Tensor) -> torch.Tensor:
@@ -62,14 +78,7 @@ class TorchEngine:
                               "(the embedding and head are split by vocabulary rows); set model.vocab_size")
         self.mesh = (init_device_mesh(world.device.type, self.dims.shape, mesh_dim_names=NAMES)
                      if world.size > 1 else None)
-        with torch.device("meta"):
-            model, skeleton = build_model(cfg.model), build_model(cfg.model)
-        tied = getattr(model, "output", None) is not None and model.output.weight is model.tok_embeddings.weight
-        if prepare is not None:
-            prepare(model)
-        if self.dims.pp > 1:
-            split_pipeline_stage(model, self.dims.pp_rank, self.dims.pp)
-        parallelize(model, self.mesh, self.dims, e)
+        model, skeleton, tied = build_on_meta(cfg, self.dims, self.mesh, prepare)
         materialize(model, skeleton, world.device, derive_seed(cfg.train.seed, "init"), pretrained)
         self.model = model
         self.pipeline = (Pipeline(model, self.dims.pp_rank, self.dims.pp, self.mesh["pp"].get_group(), self.device)
@@ -103,11 +112,11 @@ class TorchEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n = len(micro_batches)
-        with loss_context(self.dims.tp), autocast(self.device, self.precision):
+        with loss_context(self.dims.tp):
             if self.pipeline is not None:
                 # The pipeline runs decoder-only models (the config check), whose batches are
-                # exactly input_ids and labels.
-                with phase(FORWARD_BACKWARD, self.device):
+                # exactly input_ids and labels; its schedule runs forward and backward together.
+                with phase(FORWARD_BACKWARD, self.device), autocast(self.device, self.precision):
                     input_ids = torch.cat([b["input_ids"] for b in micro_batches]).to(self.device)
                     labels = torch.cat([b["labels"] for b in micro_batches]).to(self.device)
                     loss = self.pipeline.train_step(input_ids, labels, n)
@@ -116,7 +125,10 @@ class TorchEngine:
                 for i, batch in enumerate(micro_batches):
                     if isinstance(self.model, FSDPModule):  # reduce gradients once, with the last
                         self.model.set_requires_gradient_sync(i == n - 1)
-                    with phase(FORWARD, self.device):
+                    # Autocast around the forward only, one region per micro-batch: a region spanning
+                    # several FSDP2 forwards keeps casts of gathered weights alive across them, and
+                    # the step after one then computes (slightly) different gradients.
+                    with phase(FORWARD, self.device), autocast(self.device, self.precision):
                         micro_loss = self.model(**to_device(batch, self.device))
                     with phase(BACKWARD, self.device):  # FSDP's reduce-scatters run in here
                         self.scaler.scale(micro_loss / n).backward()

@@ -11,7 +11,15 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, assert_weights_equal, final_weights, read_metrics, run_train, train_losses
+from tests.conftest import (
+    REPO,
+    assert_weights_equal,
+    final_weights,
+    read_metrics,
+    run_train,
+    train_command,
+    train_losses,
+)
 
 STEPS = 20
 STOP = 10
@@ -120,3 +128,20 @@ def test_memory_report_shows_what_each_stage_shards(runs):
     for key in ("param_bytes", "grad_bytes", "optimizer_bytes"):
         assert half(z3[key], ddp[key]), f"ZeRO-3 {key}: {z3[key]} vs DDP {ddp[key]}"
     assert half(sum(z3.values()), sum(ddp.values()))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [0, 2])
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, dataset, stage):
+    """An absurd learning rate makes the loss non-finite within a few steps: DeepSpeed skips those
+    steps (ZeRO: its own overflow check; stage 0: our fused AdamW's found_inf), they are counted,
+    and after train.max_bad_steps in a row the run stops with the torch engine's clear error."""
+    run = str(tmp_path / "run")
+    proc = subprocess.run(train_command(run, dataset, [*COMMON, "engine.type=deepspeed", f"engine.zero_stage={stage}",
+                                                       "optim.lr=1e6", "optim.warmup_steps=0",
+                                                       "train.max_bad_steps=3"], nproc=2),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "3 consecutive steps with non-finite loss/gradients" in proc.stderr, proc.stderr[-3000:]
+    assert "step skipped (1 in a row" in proc.stderr
+    assert max(train_losses(run)) < STEPS, "the run stopped early"

