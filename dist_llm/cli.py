@@ -266,7 +266,8 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from data_prep.tokenizer import load_tokenizer
-    from dist_llm.evaluate import load_trained_model, tokenizer_path
+    from dist_llm.data.sources import tokenizer_path
+    from dist_llm.evaluate import load_trained_model
     from dist_llm.models import generate
 
     loaded = load_trained_model(args.checkpoint)

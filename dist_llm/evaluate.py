@@ -10,32 +10,19 @@ import torch
 from torch import nn
 
 from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.discovery import find_resumable
+from dist_llm.checkpoint.discovery import resolve_checkpoint
 from dist_llm.checkpoint.offline import load_model_state
 from dist_llm.checkpoint.state import load_trainer_state
-from dist_llm.checkpoint.storage import exists, join
 from dist_llm.config import OBJECTIVES, Config, DataConfig, TrainConfig, config_from_dict
-from dist_llm.data.collate import Batch, Collator
+from dist_llm.data.batch import Batch, Collator
 from dist_llm.data.loader import eval_batches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples
 from dist_llm.data.sources import check_sources, open_sources
 from dist_llm.distributed import all_reduce_sum
-from dist_llm.errors import CheckpointError, ConfigError
+from dist_llm.errors import ConfigError
 from dist_llm.pretrained import instantiate, is_hf_dir, load_pretrained
 from dist_llm.seeding import derive_seed
-
-
-def resolve_checkpoint(path: str) -> str:
-    """Accept a step directory, a checkpoint root, or a run directory (uses <run>/checkpoints)."""
-    if exists(join(path, layout.COMMITTED)):
-        return path
-    for root in (path, join(path, "checkpoints")):
-        found = find_resumable(root)
-        if found:
-            return found
-    raise CheckpointError(f"no committed checkpoint found at {path} (looked for {layout.COMMITTED} in "
-                          f"{path}, step directories in it and in {join(path, 'checkpoints')})")
 
 
 @dataclass
@@ -131,12 +118,3 @@ def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch
     losses = validation_losses(loss_fn, sources, collator, cfg.train.seed, batch_size, num_batches)
     return {"step": loaded.step, **losses, "val_ppl": perplexity(losses["val_loss"]),
             "checkpoint": loaded.checkpoint}
-
-
-def tokenizer_path(data_path: str) -> str:
-    """A local path of the dataset's tokenizer (downloaded to a temp dir if the data is remote)."""
-    from data_prep import store
-    from data_prep.manifest import read_manifest
-    from dist_llm.uri import join
-
-    return store.local_copy(join(data_path, read_manifest(data_path)["tokenizer"]["path"]))

@@ -12,9 +12,9 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from dist_llm.checkpoint.discovery import resolve_checkpoint
 from dist_llm.checkpoint.offline import model_tensors
 from dist_llm.checkpoint.state import load_trainer_state
-from dist_llm.evaluate import resolve_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -13,7 +13,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from dist_llm.checkpoint.discovery import resolve_checkpoint
+from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.state import load_trainer_state
+from dist_llm.config import config_from_dict
 from dist_llm.errors import CheckpointError, ConfigError, DataError
+from dist_llm.interop import import_hf
 from dist_llm.models import ModelConfig, build_model
 
 
@@ -27,8 +32,6 @@ def check_pretrained(path: str, key: str) -> None:
     or holds a committed checkpoint of ours."""
     if is_hf_dir(path):
         return
-    from dist_llm.evaluate import resolve_checkpoint
-
     try:
         resolve_checkpoint(path)
     except CheckpointError as exc:
@@ -40,14 +43,7 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(ModelConfig, fp32 state_dict) of an HF model directory (Llama, BERT, T5) or of a checkpoint,
     checkpoint root or run directory of ours."""
     if is_hf_dir(path):
-        from dist_llm.interop import import_hf
-
         return import_hf(path)
-    from dist_llm.checkpoint.offline import load_model_state
-    from dist_llm.checkpoint.state import load_trainer_state
-    from dist_llm.config import config_from_dict
-    from dist_llm.evaluate import resolve_checkpoint
-
     uri = resolve_checkpoint(path)
     cfg = config_from_dict(load_trainer_state(uri)["config"], origin=uri)
     return cfg.model, load_model_state(uri, cfg.model.tie_embeddings)

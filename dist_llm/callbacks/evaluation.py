@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dist_llm.callbacks.base import Callback
-from dist_llm.data.collate import Collator
+from dist_llm.data.batch import Collator
 from dist_llm.data.mixture import Source
 from dist_llm.evaluate import perplexity, validation_losses
 from dist_llm.log import get_logger

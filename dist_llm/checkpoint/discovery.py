@@ -55,3 +55,15 @@ def resume_candidates(resume: str, root: str) -> Iterator[str]:
     elif resume != "none":
         check_manifest(resume)
         yield resume
+
+
+def resolve_checkpoint(path: str) -> str:
+    """Accept a step directory, a checkpoint root, or a run directory (uses <run>/checkpoints)."""
+    if exists(join(path, layout.COMMITTED)):
+        return path
+    for root in (path, join(path, "checkpoints")):
+        found = find_resumable(root)
+        if found:
+            return found
+    raise CheckpointError(f"no committed checkpoint found at {path} (looked for {layout.COMMITTED} in "
+                          f"{path}, step directories in it and in {join(path, 'checkpoints')})")

@@ -20,35 +20,17 @@ which evaluation uses to weight a batch's mean loss by its scored tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
 
 from dist_llm.config import DataConfig
-from dist_llm.errors import ConfigError, DataError
+from dist_llm.data.batch import Batch, Collator, Window
+from dist_llm.data.masked_lm import MaskedLMCollator
+from dist_llm.data.span_corruption import SpanCorruptionCollator, span_lengths
+from dist_llm.errors import ConfigError
 from dist_llm.seeding import derive_seed
-
-Batch = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Window:
-    """Sample s covers raw tokens [s * stride, s * stride + length) of a split's token stream."""
-
-    stride: int
-    length: int
-
-
-class Collator(Protocol):
-    def window(self, seq_len: int) -> Window:
-        """The raw tokens one sample needs for a model context of `seq_len` tokens."""
-        ...
-
-    def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
-        """Model inputs for a micro-batch of windows (`[B, length]` int64, one seed per row)."""
-        ...
 
 
 class CausalLMCollator:
@@ -62,24 +44,11 @@ class CausalLMCollator:
         return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
 
 
-def require_token_ids(tokens: dict, keys: tuple[str, ...], purpose: str) -> None:
-    """DataError unless the manifest's tokenizer block has every id in `keys` (datasets prepared
-    before an objective existed lack the ids it needs)."""
-    missing = [key for key in keys if tokens.get(key) is None]
-    if missing:
-        raise DataError(f"dataset manifest: the tokenizer block lacks {missing}, which {purpose}; "
-                        "re-run `dist-llm prep` to record them")
-
-
 def _masked_lm(data: DataConfig, tokens: dict) -> Collator:
-    from dist_llm.data.masked_lm import MaskedLMCollator  # imports this module: import on use
-
     return MaskedLMCollator(tokens, data.mask_prob, data.sentence_task)
 
 
 def _span_corruption(data: DataConfig, tokens: dict) -> Collator:
-    from dist_llm.data.span_corruption import SpanCorruptionCollator
-
     return SpanCorruptionCollator(tokens, data.noise_density, data.mean_span_length)
 
 
@@ -110,6 +79,4 @@ def target_length(data: DataConfig) -> int | None:
     the single-stack objectives."""
     if data.objective != "span_corruption":
         return None
-    from dist_llm.data.span_corruption import span_lengths
-
     return span_lengths(data.seq_len, data.noise_density, data.mean_span_length).targets

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dist_llm.data.collate import Batch, Collator, sample_seeds
+from dist_llm.data.batch import Batch, Collator
+from dist_llm.data.collate import sample_seeds
 from dist_llm.data.mixture import MixedOrder, Source
 from dist_llm.data.packing import PackedSamples
 from dist_llm.errors import DataError

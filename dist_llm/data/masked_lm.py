@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dist_llm.data.collate import Batch, Window, require_token_ids
+from dist_llm.data.batch import Batch, Window, require_token_ids
 from dist_llm.errors import ConfigError, DataError
 
 REQUIRED_KEYS = ("vocab_size", "mask_id", "cls_id", "sep_id")

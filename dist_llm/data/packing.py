@@ -10,7 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dist_llm.data.collate import CausalLMCollator, Window
+from dist_llm.data.batch import Window
+from dist_llm.data.collate import CausalLMCollator
 from dist_llm.data.shards import TokenShards
 from dist_llm.errors import DataError
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_prep import store
+from data_prep.manifest import read_manifest
 from dist_llm.config import Config, DataConfig, SourceConfig
+from dist_llm.data.batch import Collator
 from dist_llm.data.cache import ShardCache
-from dist_llm.data.collate import Collator, build_collator
+from dist_llm.data.collate import build_collator
 from dist_llm.data.loader import TrainBatches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples
 from dist_llm.data.shards import TokenShards, open_manifest
 from dist_llm.errors import DataError
 from dist_llm.seeding import derive_seed
+from dist_llm.uri import join
 
 SPLITS = ("train", "validation")
 
@@ -90,3 +94,8 @@ def train_batches(cfg: Config, data: TrainingData, dp_rank: int, dp: int) -> Tra
     t = cfg.train
     return TrainBatches(data.train, data.collator, derive_seed(t.seed, "data"), t.global_batch_size,
                         t.micro_batch_size, dp_rank, dp, cfg.data.prefetch_steps)
+
+
+def tokenizer_path(data_path: str) -> str:
+    """A local path of the dataset's tokenizer (downloaded to a temp dir if the data is remote)."""
+    return store.local_copy(join(data_path, read_manifest(data_path)["tokenizer"]["path"]))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dist_llm.data.collate import Batch, Window, require_token_ids
+from dist_llm.data.batch import Batch, Window, require_token_ids
 from dist_llm.errors import ConfigError, DataError
 
 REQUIRED_KEYS = ("vocab_size", "pad_id", "eos_id", "sentinel_ids")

@@ -8,10 +8,9 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
+from dist_llm.data.batch import Batch
 from dist_llm.distributed.dims import ParallelDims
 
-Batch = dict[str, torch.Tensor]
-"""Model inputs keyed by `forward` keyword (input_ids, labels, ...); see `data.collate`."""
 MicroBatches = list[Batch]
 
 

@@ -16,9 +16,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from data_prep.tokenizer import Tokenizer, load_tokenizer
+from dist_llm.data.sources import tokenizer_path
 from dist_llm.distributed import World, init_distributed, shutdown
 from dist_llm.errors import ConfigError, DataError, DistLLMError
-from dist_llm.evaluate import LoadedModel, load_trained_model, tokenizer_path
+from dist_llm.evaluate import LoadedModel, load_trained_model
 from dist_llm.finetune.backbone import make_backbone
 from dist_llm.finetune.config import FinetuneConfig
 from dist_llm.finetune.data import Example, build_label_map, check_labels, read_examples

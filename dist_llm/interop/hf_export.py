@@ -18,6 +18,12 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import save_file
 
+from dist_llm.checkpoint import layout
+from dist_llm.checkpoint.discovery import resolve_checkpoint
+from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.state import load_trainer_state
+from dist_llm.config import config_from_dict
+from dist_llm.data.sources import tokenizer_path
 from dist_llm.errors import CheckpointError, ConfigError, DataError
 from dist_llm.export import DTYPES
 from dist_llm.models.config import ModelConfig
@@ -104,12 +110,6 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, o
 def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str | None = None) -> str:
     """A checkpoint (run dir, checkpoint root or step dir) as an HF Llama directory; returns out_dir.
     The tokenizer comes from `data_path`'s manifest, by default the run's (first) training dataset."""
-    from dist_llm.checkpoint import layout
-    from dist_llm.checkpoint.offline import load_model_state
-    from dist_llm.checkpoint.state import load_trainer_state
-    from dist_llm.config import config_from_dict
-    from dist_llm.evaluate import resolve_checkpoint, tokenizer_path
-
     uri = resolve_checkpoint(checkpoint)
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")

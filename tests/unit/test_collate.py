@@ -12,7 +12,8 @@ import torch
 
 from dist_llm.config import DataConfig
 from dist_llm.data import collate
-from dist_llm.data.collate import CausalLMCollator, Window, build_collator
+from dist_llm.data.batch import Window
+from dist_llm.data.collate import CausalLMCollator, build_collator
 from dist_llm.data.loader import TrainBatches, eval_batches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples

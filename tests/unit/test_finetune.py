@@ -168,7 +168,7 @@ def pair_rows(n: int, seed: int) -> list[dict]:
 def hf_backbone(arch: str, backbone: str, out: str) -> str:
     """An HF model directory of this family: the decoder checkpoint exported, or a freshly initialized
     model of the other families saved with the same tokenizer."""
-    from dist_llm.evaluate import tokenizer_path
+    from dist_llm.data.sources import tokenizer_path
     from dist_llm.interop import export_hf, save_hf_model
     from dist_llm.models import ModelConfig, build_model
 
@@ -206,7 +206,8 @@ def test_text_pairs_on_an_hf_directory_of_each_family(arch, backbone, tmp_path):
 
 def test_first_subword_carries_the_tag(backbone, tmp_path):
     from data_prep.tokenizer import load_tokenizer
-    from dist_llm.evaluate import load_trained_model, tokenizer_path
+    from dist_llm.data.sources import tokenizer_path
+    from dist_llm.evaluate import load_trained_model
     from dist_llm.finetune.data import TokenExample
 
     tok = load_tokenizer(tokenizer_path(load_trained_model(backbone).cfg.data.path))

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from data_prep.tokenizer import load_tokenizer, train_sentencepiece
+from dist_llm.data.sources import tokenizer_path
 from dist_llm.errors import ConfigError
-from dist_llm.evaluate import load_trained_model, tokenizer_path
+from dist_llm.evaluate import load_trained_model
 from dist_llm.interop import export_hf, from_hf_llama, import_hf, save_hf_model, to_hf_llama
 from dist_llm.models import DecoderLM, ModelConfig, generate
 from tests.conftest import make_trainer

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_llm.data.collate import Window
+from dist_llm.data.batch import Window
 from dist_llm.data.masked_lm import MaskedLMCollator
 from dist_llm.errors import ConfigError, DataError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dist_llm.data.collate import Window
+from dist_llm.data.batch import Window
 from dist_llm.data.span_corruption import SpanCorruptionCollator, span_lengths
 from dist_llm.errors import ConfigError, DataError
 
