@@ -59,16 +59,18 @@ def parquet_layout(source: IO[bytes], column: str) -> ParquetLayout:
     return ParquetLayout(schema, meta.num_rows, sizes)
 
 
-def parquet_texts(source: IO[bytes], start: int, stop: int, column: str,
-                  batch_rows: int) -> Iterator[tuple[int, list[str | None]]]:
+def parquet_texts(
+    source: IO[bytes], start: int, stop: int, column: str, batch_rows: int
+) -> Iterator[tuple[int, list[str | None]]]:
     """(first row, values) of batches of `column` in row groups [start, stop), nothing else read."""
     if start >= stop:
         return
     parquet = pq.ParquetFile(source)
     row = sum(parquet.metadata.row_group(g).num_rows for g in range(start))
     # One thread: prep runs one such reader per CPU already.
-    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(start, stop)),
-                                      columns=[column], use_threads=False):
+    for batch in parquet.iter_batches(
+        batch_size=batch_rows, row_groups=list(range(start, stop)), columns=[column], use_threads=False
+    ):
         yield row, batch.column(0).to_pylist()
         row += batch.num_rows
 
@@ -89,8 +91,9 @@ def arrow_rows(path: str) -> int:
     return sum(batch.num_rows for batch in _arrow_stream(path))
 
 
-def arrow_texts(source: str | IO[bytes], start: int, stop: int,
-                column: str) -> Iterator[tuple[int, list[str | None]]]:
+def arrow_texts(
+    source: str | IO[bytes], start: int, stop: int, column: str
+) -> Iterator[tuple[int, list[str | None]]]:
     """(first row, values) of `column` for rows [start, stop) (stop -1: to the end)."""
     reader = _arrow_stream(source)
     index = reader.schema.get_field_index(column)
@@ -113,8 +116,11 @@ def saved_dataset_roots(paths: Iterable[str]) -> list[str]:
         parent, _, name = path.rpartition("/")
         names.setdefault(parent, set()).add(name)
     dicts = {d for d, n in names.items() if DATASET_DICT in n}
-    singles = {d for d, n in names.items()
-               if {DATASET_STATE, DATASET_INFO} <= n and d.rpartition("/")[0] not in dicts}
+    singles = {
+        d
+        for d, n in names.items()
+        if {DATASET_STATE, DATASET_INFO} <= n and d.rpartition("/")[0] not in dicts
+    }
     return sorted(dicts | singles)
 
 
@@ -122,8 +128,10 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict:
     try:
         return json.loads(fs.cat_file(path))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read this Hugging Face dataset file ({exc}); "
-                        "re-save the dataset with save_to_disk") from None
+        raise DataError(
+            f"{path}: cannot read this Hugging Face dataset file ({exc}); "
+            "re-save the dataset with save_to_disk"
+        ) from None
 
 
 def saved_dataset_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> list[str]:
@@ -131,15 +139,17 @@ def saved_dataset_files(fs: fsspec.AbstractFileSystem, root: str, split: str) ->
     if fs.exists(f"{root}/{DATASET_DICT}"):
         splits = _read_json(fs, f"{root}/{DATASET_DICT}").get("splits", [])
         if split not in splits:
-            raise DataError(f"{root}: the saved DatasetDict has no split {split!r} (splits: {splits}); "
-                            "set --hf-split")
+            raise DataError(
+                f"{root}: the saved DatasetDict has no split {split!r} (splits: {splits}); set --hf-split"
+            )
         root = f"{root}/{split}"
     state = _read_json(fs, f"{root}/{DATASET_STATE}")
     try:
         return [f"{root}/{entry['filename']}" for entry in state["_data_files"]]
     except (KeyError, TypeError):
-        raise DataError(f"{root}/{DATASET_STATE}: no `_data_files` list; re-save the dataset with "
-                        "save_to_disk") from None
+        raise DataError(
+            f"{root}/{DATASET_STATE}: no `_data_files` list; re-save the dataset with save_to_disk"
+        ) from None
 
 
 def builder_for(path: str) -> str:
@@ -155,6 +165,7 @@ def load_with_datasets(paths: list[str], builder: str, split: str, cache_dir: st
     """
     import datasets  # imported here: it takes seconds and only --format hf needs it
 
-    dataset = datasets.load_dataset(builder, data_files={split: paths}, split=split,
-                                    cache_dir=cache_dir or None)
+    dataset = datasets.load_dataset(
+        builder, data_files={split: paths}, split=split, cache_dir=cache_dir or None
+    )
     return [entry["filename"] for entry in dataset.cache_files]

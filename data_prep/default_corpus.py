@@ -26,9 +26,7 @@ DOCSTRINGS_FILE = "stdlib_docstrings.jsonl"
 TOPICS_FILE = "pydoc_topics.jsonl"
 MARKER_FILE = "COMPLETE"
 # Directories whose docstrings are either not stdlib (site-packages) or test scaffolding.
-_SKIP_DIRS = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
-)
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 
 
 def _stdlib_files(stdlib: str) -> list[tuple[str, str]]:
@@ -134,6 +132,9 @@ def build_default_corpus(out_dir: str, workers: int | None = None) -> list[str]:
     atomic_write_text(marker, _marker_text())
     log.info(
         "built default corpus in %s: %d docstrings from %d files, %d pydoc topics",
-        out_dir, len(docstrings), len(files), len(topics),
+        out_dir,
+        len(docstrings),
+        len(files),
+        len(topics),
     )
     return paths

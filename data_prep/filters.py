@@ -46,8 +46,10 @@ class FilterConfig:
                 raise DataError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
         for low, high in (("min_chars", "max_chars"), ("min_tokens", "max_tokens")):
             if getattr(self, high) and getattr(self, low) > getattr(self, high):
-                raise DataError(f"--{low.replace('_', '-')} {getattr(self, low)} is larger than "
-                                f"--{high.replace('_', '-')} {getattr(self, high)}")
+                raise DataError(
+                    f"--{low.replace('_', '-')} {getattr(self, low)} is larger than "
+                    f"--{high.replace('_', '-')} {getattr(self, high)}"
+                )
 
 
 def doc_hash(text: str) -> bytes:
@@ -63,7 +65,7 @@ def validation_mask(digests: list[bytes], val_fraction: float) -> np.ndarray:
     """`is_validation` of many hashes at once (one numpy pass instead of a Python call each)."""
     if val_fraction <= 0 or not digests:
         return np.zeros(len(digests), dtype=bool)
-    leading = np.frombuffer(b"".join(digests), dtype=">u8")[::HASH_BYTES // 8]
+    leading = np.frombuffer(b"".join(digests), dtype=">u8")[:: HASH_BYTES // 8]
     return leading / 2.0**64 < val_fraction
 
 

@@ -28,8 +28,10 @@ def identity_sha(identity: dict) -> str:
 def read_prep(out: str) -> dict | None:
     prep = store.read_json(join(out, PREP_NAME))
     if prep is not None and prep.get("format") != FORMAT:
-        raise DataError(f"{join(out, PREP_NAME)}: format {prep.get('format')!r} is not {FORMAT!r}; "
-                        "this directory was written by another version: pass --force to rebuild it")
+        raise DataError(
+            f"{join(out, PREP_NAME)}: format {prep.get('format')!r} is not {FORMAT!r}; "
+            "this directory was written by another version: pass --force to rebuild it"
+        )
     return prep
 
 
@@ -74,6 +76,7 @@ def check_or_write(out: str, identity: dict, extra: dict) -> str:
     if prep is not None and prep["identity_sha"] != sha:
         raise _refuse(out, prep["identity"], identity)
     if prep is None:
-        store.write_json(join(out, PREP_NAME), {"format": FORMAT, "identity_sha": sha,
-                                                "identity": identity, **extra})
+        store.write_json(
+            join(out, PREP_NAME), {"format": FORMAT, "identity_sha": sha, "identity": identity, **extra}
+        )
     return sha

@@ -82,7 +82,7 @@ def _sort_key(path: str) -> list[str]:
 
 
 def _hidden(path: str, root: str) -> bool:
-    return any(part.startswith(".") for part in path[len(root):].split("/"))
+    return any(part.startswith(".") for part in path[len(root) :].split("/"))
 
 
 def _walk(fs: fsspec.AbstractFileSystem, root: str, datasets: bool) -> list[_Found]:
@@ -106,13 +106,16 @@ def _missing(uri: str, fs: fsspec.AbstractFileSystem, path: str, policy: ErrorPo
     if uri.startswith(("s3://", "s3a://")):
         bucket = path.split("/", 1)[0]
         if not fs.exists(bucket):
-            raise DataError(f"{uri}: bucket {bucket!r} does not exist at {endpoint_of(uri)}; check the "
-                            "bucket name and that AWS_ENDPOINT_URL points at the right store")
+            raise DataError(
+                f"{uri}: bucket {bucket!r} does not exist at {endpoint_of(uri)}; check the "
+                "bucket name and that AWS_ENDPOINT_URL points at the right store"
+            )
     policy.bad("missing_path", uri, "input path does not exist")
 
 
-def _expand(uri: str, opts: ReadOptions,
-            policy: ErrorPolicy) -> tuple[fsspec.AbstractFileSystem, list[_Found]]:
+def _expand(
+    uri: str, opts: ReadOptions, policy: ErrorPolicy
+) -> tuple[fsspec.AbstractFileSystem, list[_Found]]:
     fs, path = input_fs(uri)
     datasets = opts.format in ("auto", "hf")
     try:
@@ -136,8 +139,10 @@ def _expand(uri: str, opts: ReadOptions,
             elif kind == "file":
                 found.append(_Found(match, matches[match]))
             else:
-                raise DataError(f"{match}: not a regular file ({kind}, a pipe?); prep splits files by size "
-                                "and may read them twice, so write the data to a file first")
+                raise DataError(
+                    f"{match}: not a regular file ({kind}, a pipe?); prep splits files by size "
+                    "and may read them twice, so write the data to a file first"
+                )
     except DataError:
         raise
     except Exception as exc:  # botocore's errors are not OSError
@@ -159,8 +164,9 @@ def _identity(uri: str, info: dict) -> str:
     return f"{info['size']}:{tag}"
 
 
-def _parquet_file(uri: str, size: int, identity: str, opts: ReadOptions,
-                  policy: ErrorPolicy) -> InputFile | None:
+def _parquet_file(
+    uri: str, size: int, identity: str, opts: ReadOptions, policy: ErrorPolicy
+) -> InputFile | None:
     if size == 0:
         policy.bad("empty_file", uri, "file is empty")
         return None
@@ -180,8 +186,9 @@ def _parquet_file(uri: str, size: int, identity: str, opts: ReadOptions,
     return None
 
 
-def _hf_file(fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReadOptions,
-             policy: ErrorPolicy) -> InputFile | None:
+def _hf_file(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, opts: ReadOptions, policy: ErrorPolicy
+) -> InputFile | None:
     """One arrow stream file of a HF dataset. Rows are counted only for local files (memory-
     mapped batch headers); a remote file would have to be downloaded to count, so it stays whole."""
     info = fs.info(path)
@@ -221,8 +228,11 @@ def _loaded_files(uris: list[str], opts: ReadOptions, policy: ErrorPolicy) -> li
         try:
             cached = columnar.load_with_datasets(group, builder, opts.hf_split, opts.hf_cache_dir)
         except Exception as exc:  # datasets raises many unrelated types for unreadable files
-            policy.bad("load_failed", group[0],
-                       f"datasets.load_dataset({builder!r}) failed on {len(group)} file(s): {exc}")
+            policy.bad(
+                "load_failed",
+                group[0],
+                f"datasets.load_dataset({builder!r}) failed on {len(group)} file(s): {exc}",
+            )
             continue
         for path in cached:
             fs, local_path = input_fs(path)
@@ -230,8 +240,9 @@ def _loaded_files(uris: list[str], opts: ReadOptions, policy: ErrorPolicy) -> li
     return files
 
 
-def _resolve(fs: fsspec.AbstractFileSystem, entry: _Found, given: str, opts: ReadOptions,
-             policy: ErrorPolicy) -> list[InputFile]:
+def _resolve(
+    fs: fsspec.AbstractFileSystem, entry: _Found, given: str, opts: ReadOptions, policy: ErrorPolicy
+) -> list[InputFile]:
     """The input files of one listed entry (a saved HF dataset gives several)."""
     uri = _uri(fs, entry.path, given)
     try:

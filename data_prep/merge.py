@@ -40,8 +40,11 @@ def read_records(out: str, units: int, identity: str) -> tuple[list[dict], list[
     """The current records of units 0..units-1 and the indices of unfinished units."""
     with ThreadPoolExecutor(IO_THREADS) as pool:
         records = list(pool.map(lambda i: store.read_json(record_uri(out, i)), range(units)))
-    missing = [i for i, r in enumerate(records)
-               if r is None or r.get("format") != RECORD_FORMAT or r.get("identity") != identity]
+    missing = [
+        i
+        for i, r in enumerate(records)
+        if r is None or r.get("format") != RECORD_FORMAT or r.get("identity") != identity
+    ]
     return records, missing
 
 
@@ -67,15 +70,22 @@ def _write_table(out: str, rel: str, table: pa.Table) -> dict:
     data = sink.getvalue()
     store.write_bytes(join(out, rel), data, durable=False)
     tokens = int(pc.list_value_length(table.column("tokens")).to_numpy().sum()) if len(table) else 0
-    return {"path": rel, "docs": len(table), "tokens": tokens, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "path": rel,
+        "docs": len(table),
+        "tokens": tokens,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def _read_table(out: str, rel: str) -> pa.Table:
     data = store.read_bytes(join(out, rel))
     if data is None:
-        raise DataError(f"{join(out, rel)}: shard listed in its unit record is missing; re-run the "
-                        "prep command (it redoes units whose files fail their checksum), then merge")
+        raise DataError(
+            f"{join(out, rel)}: shard listed in its unit record is missing; re-run the "
+            "prep command (it redoes units whose files fail their checksum), then merge"
+        )
     return pa.ipc.open_file(pa.py_buffer(data)).read_all()
 
 
@@ -97,9 +107,12 @@ def _load_hashes(out: str, shards: list[dict]) -> list[bytes]:
     def load(shard: dict) -> bytes:
         data = store.read_bytes(join(out, shard["hashes"]))
         if data is None or hashlib.sha256(data).hexdigest() != shard["hashes_sha256"]:
-            raise DataError(f"{join(out, shard['hashes'])}: missing or does not match its unit record; "
-                            "re-run the prep command (it redoes such units), then merge")
+            raise DataError(
+                f"{join(out, shard['hashes'])}: missing or does not match its unit record; "
+                "re-run the prep command (it redoes such units), then merge"
+            )
         return data
+
     with ThreadPoolExecutor(IO_THREADS) as pool:
         return list(pool.map(load, shards))
 
@@ -156,8 +169,11 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
             entries = [e for e in pool.map(lambda a: _apply(out, *a), zip(shards, keeps)) if e]
         if split == "validation" and moved_entry:
             entries.append(moved_entry)
-        splits[split] = {"docs": sum(e["docs"] for e in entries), "tokens": sum(e["tokens"] for e in entries),
-                         "shards": entries}
+        splits[split] = {
+            "docs": sum(e["docs"] for e in entries),
+            "tokens": sum(e["tokens"] for e in entries),
+            "shards": entries,
+        }
 
     # update(), not `+`: Counter addition drops zero counts, and the manifest reports them.
     removed, skipped = Counter(duplicate=removed_duplicates), Counter(prep["skipped_inputs"])
@@ -166,21 +182,34 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
         skipped.update(record["skipped"])
     docs_read = sum(r["docs_read"] for r in records)
     if splits["train"]["docs"] + splits["validation"]["docs"] == 0:
-        raise DataError(f"no documents left in {identity['inputs']}: read {docs_read}, removed "
-                        f"{dict(sorted(removed.items()))}, skipped {skipped}; check the inputs and filters")
+        raise DataError(
+            f"no documents left in {identity['inputs']}: read {docs_read}, removed "
+            f"{dict(sorted(removed.items()))}, skipped {skipped}; check the inputs and filters"
+        )
     tokenizer = load_tokenizer(tokenizer_path or store.local_copy(join(out, prep["tokenizer"])))
     manifest = build_manifest(
-        tokenizer, prep["tokenizer"], splits,
+        tokenizer,
+        prep["tokenizer"],
+        splits,
         skipped={"total": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         args=prep["args"],
     )
-    manifest["filters"] = {"docs_read": docs_read, "removed": dict(sorted(removed.items())),
-                           **identity["filters"]}
+    manifest["filters"] = {
+        "docs_read": docs_read,
+        "removed": dict(sorted(removed.items())),
+        **identity["filters"],
+    }
     manifest["units"] = prep["units"]
     store.sync_local(out)  # every shard the manifest lists is on disk before the manifest is
     write_manifest(out, manifest)
-    log.info("merged %d units: %d train / %d validation docs, %d tokens, %d duplicates removed, %.1fs -> %s",
-             prep["units"], splits["train"]["docs"], splits["validation"]["docs"],
-             splits["train"]["tokens"] + splits["validation"]["tokens"], removed["duplicate"],
-             time.perf_counter() - started, out)
+    log.info(
+        "merged %d units: %d train / %d validation docs, %d tokens, %d duplicates removed, %.1fs -> %s",
+        prep["units"],
+        splits["train"]["docs"],
+        splits["validation"]["docs"],
+        splits["train"]["tokens"] + splits["validation"]["tokens"],
+        removed["duplicate"],
+        time.perf_counter() - started,
+        out,
+    )
     return manifest

@@ -18,8 +18,9 @@ _ENV_SOURCES = (
 )
 
 
-def resolve_part(num_parts: int | None, part: int | None,
-                 environ: os._Environ | dict | None = None) -> tuple[int, int]:
+def resolve_part(
+    num_parts: int | None, part: int | None, environ: os._Environ | dict | None = None
+) -> tuple[int, int]:
     """(num_parts, part) from the flags, else a SLURM array or torchrun environment, else (1, 0)."""
     env = os.environ if environ is None else environ
     if num_parts is None and part is None:

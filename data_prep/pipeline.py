@@ -83,8 +83,11 @@ def auto_unit_bytes(total_bytes: int) -> int:
 
 
 def _read_options(cfg: PrepConfig) -> ReadOptions:
-    cache = join(cfg.out, HF_CACHE_DIR) if is_local(cfg.out) else os.path.join(tempfile.gettempdir(),
-                                                                                 "dist_llm_hf_cache")
+    cache = (
+        join(cfg.out, HF_CACHE_DIR)
+        if is_local(cfg.out)
+        else os.path.join(tempfile.gettempdir(), "dist_llm_hf_cache")
+    )
     return ReadOptions(cfg.format, cfg.text_field, cfg.text_split, cfg.hf_split, cache)
 
 
@@ -119,8 +122,9 @@ def _publish_tokenizer(src: str, out: str) -> str:
     return rel
 
 
-def _tokenizer(cfg: PrepConfig, units: list[WorkUnit], opts: ReadOptions,
-               prep: dict | None) -> tuple[Tokenizer, str, str]:
+def _tokenizer(
+    cfg: PrepConfig, units: list[WorkUnit], opts: ReadOptions, prep: dict | None
+) -> tuple[Tokenizer, str, str]:
     """(tokenizer, path relative to out, local path). A trained one is reused on resume."""
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)  # validate before touching the output
@@ -134,17 +138,30 @@ def _tokenizer(cfg: PrepConfig, units: list[WorkUnit], opts: ReadOptions,
             log.info("reusing the tokenizer trained by the earlier run in %s", cfg.out)
             return tokenizer, SP_TOKENIZER_NAME, local
     if cfg.num_parts is not None and cfg.num_parts > 1:
-        raise DataError("a prep split into parts needs one shared tokenizer: train it first with "
-                        "`dist-llm prep INPUTS --out DIR --tokenizer-only`, then pass "
-                        "--tokenizer DIR/tokenizer.model to every part")
+        raise DataError(
+            "a prep split into parts needs one shared tokenizer: train it first with "
+            "`dist-llm prep INPUTS --out DIR --tokenizer-only`, then pass "
+            "--tokenizer DIR/tokenizer.model to every part"
+        )
     policy = ErrorPolicy(cfg.on_error)  # counts are thrown away: the tokenizing pass counts again
-    local = join(cfg.out, SP_TOKENIZER_NAME) if is_local(cfg.out) else os.path.join(
-        tempfile.mkdtemp(prefix="dist_llm_tok_"), SP_TOKENIZER_NAME)
+    local = (
+        join(cfg.out, SP_TOKENIZER_NAME)
+        if is_local(cfg.out)
+        else os.path.join(tempfile.mkdtemp(prefix="dist_llm_tok_"), SP_TOKENIZER_NAME)
+    )
     started = time.perf_counter()
-    train_sentencepiece(_training_texts(units, opts, policy, int(cfg.tokenizer_sample_mb * MIB)),
-                        local, cfg.vocab_size, cfg.tokenizer_type)
-    log.info("trained %s tokenizer (vocab %d) in %.1fs", cfg.tokenizer_type, cfg.vocab_size,
-             time.perf_counter() - started)
+    train_sentencepiece(
+        _training_texts(units, opts, policy, int(cfg.tokenizer_sample_mb * MIB)),
+        local,
+        cfg.vocab_size,
+        cfg.tokenizer_type,
+    )
+    log.info(
+        "trained %s tokenizer (vocab %d) in %.1fs",
+        cfg.tokenizer_type,
+        cfg.vocab_size,
+        time.perf_counter() - started,
+    )
     if not is_local(cfg.out):
         _publish_tokenizer(local, cfg.out)
     return load_tokenizer(local), SP_TOKENIZER_NAME, local
@@ -152,8 +169,10 @@ def _tokenizer(cfg: PrepConfig, units: list[WorkUnit], opts: ReadOptions,
 
 def _check_tokenizer(cfg: PrepConfig, tokenizer: Tokenizer) -> None:
     if tokenizer.eos_id is None:
-        raise DataError(f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every "
-                        "document; use a tokenizer with an eos_token")
+        raise DataError(
+            f"--tokenizer {cfg.tokenizer}: it has no EOS token, which prep appends to every "
+            "document; use a tokenizer with an eos_token"
+        )
     if cfg.add_bos and tokenizer.bos_id is None:
         raise DataError(f"--tokenizer {cfg.tokenizer}: it has no BOS token; drop --add-bos")
 
@@ -190,8 +209,9 @@ def _base_identity(cfg: PrepConfig, files: list[InputFile], unit_bytes: int, opt
         "unit_bytes": unit_bytes,
         "add_bos": cfg.add_bos,
         # A given tokenizer is identified by its sha256 alone (added once loaded), not its path.
-        "tokenizer": "given" if cfg.tokenizer else {
-            "train": [cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_sample_mb]},
+        "tokenizer": "given"
+        if cfg.tokenizer
+        else {"train": [cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_sample_mb]},
     }
 
 
@@ -213,10 +233,21 @@ def _run_units(units: list[WorkUnit], job: UnitJob, workers: int, progress: bool
             if progress and not bar_on and now - last_line >= PROGRESS_LOG_S and done < total:
                 last_line = now
                 eta = (now - started) * (total - done) / done
-                log.info("%s: %.0f%% of %.1f MB | %.1f MB/s | ETA %s", label, 100 * done / total, total / 1e6,
-                         done / 1e6 / (now - started), format_eta(eta))
-    log.info("%s: %d units done (%d reused from an earlier run) in %.1fs", label, len(units), reused,
-             time.perf_counter() - started)
+                log.info(
+                    "%s: %.0f%% of %.1f MB | %.1f MB/s | ETA %s",
+                    label,
+                    100 * done / total,
+                    total / 1e6,
+                    done / 1e6 / (now - started),
+                    format_eta(eta),
+                )
+    log.info(
+        "%s: %d units done (%d reused from an earlier run) in %.1fs",
+        label,
+        len(units),
+        reused,
+        time.perf_counter() - started,
+    )
 
 
 def prepare(cfg: PrepConfig) -> dict | None:
@@ -232,8 +263,11 @@ def prepare(cfg: PrepConfig) -> dict | None:
 
     inputs = list(cfg.inputs)
     if not inputs:
-        corpus_dir = (join(cfg.out, DEFAULT_CORPUS_DIR) if is_local(cfg.out)
-                      else os.path.join(tempfile.gettempdir(), "dist_llm_" + DEFAULT_CORPUS_DIR))
+        corpus_dir = (
+            join(cfg.out, DEFAULT_CORPUS_DIR)
+            if is_local(cfg.out)
+            else os.path.join(tempfile.gettempdir(), "dist_llm_" + DEFAULT_CORPUS_DIR)
+        )
         inputs = build_default_corpus(corpus_dir, workers)
     opts = _read_options(cfg)
     resolve_policy = ErrorPolicy(cfg.on_error)
@@ -249,22 +283,43 @@ def prepare(cfg: PrepConfig) -> dict | None:
     args = dataclasses.asdict(cfg) | {"inputs": inputs}
     for key in ("workers", "num_parts", "part", "force", "progress", "tokenizer_only"):
         args.pop(key)  # not part of what the data is; the manifest must not depend on them
-    identity = check_or_write(cfg.out, base | {TOKENIZER_KEY: tokenizer.sha256},
-                              {"units": len(units), "tokenizer": tokenizer_rel, "args": args,
-                               "skipped_inputs": dict(resolve_policy.counts)})
+    identity = check_or_write(
+        cfg.out,
+        base | {TOKENIZER_KEY: tokenizer.sha256},
+        {
+            "units": len(units),
+            "tokenizer": tokenizer_rel,
+            "args": args,
+            "skipped_inputs": dict(resolve_policy.counts),
+        },
+    )
     if cfg.tokenizer_only:
         log.info("tokenizer written to %s", join(cfg.out, tokenizer_rel))
         return None
 
-    job = UnitJob(cfg.out, identity, tokenizer_local, opts, cfg.filters, cfg.val_fraction,
-                  cfg.shard_tokens, cfg.add_bos, cfg.on_error)
+    job = UnitJob(
+        cfg.out,
+        identity,
+        tokenizer_local,
+        opts,
+        cfg.filters,
+        cfg.val_fraction,
+        cfg.shard_tokens,
+        cfg.add_bos,
+        cfg.on_error,
+    )
     mine = [u for u in units if u.index % cfg.num_parts == cfg.part]
     label = "prep" if cfg.num_parts == 1 else f"prep part {cfg.part}/{cfg.num_parts}"
     _run_units(mine, job, workers, cfg.progress, label)
     if cfg.num_parts > 1:
         _, missing = read_records(cfg.out, len(units), identity)
         if missing:  # the last part to finish merges; until then the others just stop
-            log.info("%s done; %d units of other parts still missing. The last part to finish writes "
-                     "the manifest (or run `dist-llm prep merge --out %s`)", label, len(missing), cfg.out)
+            log.info(
+                "%s done; %d units of other parts still missing. The last part to finish writes "
+                "the manifest (or run `dist-llm prep merge --out %s`)",
+                label,
+                len(missing),
+                cfg.out,
+            )
             return None
     return merge(cfg.out, tokenizer_local)

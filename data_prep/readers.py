@@ -123,8 +123,10 @@ def open_input(uri: str) -> IO[bytes]:
     try:
         return fs.open(path, "rb", **({} if is_local(uri) else {"block_size": BLOCK_BYTES}))
     except FileNotFoundError:
-        raise DataError(f"{uri}: input file disappeared after the inputs were listed; restore it "
-                        "or re-run prep so it plans again") from None
+        raise DataError(
+            f"{uri}: input file disappeared after the inputs were listed; restore it "
+            "or re-run prep so it plans again"
+        ) from None
     except Exception as exc:  # botocore's errors are not OSError
         raise storage_error(uri, exc) from None
 
@@ -146,8 +148,11 @@ class _Stream:
     def __init__(self, uri: str, compression: str | None) -> None:
         self.uri, self.compression = uri, compression
         self._raw = open_input(uri)
-        self._data = (pa.CompressedInputStream(pa.PythonFile(self._raw, mode="r"), compression)
-                      if compression else self._raw)
+        self._data = (
+            pa.CompressedInputStream(pa.PythonFile(self._raw, mode="r"), compression)
+            if compression
+            else self._raw
+        )
 
     def read(self, size: int) -> bytes:
         try:
@@ -157,10 +162,12 @@ class _Stream:
         except Exception as exc:
             if self.compression and isinstance(exc, OSError) and exc.errno is None:
                 if "truncated" in str(exc).lower():
-                    raise _CorruptStream(self.uri, "truncated_file",
-                                         f"{self.compression} stream is truncated") from None
-                raise _CorruptStream(self.uri, "corrupt_file",
-                                     f"not a valid {self.compression} stream ({exc})") from None
+                    raise _CorruptStream(
+                        self.uri, "truncated_file", f"{self.compression} stream is truncated"
+                    ) from None
+                raise _CorruptStream(
+                    self.uri, "corrupt_file", f"not a valid {self.compression} stream ({exc})"
+                ) from None
             raise storage_error(self.uri, exc) from None
 
     def seek(self, pos: int) -> None:
@@ -223,7 +230,7 @@ def _lines(blocks: Iterable[bytes], pos: int) -> Iterator[tuple[int, bytes]]:
             pending = []
             yield pos, line
             pos += len(line) + 1
-            block = block[cut + 1:]
+            block = block[cut + 1 :]
         lines = block.split(b"\n")
         tail = lines.pop()
         for line in lines:
@@ -239,7 +246,7 @@ def _without_bom(lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, byte
     """Drop a UTF-8 byte order mark from the first line; it still starts at offset 0, so the
     segment holding byte 0 owns it."""
     pos, line = next(lines)
-    yield pos, line[len(_UTF8_BOM):]
+    yield pos, line[len(_UTF8_BOM) :]
     yield from lines
 
 
@@ -285,8 +292,11 @@ def _intact(seg: Segment, policy: ErrorPolicy) -> bool:
                 size += len(block)
                 newlines += block.count(b"\n")
     except _CorruptStream as exc:
-        policy.bad(exc.reason, f"{seg.uri}:{newlines + 1}",
-                   f"{exc.detail} after {size} decompressed bytes; the whole file is skipped")
+        policy.bad(
+            exc.reason,
+            f"{seg.uri}:{newlines + 1}",
+            f"{exc.detail} after {size} decompressed bytes; the whole file is skipped",
+        )
         return False
     return True
 
@@ -301,8 +311,11 @@ def _usable(seg: Segment, head: bytes, policy: ErrorPolicy) -> bool:
     if nul >= 0:
         if seg.start == 0:
             line = head.count(b"\n", 0, nul) + 1
-            policy.bad("binary_file", f"{seg.uri}:{line}",
-                       "NUL byte: not UTF-8 text (binary, or UTF-16: convert it to UTF-8)")
+            policy.bad(
+                "binary_file",
+                f"{seg.uri}:{line}",
+                "NUL byte: not UTF-8 text (binary, or UTF-16: convert it to UTF-8)",
+            )
         return False
     return True
 
@@ -362,8 +375,9 @@ def _owned_lines(lines: Iterable[tuple[int, bytes]], stop: int) -> Iterator[tupl
             yield pos, raw
 
 
-def _line_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int,
-               policy: ErrorPolicy) -> Iterator[Document]:
+def _line_docs(
+    seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, policy: ErrorPolicy
+) -> Iterator[Document]:
     """One document per non-blank line (a trailing CR dropped)."""
     uri = seg.uri
     for pos, raw in _owned_lines(lines, stop):
@@ -375,8 +389,9 @@ def _line_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int,
         yield Document(text, uri, pos)
 
 
-def _paragraph_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, prev_blank: bool,
-                    policy: ErrorPolicy) -> Iterator[Document]:
+def _paragraph_docs(
+    seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, prev_blank: bool, policy: ErrorPolicy
+) -> Iterator[Document]:
     """Blank-line separated blocks; a block starts at a non-blank line after a blank one (or at
     the file start). Lines continuing a block that started before this segment are skipped."""
     block: list[bytes] = []
@@ -404,12 +419,16 @@ def _paragraph(seg: Segment, first: int, block: list[bytes], policy: ErrorPolicy
     try:
         yield Document(raw.decode(), seg.uri, first)
     except UnicodeDecodeError as exc:
-        policy.bad("invalid_utf8", _where(seg, first, raw.count(b"\n", 0, exc.start)),
-                   "invalid UTF-8 byte in this paragraph")
+        policy.bad(
+            "invalid_utf8",
+            _where(seg, first, raw.count(b"\n", 0, exc.start)),
+            "invalid UTF-8 byte in this paragraph",
+        )
 
 
-def _jsonl_docs(seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, text_field: str,
-                policy: ErrorPolicy) -> Iterator[Document]:
+def _jsonl_docs(
+    seg: Segment, lines: Iterable[tuple[int, bytes]], stop: int, text_field: str, policy: ErrorPolicy
+) -> Iterator[Document]:
     """One document per JSON object line, text taken from `text_field`; blank lines ignored."""
     uri = seg.uri
     for pos, raw in _owned_lines(lines, stop):
@@ -438,11 +457,17 @@ def _bad_record(seg: Segment, pos: int, record: object, text_field: str, policy:
     if not isinstance(record, dict):
         policy.bad("bad_json", _where(seg, pos), f"expected a JSON object, got {type(record).__name__}")
     elif text_field not in record:
-        policy.bad("missing_field", _where(seg, pos),
-                   f"no {text_field!r} field (keys: {sorted(record)[:8]}); set --text-field")
+        policy.bad(
+            "missing_field",
+            _where(seg, pos),
+            f"no {text_field!r} field (keys: {sorted(record)[:8]}); set --text-field",
+        )
     elif not isinstance(record[text_field], str):
-        policy.bad("non_string_field", _where(seg, pos),
-                   f"field {text_field!r} is {type(record[text_field]).__name__}, expected a string")
+        policy.bad(
+            "non_string_field",
+            _where(seg, pos),
+            f"field {text_field!r} is {type(record[text_field]).__name__}, expected a string",
+        )
     else:
         policy.bad("blank_document", _where(seg, pos), f"field {text_field!r} is blank")
 
@@ -459,8 +484,9 @@ def _columnar_segment(seg: Segment, opts: ReadOptions, policy: ErrorPolicy) -> I
         if seg.kind == "parquet":
             batches = columnar.parquet_texts(source, seg.start, seg.stop, column, COLUMN_BATCH_ROWS)
         else:
-            batches = columnar.arrow_texts(uri.removeprefix("file://") if local_hf else source,
-                                           seg.start, seg.stop, column)
+            batches = columnar.arrow_texts(
+                uri.removeprefix("file://") if local_hf else source, seg.start, seg.stop, column
+            )
         for first, texts in batches:
             for row, text in enumerate(texts, first):
                 if text and not text.isspace():
@@ -470,8 +496,12 @@ def _columnar_segment(seg: Segment, opts: ReadOptions, policy: ErrorPolicy) -> I
                 else:
                     policy.bad("blank_document", f"{uri}:row {row}", f"column {column!r} is blank")
     except pa.ArrowException as exc:  # undecodable pages; storage errors come through as themselves
-        policy.bad("corrupt_file", uri, f"cannot decode column {column!r} ({exc}); the rest of "
-                   f"rows [{seg.start}, {seg.stop}) of this file is skipped")
+        policy.bad(
+            "corrupt_file",
+            uri,
+            f"cannot decode column {column!r} ({exc}); the rest of "
+            f"rows [{seg.start}, {seg.stop}) of this file is skipped",
+        )
     except DataError:
         raise
     except Exception as exc:

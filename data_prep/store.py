@@ -37,8 +37,10 @@ def check_reachable(uri: str) -> None:
     try:
         found = fs.exists(bucket)
     except Exception as e:  # botocore's connection and auth errors are not OSError
-        raise DataError(f"{uri}: cannot reach the object store at {endpoint} ({e}); check "
-                        "AWS_ENDPOINT_URL, the credentials (AWS_ACCESS_KEY_ID/...) and the network") from None
+        raise DataError(
+            f"{uri}: cannot reach the object store at {endpoint} ({e}); check "
+            "AWS_ENDPOINT_URL, the credentials (AWS_ACCESS_KEY_ID/...) and the network"
+        ) from None
     if not found:
         raise DataError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}; create it first")
 
@@ -60,8 +62,10 @@ def write_bytes(uri: str, data: bytes, durable: bool = True) -> None:
     try:
         put_object(uri, data, ATTEMPTS, 0.5, log)
     except Exception as e:  # botocore's connection errors are not OSError
-        raise DataError(f"cannot write {uri} after {ATTEMPTS} attempts: {e}; check the "
-                        "endpoint (AWS_ENDPOINT_URL), credentials and bucket") from e
+        raise DataError(
+            f"cannot write {uri} after {ATTEMPTS} attempts: {e}; check the "
+            "endpoint (AWS_ENDPOINT_URL), credentials and bucket"
+        ) from e
 
 
 def write_json(uri: str, obj: dict, durable: bool = True) -> None:

@@ -215,7 +215,10 @@ def train_sentencepiece(
                 vocab_size=vocab_size,
                 model_type=model_type,
                 byte_fallback=True,
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
                 user_defined_symbols=list(SPECIAL_TOKENS),
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
@@ -236,4 +239,3 @@ def train_sentencepiece(
             ) from exc
     atomic_write_bytes(out_path, model.getvalue())
     return out_path
-

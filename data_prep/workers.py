@@ -55,8 +55,10 @@ def verified_record(job: UnitJob, index: int) -> dict | None:
         return None
     for block in record["splits"].values():
         for shard in block["shards"]:
-            if (store.sha256(join(job.out, shard["path"])) != shard["sha256"]
-                    or store.sha256(join(job.out, shard["hashes"])) != shard["hashes_sha256"]):
+            if (
+                store.sha256(join(job.out, shard["path"])) != shard["sha256"]
+                or store.sha256(join(job.out, shard["hashes"])) != shard["hashes_sha256"]
+            ):
                 return None
     return record
 
@@ -104,16 +106,18 @@ class _UnitProcessor:
         store.write_json(record_uri(job.out, unit.index), record, durable=False)
         return record | {"reused": False}
 
-    def _encode(self, batch: list[tuple[str, bytes]], doc_filter: DocumentFilter,
-                writers: dict[str, UnitShardWriter]) -> None:
+    def _encode(
+        self, batch: list[tuple[str, bytes]], doc_filter: DocumentFilter, writers: dict[str, UnitShardWriter]
+    ) -> None:
         encoded = self.tokenizer.encode_batch([text for text, _ in batch])
         kept = [i for i, ids in enumerate(encoded) if doc_filter.tokens(len(ids))]
         if not kept:
             return
         # One flat array per batch, EOS (and BOS) put in with numpy inserts.
         sizes = np.fromiter((len(encoded[i]) for i in kept), dtype=np.int64, count=len(kept))
-        flat = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in kept), dtype=np.int32,
-                           count=int(sizes.sum()))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(encoded[i] for i in kept), dtype=np.int32, count=int(sizes.sum())
+        )
         ends = np.cumsum(sizes)
         flat = np.insert(flat, ends, self.tokenizer.eos_id)
         if self.job.add_bos:
@@ -125,8 +129,10 @@ class _UnitProcessor:
             writers["train"].add(flat, lengths, digests)
             return
         per_token = np.repeat(validation, lengths)
-        for split, docs, tokens in (("train", ~validation, ~per_token),
-                                    ("validation", validation, per_token)):
+        for split, docs, tokens in (
+            ("train", ~validation, ~per_token),
+            ("validation", validation, per_token),
+        ):
             writers[split].add(flat[tokens], lengths[docs], [d for d, keep in zip(digests, docs) if keep])
 
 

@@ -33,8 +33,10 @@ def unit_dir(index: int) -> str:
 def shard_bytes(values: np.ndarray, lengths: np.ndarray) -> bytes:
     """One Arrow IPC file whose `tokens` rows are `values` (int32) cut into `lengths` pieces."""
     if len(values) >= 2**31:
-        raise DataError(f"a shard would hold {len(values)} tokens, more than int32 list offsets allow; "
-                        "lower --shard-tokens or --max-chars, or split such documents (--text-split)")
+        raise DataError(
+            f"a shard would hold {len(values)} tokens, more than int32 list offsets allow; "
+            "lower --shard-tokens or --max-chars, or split such documents (--text-split)"
+        )
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
@@ -110,6 +112,13 @@ class UnitShardWriter:
 
     def _flush(self) -> None:
         rel = f"{self.prefix}-{len(self.shards):03d}.arrow"
-        self.shards.append(publish_shard(self.out, rel, np.concatenate(self._values),
-                                         np.concatenate(self._lengths), b"".join(self._hashes)))
+        self.shards.append(
+            publish_shard(
+                self.out,
+                rel,
+                np.concatenate(self._values),
+                np.concatenate(self._lengths),
+                b"".join(self._hashes),
+            )
+        )
         self._values, self._lengths, self._hashes, self._tokens = [], [], [], 0

@@ -16,8 +16,10 @@ from dist_llm.errors import DistLLMError
 def _add_prep(sub: argparse._SubParsersAction) -> None:
     from data_prep.cli import add_arguments
 
-    p = sub.add_parser("prep", help="tokenize a corpus into Arrow shards + manifest "
-                                    "(no inputs = the built-in default corpus)")
+    p = sub.add_parser(
+        "prep",
+        help="tokenize a corpus into Arrow shards + manifest (no inputs = the built-in default corpus)",
+    )
     add_arguments(p)
 
 
@@ -26,16 +28,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
     p.add_argument("--resume", help="none | auto | checkpoint path (sets checkpoint.resume)")
-    p.add_argument("--nproc-per-node", type=int,
-                   help="start this many ranks through torchrun (sets launch.nproc_per_node)")
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="start this many ranks through torchrun (sets launch.nproc_per_node)",
+    )
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint, run directory or "
-                                    "Hugging Face model directory (e.g. an export), any model family")
+    p = sub.add_parser(
+        "eval",
+        help="validation loss / perplexity of a checkpoint, run directory or "
+        "Hugging Face model directory (e.g. an export), any model family",
+    )
     p.add_argument("checkpoint", help="run dir, checkpoint root, step directory, or HF model directory")
-    p.add_argument("--data", help="dataset dir (default: the one the run trained on; required for an HF "
-                                  "directory)")
+    p.add_argument(
+        "--data", help="dataset dir (default: the one the run trained on; required for an HF directory)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, help="default: the whole validation split")
 
@@ -58,8 +67,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t = kinds.add_parser("train", help="training tokens/s on 1 rank (baseline) vs N ranks")
     t.add_argument("--ranks", default="1,2", help="comma-separated rank counts; the first is the baseline")
     e = kinds.add_parser("engines", help="tokens/s and per-rank memory of each engine, same config")
-    e.add_argument("--engines", default="dp,fsdp,zero1,zero2,zero3,zero3-offload,tp2,pp2",
-                   help="comma-separated; the first is the baseline")
+    e.add_argument(
+        "--engines",
+        default="dp,fsdp,zero1,zero2,zero3,zero3-offload,tp2,pp2",
+        help="comma-separated; the first is the baseline",
+    )
     e.add_argument("--ranks-per-variant", type=int, default=2)
     for k in (t, e):
         k.add_argument("--config", default="configs/tiny.yaml", help="the config every variant starts from")
@@ -67,75 +79,112 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--steps", type=int, default=30)
         k.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
         k.add_argument("--json", help="also write the results to this JSON file")
-    pr = kinds.add_parser("prep", help="prep docs/s and tokens/s per worker count vs the bare tokenizer, "
-                                       "and peak memory")
+    pr = kinds.add_parser(
+        "prep", help="prep docs/s and tokens/s per worker count vs the bare tokenizer, and peak memory"
+    )
     pr.add_argument("--mb", type=float, default=32.0, help="size of the generated JSONL corpus")
     pr.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     pr.add_argument("--tokenizer", help="tokenizer to use (default: train one on the default corpus)")
     pr.add_argument("--unit-mb", type=float, default=0.0, help="prep --unit-mb (0 = automatic)")
-    pr.add_argument("--no-baseline", action="store_true",
-                    help="skip the bare tokenizer (it holds all text in memory): for multi-GB memory runs")
+    pr.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the bare tokenizer (it holds all text in memory): for multi-GB memory runs",
+    )
     pr.add_argument("--work-dir", help="keep the corpus and outputs here (default: a temp dir, removed)")
     pr.add_argument("--json", help="also write the results to this JSON file")
-    c = kinds.add_parser("checkpoint", help="training time blocked per checkpoint (async vs synchronous "
-                                            "save) and upload MB/s (our writer vs a plain put)")
+    c = kinds.add_parser(
+        "checkpoint",
+        help="training time blocked per checkpoint (async vs synchronous "
+        "save) and upload MB/s (our writer vs a plain put)",
+    )
     c.add_argument("--uri", help="destination: local path or s3://bucket/prefix (default: a local temp dir)")
     c.add_argument("--size-mb", type=float, default=100.0, help="checkpoint size (weights + AdamW state)")
     c.add_argument("--repeats", type=int, default=3, help="saves per variant; medians are reported")
     c.add_argument("--json", help="also write the results to this JSON file")
-    d = kinds.add_parser("dataloader", help="ms per step spent getting the batch, alone and in a real "
-                                            "training run, as a share of the step time (local, or s3)")
+    d = kinds.add_parser(
+        "dataloader",
+        help="ms per step spent getting the batch, alone and in a real "
+        "training run, as a share of the step time (local, or s3)",
+    )
     d.add_argument("--config", default="configs/tiny.yaml", help="the training config to measure")
     d.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
-    d.add_argument("--uri", action="append", default=[],
-                   help="also measure a copy of the dataset here, e.g. s3://bucket/data (repeatable)")
+    d.add_argument(
+        "--uri",
+        action="append",
+        default=[],
+        help="also measure a copy of the dataset here, e.g. s3://bucket/data (repeatable)",
+    )
     d.add_argument("--steps", type=int, default=40)
     d.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
     d.add_argument("--json", help="also write the results to this JSON file")
-    pe = kinds.add_parser("peer", help="our training vs nanoGPT's on the same model size, batches and "
-                                       "threads, step by step in one process: tokens/s ratio and loss")
+    pe = kinds.add_parser(
+        "peer",
+        help="our training vs nanoGPT's on the same model size, batches and "
+        "threads, step by step in one process: tokens/s ratio and loss",
+    )
     pe.add_argument("--config", default="configs/tiny.yaml", help="the training config both follow")
     pe.add_argument("overrides", nargs="*", help="dotted overrides of the config")
     pe.add_argument("--steps", type=int, default=30, help="optimizer steps, for both")
     pe.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
-    pe.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16"],
-                    help="our train.precision (nanoGPT on CPU always runs fp32)")
+    pe.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "auto", "bf16"],
+        help="our train.precision (nanoGPT on CPU always runs fp32)",
+    )
     pe.add_argument("--threads", type=int, help="torch threads for both (default: every usable core)")
-    pe.add_argument("--nanogpt-dir", help="import model.py (GPT, GPTConfig) from this nanoGPT checkout "
-                                          "instead of the built-in one")
+    pe.add_argument(
+        "--nanogpt-dir",
+        help="import model.py (GPT, GPTConfig) from this nanoGPT checkout instead of the built-in one",
+    )
     pe.add_argument("--json", help="also write the results to this JSON file")
-    sc = kinds.add_parser("scaling", help="on paper: tokens/s and MFU on 8-512 GPUs from one GPU's "
-                                          "throughput and each layout's communication volume (assumptions "
-                                          "printed)")
+    sc = kinds.add_parser(
+        "scaling",
+        help="on paper: tokens/s and MFU on 8-512 GPUs from one GPU's "
+        "throughput and each layout's communication volume (assumptions "
+        "printed)",
+    )
     sc.add_argument("--config", default="configs/models/1.3b.yaml", help="model preset or training config")
     sc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=4096")
     sc.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
     sc.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU per forward/backward")
-    sc.add_argument("--layouts", default="zero1,zero3,tp8,tp8-pp4",
-                    help="comma-separated: zero1, zero3, tp8, tp8-pp4")
+    sc.add_argument(
+        "--layouts", default="zero1,zero3,tp8,tp8-pp4", help="comma-separated: zero1, zero3, tp8, tp8-pp4"
+    )
     sc.add_argument("--gpus", default="8,16,32,64,128,256,512", help="comma-separated GPU counts")
     sc.add_argument("--mfu", type=float, default=0.45, help="assumed single-GPU MFU (see --tokens-per-s)")
-    sc.add_argument("--tokens-per-s", type=float, help="measured tokens/s of one GPU at this micro-batch "
-                                                       "(replaces --mfu)")
+    sc.add_argument(
+        "--tokens-per-s", type=float, help="measured tokens/s of one GPU at this micro-batch (replaces --mfu)"
+    )
     sc.add_argument("--internode-gbps", type=float, default=50.0, help="GB/s per GPU between nodes")
     sc.add_argument("--json", help="also write the results to this JSON file")
 
-
-    m = kinds.add_parser("memory", help="per-rank peak host memory by phase (build, train, save, load) of "
-                                        "real N-rank runs, against each rank's share of the training state")
+    m = kinds.add_parser(
+        "memory",
+        help="per-rank peak host memory by phase (build, train, save, load) of "
+        "real N-rank runs, against each rank's share of the training state",
+    )
     m.add_argument("--config", default="configs/tiny.yaml", help="training config")
     m.add_argument("--ranks", default="2,4", help="comma-separated rank counts")
     m.add_argument("--steps", type=int, default=2, help="training steps before the save")
     m.add_argument("--work-dir", help="directory for the runs' checkpoints (default: system temp)")
     m.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=1024")
     m.add_argument("--json", help="also write the results to this JSON file")
-    dr = kinds.add_parser("dry-run", help="a real-scale layout on meta tensors with a fake process group: "
-                                          "each rank's bytes of parameters, gradients, optimizer state and "
-                                          "checkpoint shard, from the engine's own sharding code")
+    dr = kinds.add_parser(
+        "dry-run",
+        help="a real-scale layout on meta tensors with a fake process group: "
+        "each rank's bytes of parameters, gradients, optimizer state and "
+        "checkpoint shard, from the engine's own sharding code",
+    )
     dr.add_argument("--model", default="70b", help="model preset name or YAML file")
     dr.add_argument("--world", type=int, default=512, help="ranks (GPUs) to lay out")
-    dr.add_argument("--ranks", default="corners", help="'corners' (first, middle and last rank of each "
-                                                       "pipeline stage), 'all', or comma-separated ranks")
+    dr.add_argument(
+        "--ranks",
+        default="corners",
+        help="'corners' (first, middle and last rank of each "
+        "pipeline stage), 'all', or comma-separated ranks",
+    )
     dr.add_argument("overrides", nargs="*", help="engine/train keys, e.g. engine.tp=8 engine.pp=4")
     dr.add_argument("--json", help="also write the results to this JSON file")
 
@@ -145,13 +194,20 @@ def _run_bench(args: argparse.Namespace):
     if args.kind == "dataloader":
         from dist_llm.bench import dataloader
 
-        return dataloader, dataloader.bench_dataloader(args.config, args.overrides, args.uri, args.steps,
-                                                       args.warmup)
+        return dataloader, dataloader.bench_dataloader(
+            args.config, args.overrides, args.uri, args.steps, args.warmup
+        )
     if args.kind == "prep":
         from dist_llm.bench import prep
 
-        return prep, prep.bench_prep(args.mb, [int(w) for w in args.workers.split(",")], args.tokenizer,
-                                     args.work_dir, args.unit_mb, baseline=not args.no_baseline)
+        return prep, prep.bench_prep(
+            args.mb,
+            [int(w) for w in args.workers.split(",")],
+            args.tokenizer,
+            args.work_dir,
+            args.unit_mb,
+            baseline=not args.no_baseline,
+        )
     if args.kind == "checkpoint":
         from dist_llm.bench import checkpoint
 
@@ -160,25 +216,50 @@ def _run_bench(args: argparse.Namespace):
         from dist_llm.bench import scaling
 
         hw = scaling.Hardware(internode_gbps=args.internode_gbps)
-        return scaling, [scaling.bench_scaling(
-            args.config, ["data.seq_len=2048", *args.overrides], args.global_batch, args.micro_batch,
-            args.layouts.split(","), [int(g) for g in args.gpus.split(",")], args.mfu, args.tokens_per_s, hw)]
+        return scaling, [
+            scaling.bench_scaling(
+                args.config,
+                ["data.seq_len=2048", *args.overrides],
+                args.global_batch,
+                args.micro_batch,
+                args.layouts.split(","),
+                [int(g) for g in args.gpus.split(",")],
+                args.mfu,
+                args.tokens_per_s,
+                hw,
+            )
+        ]
     if args.kind == "memory":
         from dist_llm.bench import memory
 
-        return memory, memory.bench_memory(args.config, args.overrides, [int(r) for r in args.ranks.split(",")],
-                                           args.steps, args.work_dir)
+        return memory, memory.bench_memory(
+            args.config, args.overrides, [int(r) for r in args.ranks.split(",")], args.steps, args.work_dir
+        )
     if args.kind == "dry-run":
         from dist_llm.bench import dry_run
 
-        ranks = (None if args.ranks == "corners" else list(range(args.world)) if args.ranks == "all"
-                 else [int(r) for r in args.ranks.split(",")])
+        ranks = (
+            None
+            if args.ranks == "corners"
+            else list(range(args.world))
+            if args.ranks == "all"
+            else [int(r) for r in args.ranks.split(",")]
+        )
         return dry_run, [dry_run.dry_run(args.model, args.overrides, args.world, ranks)]
     if args.kind == "peer":
         from dist_llm.bench import peer
 
-        return peer, [peer.bench_peer(args.config, args.overrides, args.steps, args.warmup, args.precision,
-                                      args.threads, args.nanogpt_dir)]
+        return peer, [
+            peer.bench_peer(
+                args.config,
+                args.overrides,
+                args.steps,
+                args.warmup,
+                args.precision,
+                args.threads,
+                args.nanogpt_dir,
+            )
+        ]
     from dist_llm.bench import train
 
     if args.kind == "train":
@@ -198,16 +279,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="a checkpoint of any engine as consolidated safetensors or a "
-                                      "Hugging Face model directory")
+    p = sub.add_parser(
+        "export",
+        help="a checkpoint of any engine as consolidated safetensors or a Hugging Face model directory",
+    )
     p.add_argument("checkpoint", help="run dir, checkpoint root, or step directory")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", choices=["safetensors", "hf"], default="safetensors",
-                   help="safetensors: our weights + config; hf: a transformers directory with tokenizer "
-                        "(LlamaForCausalLM, BertForPreTraining or T5ForConditionalGeneration by family)")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "hf"],
+        default="safetensors",
+        help="safetensors: our weights + config; hf: a transformers directory with tokenizer "
+        "(LlamaForCausalLM, BertForPreTraining or T5ForConditionalGeneration by family)",
+    )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--data", default=None,
-                   help="(--format hf) dataset whose tokenizer to export; default: the run's training data")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="(--format hf) dataset whose tokenizer to export; default: the run's training data",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -256,8 +346,9 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from dist_llm.evaluate import evaluate_perplexity, load_trained_model
 
-    result = evaluate_perplexity(load_trained_model(args.checkpoint), args.data, args.batch_size,
-                                 args.max_batches)
+    result = evaluate_perplexity(
+        load_trained_model(args.checkpoint), args.data, args.batch_size, args.max_batches
+    )
     print(json.dumps(result))
     return 0
 
@@ -274,9 +365,16 @@ def _generate(args: argparse.Namespace) -> int:
     tok = load_tokenizer(tokenizer_path(args.data or loaded.cfg.data.source_list()[0].path))
     # Training streams separate documents with EOS, so "after an EOS" is where a document starts.
     ids = [tok.eos_id, *tok.encode(args.prompt)]
-    out = generate(loaded.model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id,
-                   generator=torch.Generator().manual_seed(args.seed))
+    out = generate(
+        loaded.model,
+        torch.tensor([ids]),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=tok.eos_id,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     print(tok.decode(out[0, 1:].tolist()))
     return 0
 
@@ -290,6 +388,7 @@ def _prep(args: argparse.Namespace) -> int:
 def _delegated(module: str):
     """(add, run) for a command whose parser and body live in `module` (its add_parser(sub) and
     run(args)); imported only when that command is parsed or run, so `dist-llm --help` stays fast."""
+
     def add(sub: argparse._SubParsersAction) -> None:
         importlib.import_module(module).add_parser(sub)
 
@@ -299,11 +398,19 @@ def _delegated(module: str):
     return add, run
 
 
-COMMANDS = {"prep": (_add_prep, _prep), "train": (_add_train, _train), "eval": (_add_eval, _eval),
-            "generate": (_add_generate, _generate), "bench": (_add_bench, _bench),
-            "export": (_add_export, _export), "finetune": _delegated("dist_llm.finetune.cli"),
-            "launch": _delegated("dist_llm.launch.cli"), "slurm": _delegated("dist_llm.launch.slurm_cli"),
-            "env": _delegated("dist_llm.envinfo.cli"), "report": _delegated("dist_llm.report.cli")}
+COMMANDS = {
+    "prep": (_add_prep, _prep),
+    "train": (_add_train, _train),
+    "eval": (_add_eval, _eval),
+    "generate": (_add_generate, _generate),
+    "bench": (_add_bench, _bench),
+    "export": (_add_export, _export),
+    "finetune": _delegated("dist_llm.finetune.cli"),
+    "launch": _delegated("dist_llm.launch.cli"),
+    "slurm": _delegated("dist_llm.launch.slurm_cli"),
+    "env": _delegated("dist_llm.envinfo.cli"),
+    "report": _delegated("dist_llm.report.cli"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

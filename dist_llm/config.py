@@ -68,8 +68,10 @@ class DataConfig:
         """The sources to train on, names filled in; `path` alone is one unnamed source."""
         if not self.sources:
             return [SourceConfig(path=self.path, weight=1.0, name="")]
-        return [SourceConfig(path=s.path, weight=s.weight, name=s.name or _last_component(s.path))
-                for s in self.sources]
+        return [
+            SourceConfig(path=s.path, weight=s.weight, name=s.name or _last_component(s.path))
+            for s in self.sources
+        ]
 
 
 def _last_component(uri: str) -> str:
@@ -282,7 +284,7 @@ class Config:
         (`data.sources[1].weight`) falls back to its item, then to the list (set by one override)."""
         sources = getattr(self, "_sources", {})
         while key not in sources and "[" in key:
-            key = key.rsplit(".", 1)[0] if key.rfind(".") > key.rfind("]") else key[:key.rindex("[")]
+            key = key.rsplit(".", 1)[0] if key.rfind(".") > key.rfind("]") else key[: key.rindex("[")]
         return sources.get(key, default)
 
     def validate(self, world_size: int | None = None, origin: str = "config") -> None:
@@ -294,18 +296,24 @@ class Config:
             raise ConfigError(f"{self.where(key, origin)}: {message}")
 
         positive = {
-            "train.max_steps": t.max_steps, "train.global_batch_size": t.global_batch_size,
-            "train.micro_batch_size": t.micro_batch_size, "data.seq_len": self.data.seq_len,
-            "launch.nproc_per_node": self.launch.nproc_per_node, "launch.nnodes": self.launch.nnodes,
-            "train.log_interval": t.log_interval, "train.eval_batches": t.eval_batches,
+            "train.max_steps": t.max_steps,
+            "train.global_batch_size": t.global_batch_size,
+            "train.micro_batch_size": t.micro_batch_size,
+            "data.seq_len": self.data.seq_len,
+            "launch.nproc_per_node": self.launch.nproc_per_node,
+            "launch.nnodes": self.launch.nnodes,
+            "train.log_interval": t.log_interval,
+            "train.eval_batches": t.eval_batches,
             "train.max_bad_steps": t.max_bad_steps,
         }
         for key, value in positive.items():
             if value <= 0:
                 fail(key, f"{key}={value} must be > 0")
         non_negative = {
-            "train.eval_interval": t.eval_interval, "optim.warmup_steps": self.optim.warmup_steps,
-            "checkpoint.interval": self.checkpoint.interval, "train.exit_at_step": t.exit_at_step,
+            "train.eval_interval": t.eval_interval,
+            "optim.warmup_steps": self.optim.warmup_steps,
+            "checkpoint.interval": self.checkpoint.interval,
+            "train.exit_at_step": t.exit_at_step,
             "checkpoint.keep_every": self.checkpoint.keep_every,
         }
         for key, value in non_negative.items():
@@ -320,21 +328,27 @@ class Config:
         self._validate_distill(fail)
         dp = self.engine.dims(world).dp
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
-            fail("train.global_batch_size",
-                 f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                 f"train.micro_batch_size={t.micro_batch_size} x {dp} data-parallel ranks; "
-                 f"pick a global batch that is a multiple of {t.micro_batch_size * dp}")
+            fail(
+                "train.global_batch_size",
+                f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                f"train.micro_batch_size={t.micro_batch_size} x {dp} data-parallel ranks; "
+                f"pick a global batch that is a multiple of {t.micro_batch_size * dp}",
+            )
         if self.data.seq_len > self.model.max_seq_len:
-            fail("data.seq_len", f"data.seq_len={self.data.seq_len} exceeds "
-                                 f"model.max_seq_len={self.model.max_seq_len}")
+            fail(
+                "data.seq_len",
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+            )
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             fail("optim.min_lr_ratio", f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
         if self.checkpoint.keep_last < 1:
-            fail("checkpoint.keep_last", f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1 "
-                                         "(the newest committed checkpoint is always kept)")
+            fail(
+                "checkpoint.keep_last",
+                f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1 "
+                "(the newest committed checkpoint is always kept)",
+            )
         if self.train.precision == "fp16" and not _cuda_available():
             fail("train.precision", "train.precision=fp16 needs CUDA (fp16 loss scaling); use bf16 on CPU")
-
 
     def _validate_distill(self, fail: Callable[[str, str], None]) -> None:
         d = self.distill
@@ -345,14 +359,23 @@ class Config:
         if not d.teacher:
             return
         if self.engine.tp > 1 or self.engine.pp > 1:
-            fail("distill.teacher", "distillation runs on data-parallel layouts (FSDP2, replication, DeepSpeed ZeRO); "
-                                    "set engine.tp=1 and engine.pp=1")
+            fail(
+                "distill.teacher",
+                "distillation runs on data-parallel layouts (FSDP2, replication, DeepSpeed ZeRO); "
+                "set engine.tp=1 and engine.pp=1",
+            )
         if d.teacher_shard and self.engine.type != "deepspeed":
-            fail("distill.teacher_shard", "distill.teacher_shard=true partitions the teacher with "
-                                          "DeepSpeed ZeRO-3; set engine.type=deepspeed")
+            fail(
+                "distill.teacher_shard",
+                "distill.teacher_shard=true partitions the teacher with "
+                "DeepSpeed ZeRO-3; set engine.type=deepspeed",
+            )
         if d.teacher_offload and not d.teacher_shard:
-            fail("distill.teacher_offload", "distill.teacher_offload=true offloads the teacher's ZeRO-3 "
-                                            "partitions; set distill.teacher_shard=true too")
+            fail(
+                "distill.teacher_offload",
+                "distill.teacher_offload=true offloads the teacher's ZeRO-3 "
+                "partitions; set distill.teacher_shard=true too",
+            )
 
     def _validate_data(self, fail: Callable[[str, str], None]) -> None:
         d = self.data
@@ -362,8 +385,11 @@ class Config:
             fail("data.download_workers", f"data.download_workers={d.download_workers} must be >= 1")
         objective = OBJECTIVES[self.model.arch]
         if d.objective != objective:
-            fail("data.objective", f"data.objective={d.objective!r} does not train model.arch="
-                                   f"{self.model.arch!r}; set data.objective={objective}")
+            fail(
+                "data.objective",
+                f"data.objective={d.objective!r} does not train model.arch="
+                f"{self.model.arch!r}; set data.objective={objective}",
+            )
         for key in ("mask_prob", "noise_density"):
             if not 0.0 < getattr(d, key) < 1.0:
                 fail(f"data.{key}", f"data.{key}={getattr(d, key)} must be in (0, 1)")
@@ -377,76 +403,121 @@ class Config:
             if not (source.weight > 0 and math.isfinite(source.weight)):
                 fail(f"{key}.weight", f"{key}.weight={source.weight} must be a finite number > 0")
             if not _SOURCE_NAME.fullmatch(source.name):
-                fail(f"{key}.name", f"{key}.name={source.name!r} must be letters, digits, '_', '-' or '.' "
-                                    "(it becomes a metric key); set name: explicitly")
+                fail(
+                    f"{key}.name",
+                    f"{key}.name={source.name!r} must be letters, digits, '_', '-' or '.' "
+                    "(it becomes a metric key); set name: explicitly",
+                )
             if source.name in seen:
-                fail(f"{key}.name", f"{key}.name={source.name!r} is also the name of "
-                                    f"data.sources[{seen[source.name]}]; names must be unique "
-                                    "(set name: explicitly when two paths end alike)")
+                fail(
+                    f"{key}.name",
+                    f"{key}.name={source.name!r} is also the name of "
+                    f"data.sources[{seen[source.name]}]; names must be unique "
+                    "(set name: explicitly when two paths end alike)",
+                )
             seen[source.name] = i
 
     def _validate_parallelism(self, world: int, fail: Callable[[str, str], None]) -> None:
         e, m = self.engine, self.model
         if m.arch != "decoder" and (e.tp > 1 or e.pp > 1):
-            fail("engine.tp" if e.tp > 1 else "engine.pp",
-                 f"engine.tp={e.tp}, engine.pp={e.pp}: tensor and pipeline parallelism are implemented "
-                 f"for model.arch=decoder only, not {m.arch!r}; use data parallelism (engine.dp_shard, "
-                 "engine.dp_replicate, or DeepSpeed ZeRO) for encoder and encoder-decoder models")
+            fail(
+                "engine.tp" if e.tp > 1 else "engine.pp",
+                f"engine.tp={e.tp}, engine.pp={e.pp}: tensor and pipeline parallelism are implemented "
+                f"for model.arch=decoder only, not {m.arch!r}; use data parallelism (engine.dp_shard, "
+                "engine.dp_replicate, or DeepSpeed ZeRO) for encoder and encoder-decoder models",
+            )
         if e.type == "deepspeed":
             self._validate_deepspeed(fail)
             return
         try:
             dims = e.dims(world)
         except ValueError as exc:
-            key = next((f"engine.{k}" for k in ("dp_shard", "dp_replicate", "tp", "pp") if getattr(e, k) == -1),
-                       "engine.dp_shard")
-            fail(key, f"engine.pp={e.pp} x dp_replicate={e.dp_replicate} x dp_shard={e.dp_shard} x tp={e.tp} "
-                      f"on {world} ranks: {exc}")
+            key = next(
+                (f"engine.{k}" for k in ("dp_shard", "dp_replicate", "tp", "pp") if getattr(e, k) == -1),
+                "engine.dp_shard",
+            )
+            fail(
+                key,
+                f"engine.pp={e.pp} x dp_replicate={e.dp_replicate} x dp_shard={e.dp_shard} x tp={e.tp} "
+                f"on {world} ranks: {exc}",
+            )
         if e.tp > 1:
-            for key, value in {"model.n_heads": m.n_heads, "model.n_kv_heads": m.kv_heads,
-                               "model.vocab_size": m.vocab_size, "data.seq_len": self.data.seq_len}.items():
+            for key, value in {
+                "model.n_heads": m.n_heads,
+                "model.n_kv_heads": m.kv_heads,
+                "model.vocab_size": m.vocab_size,
+                "data.seq_len": self.data.seq_len,
+            }.items():
                 if value % e.tp:
-                    fail("engine.tp", f"engine.tp={e.tp} must divide {key}={value}: TP splits attention by "
-                                      "heads, the embedding and head by vocabulary rows, and (sequence "
-                                      "parallelism) the tokens of each sample")
+                    fail(
+                        "engine.tp",
+                        f"engine.tp={e.tp} must divide {key}={value}: TP splits attention by "
+                        "heads, the embedding and head by vocabulary rows, and (sequence "
+                        "parallelism) the tokens of each sample",
+                    )
             if m.dropout > 0:
-                fail("model.dropout", f"model.dropout={m.dropout} with engine.tp={e.tp}: replicated "
-                                      "activations would get different dropout masks per TP rank; set "
-                                      "model.dropout=0")
+                fail(
+                    "model.dropout",
+                    f"model.dropout={m.dropout} with engine.tp={e.tp}: replicated "
+                    "activations would get different dropout masks per TP rank; set "
+                    "model.dropout=0",
+                )
         if e.pp > m.n_layers:
-            fail("engine.pp", f"engine.pp={e.pp} exceeds model.n_layers={m.n_layers}: every pipeline stage "
-                              "needs at least one layer")
+            fail(
+                "engine.pp",
+                f"engine.pp={e.pp} exceeds model.n_layers={m.n_layers}: every pipeline stage "
+                "needs at least one layer",
+            )
         if self.train.precision == "fp16" and (e.tp > 1 or e.pp > 1):
-            fail("train.precision", f"train.precision=fp16 with engine.tp={e.tp}, engine.pp={e.pp} is not "
-                                    "supported (no sharded loss scaler); use train.precision=bf16")
+            fail(
+                "train.precision",
+                f"train.precision=fp16 with engine.tp={e.tp}, engine.pp={e.pp} is not "
+                "supported (no sharded loss scaler); use train.precision=bf16",
+            )
         if e.cpu_offload and dims.dp == 1:
-            fail("engine.cpu_offload", "engine.cpu_offload=true offloads FSDP2's shards, which need "
-                                       "data-parallel ranks (dp_shard or dp_replicate > 1); on one rank use "
-                                       "engine.type=deepspeed with offload_optimizer/offload_params")
+            fail(
+                "engine.cpu_offload",
+                "engine.cpu_offload=true offloads FSDP2's shards, which need "
+                "data-parallel ranks (dp_shard or dp_replicate > 1); on one rank use "
+                "engine.type=deepspeed with offload_optimizer/offload_params",
+            )
         for key in ("offload_optimizer", "offload_params"):
             if getattr(e, key) != "none":
-                fail(f"engine.{key}", f"engine.{key}={getattr(e, key)} needs engine.type=deepspeed (the "
-                                      "torch engine offloads with engine.cpu_offload=true)")
+                fail(
+                    f"engine.{key}",
+                    f"engine.{key}={getattr(e, key)} needs engine.type=deepspeed (the "
+                    "torch engine offloads with engine.cpu_offload=true)",
+                )
         if e.deepspeed_config:
             fail("engine.deepspeed_config", "engine.deepspeed_config is set but engine.type=torch")
 
     def _validate_deepspeed(self, fail: Callable[[str, str], None]) -> None:
         e = self.engine
         if e.pp > 1 or e.tp > 1:
-            fail("engine.type", f"engine.type=deepspeed with engine.tp={e.tp}, engine.pp={e.pp}: the "
-                                "DeepSpeed engine runs ZeRO data parallelism only; tensor and pipeline "
-                                "parallelism, alone or with sharded data parallelism, run on engine.type=torch")
+            fail(
+                "engine.type",
+                f"engine.type=deepspeed with engine.tp={e.tp}, engine.pp={e.pp}: the "
+                "DeepSpeed engine runs ZeRO data parallelism only; tensor and pipeline "
+                "parallelism, alone or with sharded data parallelism, run on engine.type=torch",
+            )
         if e.dp_replicate != 1 or e.dp_shard not in (-1,):
-            fail("engine.dp_shard", "engine.dp_shard/dp_replicate lay out the torch engine; DeepSpeed shards "
-                                    "over every rank (ZeRO): leave them at their defaults (-1, 1)")
+            fail(
+                "engine.dp_shard",
+                "engine.dp_shard/dp_replicate lay out the torch engine; DeepSpeed shards "
+                "over every rank (ZeRO): leave them at their defaults (-1, 1)",
+            )
         if e.cpu_offload:
-            fail("engine.cpu_offload", "engine.cpu_offload is the torch engine's; with DeepSpeed set "
-                                       "engine.offload_optimizer/offload_params")
+            fail(
+                "engine.cpu_offload",
+                "engine.cpu_offload is the torch engine's; with DeepSpeed set "
+                "engine.offload_optimizer/offload_params",
+            )
         if not 0 <= e.zero_stage <= 3:
             fail("engine.zero_stage", f"engine.zero_stage={e.zero_stage} must be 0, 1, 2 or 3")
         if e.offload_params != "none" and e.zero_stage != 3:
-            fail("engine.offload_params",
-                 f"engine.offload_params={e.offload_params} needs engine.zero_stage=3")
+            fail(
+                "engine.offload_params", f"engine.offload_params={e.offload_params} needs engine.zero_stage=3"
+            )
         if e.offload_optimizer != "none" and e.zero_stage == 0:
             fail("engine.offload_optimizer", "engine.offload_optimizer needs engine.zero_stage >= 1")
         if "nvme" in (e.offload_optimizer, e.offload_params) and not e.nvme_path:
@@ -583,8 +654,7 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
         except ValueError:
             pass
     if not ok:
-        raise ConfigError(f"{where}: {key}={value!r} should be {tp.__name__}, "
-                          f"got {type(value).__name__}")
+        raise ConfigError(f"{where}: {key}={value!r} should be {tp.__name__}, got {type(value).__name__}")
     return float(value) if tp is float else value
 
 
@@ -614,10 +684,14 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: _Source, default
 def _build_list(item_cls: type, value: Any, dotted: str, source: _Source, where: str) -> list[Any]:
     """A list of sections: each item is built like a section, its keys named `key[i].field`."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ConfigError(f"{where}: {dotted} must be a list of mappings "
-                          f"({', '.join(f.name for f in dataclasses.fields(item_cls))}), got {value!r}")
-    return [_build(item_cls, item, f"{dotted}[{i}]", source, source.get(f"{dotted}[{i}]", where))
-            for i, item in enumerate(value)]
+        raise ConfigError(
+            f"{where}: {dotted} must be a list of mappings "
+            f"({', '.join(f.name for f in dataclasses.fields(item_cls))}), got {value!r}"
+        )
+    return [
+        _build(item_cls, item, f"{dotted}[{i}]", source, source.get(f"{dotted}[{i}]", where))
+        for i, item in enumerate(value)
+    ]
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

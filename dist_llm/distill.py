@@ -40,8 +40,13 @@ from dist_llm.pretrained import check_pretrained, instantiate, load_pretrained
 log = get_logger("distill")
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
     """alpha * hard CE + (1 - alpha) * T^2 * KL(teacher_T || student_T) over positions with
     label != -100. Logits [B, T, V], labels [B, T]; computed in fp32 even under bf16 autocast."""
     student = student_logits.float().flatten(0, 1)
@@ -70,8 +75,14 @@ class DistillationForward:
     """The student's `forward` while a teacher is attached (see the module docstring for why it is an
     instance attribute and not a wrapper module)."""
 
-    def __init__(self, student: nn.Module, teacher: PlacedTeacher, temperature: float,
-                 alpha: float, decoder_inputs: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: PlacedTeacher,
+        temperature: float,
+        alpha: float,
+        decoder_inputs: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
         self.student = student
         self.student_forward = student.forward  # the class's bound forward, captured before the swap
         self.teacher = teacher
@@ -100,8 +111,10 @@ def attach_teacher(student: nn.Module, cfg: Config, world: World) -> None:
     d = cfg.distill
     if cfg.model.arch == "encoder" and cfg.data.sentence_task != "none":
         # Without labels the encoder returns MLM logits only: its sentence loss would silently vanish.
-        raise ConfigError(f"distill.teacher={d.teacher} with data.sentence_task={cfg.data.sentence_task}: "
-                          "distillation covers the masked-LM logits only; set data.sentence_task=none")
+        raise ConfigError(
+            f"distill.teacher={d.teacher} with data.sentence_task={cfg.data.sentence_task}: "
+            "distillation covers the masked-LM logits only; set data.sentence_task=none"
+        )
     check_pretrained(d.teacher, "distill.teacher")
     teacher_cfg, state = load_pretrained(d.teacher)
     _check_compatible(teacher_cfg, cfg, d.teacher)
@@ -113,27 +126,42 @@ def attach_teacher(student: nn.Module, cfg: Config, world: World) -> None:
     if d.teacher_shard:
         placed = _shard_teacher(teacher, cfg, teacher_cfg.d_model, world.device)
     else:
-        placed = PlacedTeacher(teacher, sum(p.numel() * p.element_size() for p in teacher.parameters()),
-                               "replicated")
-    log.info("teacher: %s params, %.2f MB per rank (%s), T=%g, alpha=%g, from %s", f"{n_params:,}",
-             placed.bytes_per_rank / 2**20, placed.mode, d.temperature, d.alpha, d.teacher)
+        placed = PlacedTeacher(
+            teacher, sum(p.numel() * p.element_size() for p in teacher.parameters()), "replicated"
+        )
+    log.info(
+        "teacher: %s params, %.2f MB per rank (%s), T=%g, alpha=%g, from %s",
+        f"{n_params:,}",
+        placed.bytes_per_rank / 2**20,
+        placed.mode,
+        d.temperature,
+        d.alpha,
+        d.teacher,
+    )
     # Not an nn.Module, so nn.Module.__setattr__ stores it as a plain instance attribute.
-    student.forward = DistillationForward(student, placed, d.temperature, d.alpha,
-                                          _decoder_inputs(cfg.model.arch))
+    student.forward = DistillationForward(
+        student, placed, d.temperature, d.alpha, _decoder_inputs(cfg.model.arch)
+    )
 
 
 def _check_compatible(teacher_cfg: ModelConfig, cfg: Config, path: str) -> None:
     """Soft targets compare distributions over the same token ids for the same inputs."""
     if teacher_cfg.arch != cfg.model.arch:
-        raise ConfigError(f"distill.teacher={path} is a {teacher_cfg.arch!r} model but the student is "
-                          f"model.arch={cfg.model.arch!r}; distill from a teacher of the same family")
+        raise ConfigError(
+            f"distill.teacher={path} is a {teacher_cfg.arch!r} model but the student is "
+            f"model.arch={cfg.model.arch!r}; distill from a teacher of the same family"
+        )
     if teacher_cfg.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"distill.teacher={path} has vocab_size={teacher_cfg.vocab_size} but the student "
-                          f"has model.vocab_size={cfg.model.vocab_size}; teacher and student must share "
-                          "one tokenizer (prepare the data with the teacher's)")
+        raise ConfigError(
+            f"distill.teacher={path} has vocab_size={teacher_cfg.vocab_size} but the student "
+            f"has model.vocab_size={cfg.model.vocab_size}; teacher and student must share "
+            "one tokenizer (prepare the data with the teacher's)"
+        )
     if cfg.data.seq_len > teacher_cfg.max_seq_len:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds distill.teacher={path}'s "
-                          f"{teacher_cfg.max_seq_len} positions; lower data.seq_len")
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds distill.teacher={path}'s "
+            f"{teacher_cfg.max_seq_len} positions; lower data.seq_len"
+        )
 
 
 def _decoder_inputs(arch: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -180,8 +208,8 @@ def _shard_teacher(teacher: nn.Module, cfg: Config, d_model: int, device: torch.
     engine, _, _, _ = deepspeed.initialize(model=teacher, config=ds_config, dist_init_required=False)
     engine.eval()
     # This rank's partitions, plus the full copy each persistent parameter keeps once gathered.
-    per_rank = sum((p.ds_tensor.numel() + (p.ds_numel if p.ds_persist else 0)) * p.ds_tensor.element_size()
-                   for p in teacher.parameters())
+    per_rank = sum(
+        (p.ds_tensor.numel() + (p.ds_numel if p.ds_persist else 0)) * p.ds_tensor.element_size()
+        for p in teacher.parameters()
+    )
     return PlacedTeacher(engine, per_rank, "zero3+cpu offload" if cfg.distill.teacher_offload else "zero3")
-
-

@@ -39,8 +39,11 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     objective is its family's."""
     if is_hf_dir(path):
         model_cfg, state = load_pretrained(path)
-        data = DataConfig(path="", objective=OBJECTIVES[model_cfg.arch],
-                          seq_len=min(DataConfig.seq_len, model_cfg.max_seq_len))
+        data = DataConfig(
+            path="",
+            objective=OBJECTIVES[model_cfg.arch],
+            seq_len=min(DataConfig.seq_len, model_cfg.max_seq_len),
+        )
         # fp32: the export's weights as they are, the number transformers would compute.
         cfg = Config(model=model_cfg, data=data, train=TrainConfig(precision="fp32"))
         return LoadedModel(model=instantiate(model_cfg, state, device), cfg=cfg, step=0, checkpoint=path)
@@ -48,15 +51,24 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
     state = load_model_state(uri, cfg.model.tie_embeddings)
-    return LoadedModel(model=instantiate(cfg.model, state, device), cfg=cfg,
-                       step=trainer_state["step"], checkpoint=uri)
+    return LoadedModel(
+        model=instantiate(cfg.model, state, device), cfg=cfg, step=trainer_state["step"], checkpoint=uri
+    )
 
 
 LossFn = Callable[[Batch], torch.Tensor]
 
 
-def validation_loss(loss_fn: LossFn, samples: PackedSamples, collator: Collator, seed: int, micro_batch: int,
-                    num_batches: int, rank: int = 0, world_size: int = 1) -> tuple[float, int]:
+def validation_loss(
+    loss_fn: LossFn,
+    samples: PackedSamples,
+    collator: Collator,
+    seed: int,
+    micro_batch: int,
+    num_batches: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[float, int]:
     """Mean loss per scored token (label != -100) over the first validation windows, identical on
     every rank. Returns (loss, tokens scored). Only the token-prediction loss counts: BERT's
     next-sentence term is dropped, so val_loss and perplexity mean the same for every family and
@@ -72,9 +84,16 @@ def validation_loss(loss_fn: LossFn, samples: PackedSamples, collator: Collator,
     return (totals[0] / totals[1]).item(), int(totals[1].item())
 
 
-def validation_losses(loss_fn: LossFn, sources: list[Source], collator: Collator, train_seed: int,
-                      micro_batch: int, num_batches: int, rank: int = 0,
-                      world_size: int = 1) -> dict[str, float]:
+def validation_losses(
+    loss_fn: LossFn,
+    sources: list[Source],
+    collator: Collator,
+    train_seed: int,
+    micro_batch: int,
+    num_batches: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, float]:
     """`val_loss` and `val_tokens`; for a mixture also `val_loss/<name>` per source, each over its own
     validation split, and `val_loss` is their weighted mean (the expected loss on the training mix,
     whatever the validation splits' sizes)."""
@@ -82,8 +101,9 @@ def validation_losses(loss_fn: LossFn, sources: list[Source], collator: Collator
     out: dict[str, float] = {"val_loss": 0.0, "val_tokens": 0}
     for source in sources:
         seed = derive_seed(train_seed, f"eval/{source.name}")
-        loss, tokens = validation_loss(loss_fn, source.samples, collator, seed, micro_batch, num_batches,
-                                       rank, world_size)
+        loss, tokens = validation_loss(
+            loss_fn, source.samples, collator, seed, micro_batch, num_batches, rank, world_size
+        )
         if len(sources) > 1:
             out[f"val_loss/{source.name}"] = loss
         out["val_loss"] += loss * (source.weight / total_weight)  # one source: exactly its loss
@@ -96,14 +116,17 @@ def perplexity(loss: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch_size: int = 8,
-                        max_batches: int | None = None) -> dict[str, object]:
+def evaluate_perplexity(
+    loaded: LoadedModel, data_path: str | None = None, batch_size: int = 8, max_batches: int | None = None
+) -> dict[str, object]:
     """Validation loss and perplexity of a trained model over the validation split (all of it by
     default); for a model trained on a mixture, per source and weighted (see `validation_losses`)."""
     cfg = loaded.cfg
     if not (data_path or cfg.data.path or cfg.data.sources):
-        raise ConfigError(f"{loaded.checkpoint} is a Hugging Face model without training data: pass "
-                          "--data with a dataset prepared with its tokenizer (dist-llm prep --tokenizer DIR)")
+        raise ConfigError(
+            f"{loaded.checkpoint} is a Hugging Face model without training data: pass "
+            "--data with a dataset prepared with its tokenizer (dist-llm prep --tokenizer DIR)"
+        )
     # Another dataset keeps the run's sample length and objective settings (mask rate, spans).
     data = replace(cfg.data, path=data_path, sources=[]) if data_path else cfg.data
     manifests, collator = check_sources(data)
@@ -116,5 +139,9 @@ def evaluate_perplexity(loaded: LoadedModel, data_path: str | None = None, batch
 
     num_batches = max_batches or math.ceil(max(s.samples.num_samples for s in sources) / batch_size)
     losses = validation_losses(loss_fn, sources, collator, cfg.train.seed, batch_size, num_batches)
-    return {"step": loaded.step, **losses, "val_ppl": perplexity(losses["val_loss"]),
-            "checkpoint": loaded.checkpoint}
+    return {
+        "step": loaded.step,
+        **losses,
+        "val_ppl": perplexity(losses["val_loss"]),
+        "checkpoint": loaded.checkpoint,
+    }

@@ -28,8 +28,16 @@ def export_safetensors(checkpoint: str, out_dir: str, dtype: str = "fp32") -> st
     tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in model_tensors(uri)}
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "model.safetensors")
-    save_file(tensors, path, metadata={"format": "pt", "step": str(trainer_state["step"]),
-                                        "tie_embeddings": str(tied), "source": uri})
+    save_file(
+        tensors,
+        path,
+        metadata={
+            "format": "pt",
+            "step": str(trainer_state["step"]),
+            "tie_embeddings": str(tied),
+            "source": uri,
+        },
+    )
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(trainer_state["config"], f, indent=1)
     return path

@@ -40,10 +40,16 @@ def resolve_precision(cfg: Config, device: torch.device) -> str:
     native = native_bf16(device)
     chosen = choose_precision(cfg.train.precision, native, json_precision)
     if cfg.train.precision == "auto":
-        why = ("as the DeepSpeed JSON says" if json_precision else
-               f"{device.type} {'has' if native else 'lacks'} native bf16")
+        why = (
+            "as the DeepSpeed JSON says"
+            if json_precision
+            else f"{device.type} {'has' if native else 'lacks'} native bf16"
+        )
         log.info("train.precision=auto: %s (%s)", chosen, why)
     elif chosen == "bf16" and not native:
-        log.warning("train.precision=bf16 on a %s without native bf16 (no AVX512-BF16/AMX): bf16 matmuls "
-                    "run many times slower than fp32 here; use train.precision=auto or fp32", device.type)
+        log.warning(
+            "train.precision=bf16 on a %s without native bf16 (no AVX512-BF16/AMX): bf16 matmuls "
+            "run many times slower than fp32 here; use train.precision=auto or fp32",
+            device.type,
+        )
     return chosen

@@ -35,8 +35,10 @@ def check_pretrained(path: str, key: str) -> None:
     try:
         resolve_checkpoint(path)
     except CheckpointError as exc:
-        raise ConfigError(f"{key}={path}: neither a Hugging Face model directory (no config.json) nor a "
-                          f"dist_llm checkpoint ({exc})") from None
+        raise ConfigError(
+            f"{key}={path}: neither a Hugging Face model directory (no config.json) nor a "
+            f"dist_llm checkpoint ({exc})"
+        ) from None
 
 
 def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -49,8 +51,9 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     return cfg.model, load_model_state(uri, cfg.model.tie_embeddings)
 
 
-def instantiate(model_cfg: ModelConfig, state: dict[str, torch.Tensor],
-                device: torch.device | str = "cpu") -> nn.Module:
+def instantiate(
+    model_cfg: ModelConfig, state: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> nn.Module:
     """Our model with these weights, in eval mode."""
     with torch.device("meta"):  # no memory for weights that are overwritten anyway
         model = build_model(model_cfg)
@@ -60,21 +63,28 @@ def instantiate(model_cfg: ModelConfig, state: dict[str, torch.Tensor],
     return model.eval()
 
 
-def adopt_pretrained(model_cfg: ModelConfig, tokenizer_vocab: int,
-                     seq_len: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def adopt_pretrained(
+    model_cfg: ModelConfig, tokenizer_vocab: int, seq_len: int
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """For `model.init_from`: the pretrained model's config (its shape wins over the model section,
     which keeps only its dropout and init_from) and its weights. Refuses a dataset whose token ids
     the model has no embedding for, and samples longer than the model's positions."""
     source = model_cfg.init_from
     pretrained_cfg, state = load_pretrained(source)
     if pretrained_cfg.arch != model_cfg.arch:
-        raise ConfigError(f"model.init_from={source} is a {pretrained_cfg.arch!r} model but "
-                          f"model.arch={model_cfg.arch!r}; set model.arch={pretrained_cfg.arch}")
+        raise ConfigError(
+            f"model.init_from={source} is a {pretrained_cfg.arch!r} model but "
+            f"model.arch={model_cfg.arch!r}; set model.arch={pretrained_cfg.arch}"
+        )
     if tokenizer_vocab > pretrained_cfg.vocab_size:
-        raise DataError(f"model.init_from={source} has {pretrained_cfg.vocab_size} token embeddings but the "
-                        f"dataset's tokenizer has {tokenizer_vocab} tokens; prepare the data with the "
-                        f"model's own tokenizer (dist-llm prep --tokenizer {source})")
+        raise DataError(
+            f"model.init_from={source} has {pretrained_cfg.vocab_size} token embeddings but the "
+            f"dataset's tokenizer has {tokenizer_vocab} tokens; prepare the data with the "
+            f"model's own tokenizer (dist-llm prep --tokenizer {source})"
+        )
     if seq_len > pretrained_cfg.max_seq_len:
-        raise ConfigError(f"data.seq_len={seq_len} exceeds model.init_from={source}'s "
-                          f"{pretrained_cfg.max_seq_len} positions; lower data.seq_len")
+        raise ConfigError(
+            f"data.seq_len={seq_len} exceeds model.init_from={source}'s "
+            f"{pretrained_cfg.max_seq_len} positions; lower data.seq_len"
+        )
     return replace(pretrained_cfg, dropout=model_cfg.dropout, init_from=source), state

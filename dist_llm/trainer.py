@@ -48,24 +48,37 @@ class Trainer:
         fill_vocab_size(cfg, self.data.manifest)
         pretrained = None
         if cfg.model.init_from:
-            cfg.model, pretrained = adopt_pretrained(cfg.model, self.data.manifest["tokenizer"]["vocab_size"],
-                                                     cfg.data.seq_len)
+            cfg.model, pretrained = adopt_pretrained(
+                cfg.model, self.data.manifest["tokenizer"]["vocab_size"], cfg.data.seq_len
+            )
         cfg.model.validate()
         teacher = (lambda model: attach_teacher(model, cfg, world)) if cfg.distill.teacher else None
-        self.engine = build_engine(cfg, world, pretrained.__getitem__ if pretrained is not None else None,
-                                   prepare=teacher)
-        log.info("model: %s parameters (%s non-embedding), %d rank(s), engine %s %s",
-                 f"{count_params(cfg.model):,}", f"{count_params(cfg.model, non_embedding=True):,}",
-                 world.size, cfg.engine.type, self.engine.dims)
+        self.engine = build_engine(
+            cfg, world, pretrained.__getitem__ if pretrained is not None else None, prepare=teacher
+        )
+        log.info(
+            "model: %s parameters (%s non-embedding), %d rank(s), engine %s %s",
+            f"{count_params(cfg.model):,}",
+            f"{count_params(cfg.model, non_embedding=True):,}",
+            world.size,
+            cfg.engine.type,
+            self.engine.dims,
+        )
         # Per-rank stream for dropout and sampling; distinct per rank, reproducible per run.
         torch.manual_seed(derive_seed(cfg.train.seed, f"rank{world.rank}"))
         # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
         self.dims = self.engine.dims
         self.batches = train_batches(cfg, self.data, self.dims.dp_rank, self.dims.dp)
         # Preemption first: its handlers are restored last, after the final checkpoint is written.
-        self.callbacks = [PreemptionCallback(), NonFiniteCallback(), MetricsCallback(),
-                          EvalCallback(self.data.validation, self.data.collator), CheckpointCallback(),
-                          ProfilingCallback(), *(callbacks or [])]
+        self.callbacks = [
+            PreemptionCallback(),
+            NonFiniteCallback(),
+            MetricsCallback(),
+            EvalCallback(self.data.validation, self.data.collator),
+            CheckpointCallback(),
+            ProfilingCallback(),
+            *(callbacks or []),
+        ]
         self.stop_requested = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -81,12 +94,19 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Trainer part of a checkpoint: small, JSON, independent of the world size."""
-        return {"step": self.step, "data": asdict(self.batches.state()), "config": self.cfg.to_dict(),
-                "world_size": self.world.size, "consumed_tokens": self.step * self.tokens_per_step,
-                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
+        return {
+            "step": self.step,
+            "data": asdict(self.batches.state()),
+            "config": self.cfg.to_dict(),
+            "world_size": self.world.size,
+            "consumed_tokens": self.step * self.tokens_per_step,
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+        }
 
     def resume(self) -> None:
-        restored = restore_newest(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir, self.engine, self.world)
+        restored = restore_newest(
+            self.cfg.checkpoint.resume, self.cfg.checkpoint_dir, self.engine, self.world
+        )
         if restored is None:
             return
         uri, saved = restored
@@ -94,8 +114,13 @@ class Trainer:
         self.step = saved["step"]
         for cb in self.callbacks:
             cb.load_state_dict(saved.get("callbacks", {}).get(type(cb).__name__, {}))
-        log.info("resumed from %s at step %d (saved on %d ranks, now %d)", uri, self.step,
-                 saved["world_size"], self.world.size)
+        log.info(
+            "resumed from %s at step %d (saved on %d ranks, now %d)",
+            uri,
+            self.step,
+            saved["world_size"],
+            self.world.size,
+        )
 
     def rollback(self) -> bool:
         """Reload weights and optimizer from the newest committed checkpoint, keeping the step count
@@ -103,8 +128,11 @@ class Trainer:
         restored = restore_newest("auto", self.cfg.checkpoint_dir, self.engine, self.world)
         if restored is None:
             return False
-        log.warning("rolled back weights and optimizer to %s; continuing at step %d with fresh data",
-                    restored[0], self.step)
+        log.warning(
+            "rolled back weights and optimizer to %s; continuing at step %d with fresh data",
+            restored[0],
+            self.step,
+        )
         return True
 
     def emit(self, record: dict[str, Any]) -> None:
@@ -135,10 +163,17 @@ class Trainer:
                 lr = lr_at(self.step, self.cfg.optim, self.cfg.train.max_steps)
                 result = self.engine.train_step(micro_batches, lr)
             self.step += 1
-            metrics = {"step": self.step, "loss": result.loss, "lr": lr, "skipped": result.skipped,
-                       "grad_norm": result.grad_norm, "tokens": self.tokens_per_step,
-                       "consumed_tokens": self.step * self.tokens_per_step,
-                       "step_time_s": time.perf_counter() - start, "data_time_s": data_time}
+            metrics = {
+                "step": self.step,
+                "loss": result.loss,
+                "lr": lr,
+                "skipped": result.skipped,
+                "grad_norm": result.grad_norm,
+                "tokens": self.tokens_per_step,
+                "consumed_tokens": self.step * self.tokens_per_step,
+                "step_time_s": time.perf_counter() - start,
+                "data_time_s": data_time,
+            }
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
         for cb in reversed(self.callbacks):  # teardown in reverse: sinks close after the final eval

@@ -37,8 +37,9 @@ def payload_size(data: bytes | list[memoryview]) -> int:
     return len(data) if isinstance(data, bytes) else sum(b.nbytes for b in data)
 
 
-def put_object(uri: str, data: bytes | list[memoryview], attempts: int, backoff_s: float,
-               log: logging.Logger) -> None:
+def put_object(
+    uri: str, data: bytes | list[memoryview], attempts: int, backoff_s: float, log: logging.Logger
+) -> None:
     """Upload a whole object to a remote store, retrying transient failures (connection reset, store
     restarting) with exponential backoff; the last failure is re-raised for the caller to explain."""
     fs, path = filesystem(uri)

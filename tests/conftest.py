@@ -25,9 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A model small enough that a training step takes milliseconds on one core.
 SMALL_MODEL = [
-    "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-    "model.max_seq_len=64", "data.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=2",
-    "optim.warmup_steps=2", "train.eval_interval=0", "train.eval_batches=2", "train.log_interval=1",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.max_seq_len=64",
+    "data.seq_len=64",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "optim.warmup_steps=2",
+    "train.eval_interval=0",
+    "train.eval_batches=2",
+    "train.log_interval=1",
     "logging.peak_tflops=1.0",
 ]
 
@@ -46,8 +55,11 @@ def warnings_log(caplog) -> pytest.LogCaptureFixture:
 def dataset(tmp_path_factory) -> str:
     """The built-in default corpus prepared with a small vocabulary (about 10 s once per session)."""
     out = str(tmp_path_factory.mktemp("data") / "ds")
-    subprocess.run([sys.executable, "-m", "data_prep", "--out", out, "--vocab-size", "1024",
-                    "--quiet"], check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "data_prep", "--out", out, "--vocab-size", "1024", "--quiet"],
+        check=True,
+        cwd=REPO,
+    )
     return out
 
 
@@ -58,21 +70,43 @@ def free_port() -> int:
 
 
 def train_command(run_dir: str, dataset: str, overrides: list[str], nproc: int = 1) -> list[str]:
-    args = ["train", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}",
-            f"logging.run_dir={run_dir}", f"launch.nproc_per_node={nproc}", *SMALL_MODEL, *overrides]
+    args = [
+        "train",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"data.path={dataset}",
+        f"logging.run_dir={run_dir}",
+        f"launch.nproc_per_node={nproc}",
+        *SMALL_MODEL,
+        *overrides,
+    ]
     if nproc == 1:
         return [sys.executable, "-m", "dist_llm.cli", *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
-            "-m", "dist_llm.cli", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "-m",
+        "dist_llm.cli",
+        *args,
+    ]
 
 
-def run_train(run_dir: str, dataset: str, overrides: list[str], nproc: int = 1,
-              timeout: float = 300) -> subprocess.CompletedProcess:
+def run_train(
+    run_dir: str, dataset: str, overrides: list[str], nproc: int = 1, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run training to completion in fresh processes; fails the test with the log on error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(train_command(run_dir, dataset, overrides, nproc), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        train_command(run_dir, dataset, overrides, nproc),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"training failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -107,8 +141,18 @@ def assert_weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def make_trainer(run_dir, dataset: str, overrides: list[str], callbacks: list) -> Trainer:
     """An in-process, single-rank Trainer on the small model (fp32, 8 steps unless overridden)."""
-    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [
-        f"data.path={dataset}", f"logging.run_dir={run_dir}", "launch.nproc_per_node=1", *SMALL_MODEL,
-        "train.precision=fp32", "train.max_steps=8", "checkpoint.async_save=false", *overrides])
+    cfg = load_config(
+        str(REPO / "configs" / "tiny.yaml"),
+        [
+            f"data.path={dataset}",
+            f"logging.run_dir={run_dir}",
+            "launch.nproc_per_node=1",
+            *SMALL_MODEL,
+            "train.precision=fp32",
+            "train.max_steps=8",
+            "checkpoint.async_save=false",
+            *overrides,
+        ],
+    )
     cfg.validate(world_size=1)
     return Trainer(cfg, World(rank=0, local_rank=0, size=1, device=torch.device("cpu")), callbacks=callbacks)

@@ -16,16 +16,32 @@ from tests.conftest import REPO, SMALL_MODEL, final_weights, read_metrics
 
 
 def dist_llm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["dist-llm", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        ["dist-llm", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.distributed
 def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
     run = str(tmp_path / "run")
-    train = dist_llm("train", "configs/tiny.yaml", "--nproc-per-node", "2", f"data.path={dataset}",
-                     f"logging.run_dir={run}", *SMALL_MODEL, "train.max_steps=40", "train.eval_interval=20",
-                     "optim.lr=0.01", "checkpoint.interval=20")
+    train = dist_llm(
+        "train",
+        "configs/tiny.yaml",
+        "--nproc-per-node",
+        "2",
+        f"data.path={dataset}",
+        f"logging.run_dir={run}",
+        *SMALL_MODEL,
+        "train.max_steps=40",
+        "train.eval_interval=20",
+        "optim.lr=0.01",
+        "checkpoint.interval=20",
+    )
     assert train.returncode == 0, train.stderr[-4000:]
     vals = [m for m in read_metrics(run) if "val_loss" in m]
     assert [v["step"] for v in vals] == [0, 20, 40]
@@ -70,12 +86,18 @@ def test_train_two_ranks_eval_and_generate(tmp_path, dataset):
         assert (hf_model(ids).logits - ours).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train.global_batch_size=12"], "override 'train.global_batch_size=12': train.global_batch_size=12 is "
-                                     "not divisible by train.micro_batch_size=8 x 2"),
-    (["train.max_stepz=3"], "unknown key train.max_stepz (did you mean train.max_steps?)"),
-    (["data.path=/nonexistent/ds"], "/nonexistent/ds"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["train.global_batch_size=12"],
+            "override 'train.global_batch_size=12': train.global_batch_size=12 is "
+            "not divisible by train.micro_batch_size=8 x 2",
+        ),
+        (["train.max_stepz=3"], "unknown key train.max_stepz (did you mean train.max_steps?)"),
+        (["data.path=/nonexistent/ds"], "/nonexistent/ds"),
+    ],
+)
 def test_bad_config_fails_before_spawning(args, message):
     result = dist_llm("train", "configs/tiny.yaml", *args)
     assert result.returncode == 2

@@ -51,8 +51,17 @@ class CheckpointBenchResult:
 def build_engine(size_mb: float) -> TorchEngine:
     """A 2-layer decoder, widened in steps of 64 until weights + optimizer state come to about
     `size_mb` MB, after one optimizer step (AdamW's moments exist only after a step)."""
-    cfg = load_config(None, ["model.vocab_size=1024", "model.n_layers=2", "model.n_heads=4",
-                             "model.max_seq_len=32", "optim.warmup_steps=0", "model.d_model=64"])
+    cfg = load_config(
+        None,
+        [
+            "model.vocab_size=1024",
+            "model.n_layers=2",
+            "model.n_heads=4",
+            "model.max_seq_len=32",
+            "optim.warmup_steps=0",
+            "model.d_model=64",
+        ],
+    )
     while count_params(cfg.model) * BYTES_PER_PARAM < size_mb * 1e6:
         cfg.model.d_model += 64
     engine = TorchEngine(cfg, WORLD)
@@ -68,8 +77,9 @@ def _timed_save(writer: CheckpointWriter, step: int, engine: TorchEngine) -> tup
     writer.wait()
     total = time.perf_counter() - start
     if blocked is None or step not in writer.committed_steps:
-        raise CheckpointError(f"benchmark checkpoint step {step} under {writer.root} did not commit; "
-                              "see the error above")
+        raise CheckpointError(
+            f"benchmark checkpoint step {step} under {writer.root} did not commit; see the error above"
+        )
     return blocked, total
 
 
@@ -110,17 +120,28 @@ def bench_checkpoint(uri: str | None, size_mb: float, repeats: int) -> Checkpoin
     sync_b, async_b = statistics.median(sync_blocked), statistics.median(async_blocked)
     writer_rate, plain_rate = mb / statistics.median(upload_s), mb / statistics.median(plain_s)
     return CheckpointBenchResult(
-        destination=uri or "local temp dir", checkpoint_mb=mb, sync_blocked_s=sync_b,
-        async_blocked_s=async_b, blocked_ratio=async_b / sync_b, writer_mb_per_s=writer_rate,
-        plain_mb_per_s=plain_rate, writer_vs_plain=writer_rate / plain_rate, repeats=repeats)
+        destination=uri or "local temp dir",
+        checkpoint_mb=mb,
+        sync_blocked_s=sync_b,
+        async_blocked_s=async_b,
+        blocked_ratio=async_b / sync_b,
+        writer_mb_per_s=writer_rate,
+        plain_mb_per_s=plain_rate,
+        writer_vs_plain=writer_rate / plain_rate,
+        repeats=repeats,
+    )
 
 
 def format_table(results: list[CheckpointBenchResult]) -> str:
-    lines = ["destination | checkpoint MB | sync save: blocked s | async: blocked s | async/sync "
-             "(goal <= 10%) | writer MB/s | plain put MB/s | writer/plain", "---|---|---|---|---|---|---|---"]
+    lines = [
+        "destination | checkpoint MB | sync save: blocked s | async: blocked s | async/sync "
+        "(goal <= 10%) | writer MB/s | plain put MB/s | writer/plain",
+        "---|---|---|---|---|---|---|---",
+    ]
     for r in results:
-        lines.append(f"{r.destination} | {r.checkpoint_mb:.1f} | {r.sync_blocked_s:.3f} | "
-                     f"{r.async_blocked_s:.3f} | {100 * r.blocked_ratio:.1f}% | {r.writer_mb_per_s:.0f} | "
-                     f"{r.plain_mb_per_s:.0f} | {r.writer_vs_plain:.2f}x")
+        lines.append(
+            f"{r.destination} | {r.checkpoint_mb:.1f} | {r.sync_blocked_s:.3f} | "
+            f"{r.async_blocked_s:.3f} | {100 * r.blocked_ratio:.1f}% | {r.writer_mb_per_s:.0f} | "
+            f"{r.plain_mb_per_s:.0f} | {r.writer_vs_plain:.2f}x"
+        )
     return "\n".join(lines)
-

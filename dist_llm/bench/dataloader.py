@@ -63,8 +63,16 @@ def _loader_times(config: str, overrides: list[str], steps: int) -> list[float]:
 def _train_records(config: str, overrides: list[str], steps: int, run_dir: str) -> tuple[int, list[dict]]:
     cfg = load_config(config, overrides)
     ranks = cfg.launch.nproc_per_node
-    args = ["train", config, *overrides, f"logging.run_dir={run_dir}", f"train.max_steps={steps}",
-            "train.log_interval=1", "train.eval_interval=0", "checkpoint.interval=0"]
+    args = [
+        "train",
+        config,
+        *overrides,
+        f"logging.run_dir={run_dir}",
+        f"train.max_steps={steps}",
+        "train.log_interval=1",
+        "train.eval_interval=0",
+        "checkpoint.interval=0",
+    ]
     cmd = [sys.executable, "-m", "dist_llm.cli", *args] if ranks == 1 else torchrun_command(args, ranks)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -73,8 +81,9 @@ def _train_records(config: str, overrides: list[str], steps: int, run_dir: str) 
         return ranks, [r for r in map(json.loads, f) if "data_time_s" in r]
 
 
-def bench_dataloader(config: str, overrides: list[str], uris: list[str], steps: int,
-                     warmup: int) -> list[LoaderBenchResult]:
+def bench_dataloader(
+    config: str, overrides: list[str], uris: list[str], steps: int, warmup: int
+) -> list[LoaderBenchResult]:
     if warmup >= steps:
         raise ConfigError(f"--warmup {warmup} must be below --steps {steps}")
     results = []
@@ -88,21 +97,31 @@ def bench_dataloader(config: str, overrides: list[str], uris: list[str], steps: 
             ranks, records = _train_records(config, [*overrides, *where], steps, os.path.join(tmp, f"run{i}"))
             data_s = [r["data_time_s"] for r in records[warmup:]]
             step_s = statistics.median(r["step_time_s"] for r in records[warmup:])
-            results.append(LoaderBenchResult(
-                location=uri or load_config(config, overrides).data.path, ranks=ranks,
-                loader_first_ms=1e3 * loader[0], loader_ms=1e3 * statistics.median(loader[warmup:]),
-                train_data_ms=1e3 * statistics.median(data_s), train_data_max_ms=1e3 * max(data_s),
-                train_step_ms=1e3 * step_s, ratio=statistics.median(data_s) / step_s))
+            results.append(
+                LoaderBenchResult(
+                    location=uri or load_config(config, overrides).data.path,
+                    ranks=ranks,
+                    loader_first_ms=1e3 * loader[0],
+                    loader_ms=1e3 * statistics.median(loader[warmup:]),
+                    train_data_ms=1e3 * statistics.median(data_s),
+                    train_data_max_ms=1e3 * max(data_s),
+                    train_step_ms=1e3 * step_s,
+                    ratio=statistics.median(data_s) / step_s,
+                )
+            )
     return results
 
 
 def format_table(results: list[LoaderBenchResult]) -> str:
-    lines = ["data | ranks | loader alone: first / median ms | in training: data ms median (max) | "
-             "step ms | data / step",
-             "---|---|---|---|---|---"]
+    lines = [
+        "data | ranks | loader alone: first / median ms | in training: data ms median (max) | "
+        "step ms | data / step",
+        "---|---|---|---|---|---",
+    ]
     for r in results:
-        lines.append(f"{r.location} | {r.ranks} | {r.loader_first_ms:.2f} / {r.loader_ms:.3f} | "
-                     f"{r.train_data_ms:.3f} ({r.train_data_max_ms:.2f}) | {r.train_step_ms:.1f} | "
-                     f"{100 * r.ratio:.2f}%")
+        lines.append(
+            f"{r.location} | {r.ranks} | {r.loader_first_ms:.2f} / {r.loader_ms:.3f} | "
+            f"{r.train_data_ms:.3f} ({r.train_data_max_ms:.2f}) | {r.train_step_ms:.1f} | "
+            f"{100 * r.ratio:.2f}%"
+        )
     return "\n".join(lines)
-

@@ -79,9 +79,16 @@ def rank_share(cfg: Config, world: int, rank: int) -> RankShare:
         params = list(model.parameters())  # each tied weight once
         numel = sum(_local_numel(p) for p in params)
         optimizer = numel * ADAM_STATE + FP32 * len(params)
-        return RankShare(rank=rank, pp=dims.pp_rank, dp=dims.dp_rank, tp=dims.tp_rank, param_bytes=numel * FP32,
-                         grad_bytes=numel * FP32, optimizer_bytes=optimizer,
-                         checkpoint_bytes=numel * FP32 + optimizer)
+        return RankShare(
+            rank=rank,
+            pp=dims.pp_rank,
+            dp=dims.dp_rank,
+            tp=dims.tp_rank,
+            param_bytes=numel * FP32,
+            grad_bytes=numel * FP32,
+            optimizer_bytes=optimizer,
+            checkpoint_bytes=numel * FP32 + optimizer,
+        )
     finally:
         dist.destroy_process_group()
 
@@ -111,22 +118,35 @@ def dry_run(model: str, overrides: list[str], world: int, ranks: list[int] | Non
     totals = [s.total for s in shares]
     dims = cfg.engine.dims(world)
     return DryRunResult(
-        model=model, params=n, world=world,
+        model=model,
+        params=n,
+        world=world,
         layout=f"pp {dims.pp} x dp_replicate {dims.dp_replicate} x dp_shard {dims.dp_shard} x tp {dims.tp}",
-        ranks_checked=len(shares), even_split_bytes=even, max_rank_bytes=max(totals), min_rank_bytes=min(totals),
-        max_over_even=max(totals) / even, max_param_bytes=max(s.param_bytes for s in shares),
+        ranks_checked=len(shares),
+        even_split_bytes=even,
+        max_rank_bytes=max(totals),
+        min_rank_bytes=min(totals),
+        max_over_even=max(totals) / even,
+        max_param_bytes=max(s.param_bytes for s in shares),
         max_optimizer_bytes=max(s.optimizer_bytes for s in shares),
-        max_checkpoint_bytes=max(s.checkpoint_bytes for s in shares), seconds_per_rank=seconds, shares=shares)
+        max_checkpoint_bytes=max(s.checkpoint_bytes for s in shares),
+        seconds_per_rank=seconds,
+        shares=shares,
+    )
 
 
 def format_table(results: list[DryRunResult]) -> str:
     gb = 1e9
-    lines = ["model | params | ranks | layout | ranks checked | even split GB | max rank GB (params/optimizer/"
-             "checkpoint shard) | min rank GB | max / even | s per rank", "---|---|---|---|---|---|---|---|---|---"]
+    lines = [
+        "model | params | ranks | layout | ranks checked | even split GB | max rank GB (params/optimizer/"
+        "checkpoint shard) | min rank GB | max / even | s per rank",
+        "---|---|---|---|---|---|---|---|---|---",
+    ]
     for r in results:
-        lines.append(f"{r.model} | {r.params / 1e9:.1f}B | {r.world} | {r.layout} | {r.ranks_checked} | "
-                     f"{r.even_split_bytes / gb:.2f} | {r.max_rank_bytes / gb:.2f} ({r.max_param_bytes / gb:.2f}/"
-                     f"{r.max_optimizer_bytes / gb:.2f}/{r.max_checkpoint_bytes / gb:.2f}) | "
-                     f"{r.min_rank_bytes / gb:.2f} | {r.max_over_even:.3f} | {r.seconds_per_rank:.2f}")
+        lines.append(
+            f"{r.model} | {r.params / 1e9:.1f}B | {r.world} | {r.layout} | {r.ranks_checked} | "
+            f"{r.even_split_bytes / gb:.2f} | {r.max_rank_bytes / gb:.2f} ({r.max_param_bytes / gb:.2f}/"
+            f"{r.max_optimizer_bytes / gb:.2f}/{r.max_checkpoint_bytes / gb:.2f}) | "
+            f"{r.min_rank_bytes / gb:.2f} | {r.max_over_even:.3f} | {r.seconds_per_rank:.2f}"
+        )
     return "\n".join(lines)
-

@@ -38,8 +38,16 @@ class MemoryResult:
 
 
 def _torchrun(nproc: int, args: list[str], cwd: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "dist_llm.bench.memory_worker", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "dist_llm.bench.memory_worker",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -54,35 +62,58 @@ def _reports(out: str, nproc: int) -> list[dict]:
     return reports
 
 
-def bench_memory(config: str, overrides: list[str], ranks: list[int], steps: int,
-                 work_dir: str | None = None) -> list[MemoryResult]:
+def bench_memory(
+    config: str, overrides: list[str], ranks: list[int], steps: int, work_dir: str | None = None
+) -> list[MemoryResult]:
     cfg = load_config(config, overrides)
     results = []
     for nproc in ranks:
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench-memory-") as tmp:
-            run = [f"logging.run_dir={tmp}/run", "checkpoint.interval=0", "train.eval_interval=0",
-                   "train.eval_batches=1", f"launch.nproc_per_node={nproc}", *overrides]
+            run = [
+                f"logging.run_dir={tmp}/run",
+                "checkpoint.interval=0",
+                "train.eval_interval=0",
+                "train.eval_batches=1",
+                f"launch.nproc_per_node={nproc}",
+                *overrides,
+            ]
             _torchrun(nproc, [config, f"{tmp}/first", *run, f"train.max_steps={steps}"], os.getcwd())
-            _torchrun(nproc, [config, f"{tmp}/resumed", *run, f"train.max_steps={steps + 1}",
-                              "checkpoint.resume=auto"], os.getcwd())
+            _torchrun(
+                nproc,
+                [config, f"{tmp}/resumed", *run, f"train.max_steps={steps + 1}", "checkpoint.resume=auto"],
+                os.getcwd(),
+            )
             first, resumed = _reports(f"{tmp}/first", nproc), _reports(f"{tmp}/resumed", nproc)
         vocab = cfg.model.vocab_size or 32000
         cfg.model.vocab_size = vocab
         n = count_params(cfg.model)
-        peaks = {phase: [r["peaks"].get(phase, 0) / 1e9 for r in (resumed if phase == "load" else first)]
-                 for phase in PHASES}
-        results.append(MemoryResult(
-            ranks=nproc, params=n, share_gb=n * STATE_BYTES_PER_PARAM / nproc / 1e9,
-            engine_gb=[sum(r["engine"].values()) / 1e9 for r in first], peak_gb=peaks,
-            spread={phase: max(v) / min(v) for phase, v in peaks.items() if min(v) > 0}))
+        peaks = {
+            phase: [r["peaks"].get(phase, 0) / 1e9 for r in (resumed if phase == "load" else first)]
+            for phase in PHASES
+        }
+        results.append(
+            MemoryResult(
+                ranks=nproc,
+                params=n,
+                share_gb=n * STATE_BYTES_PER_PARAM / nproc / 1e9,
+                engine_gb=[sum(r["engine"].values()) / 1e9 for r in first],
+                peak_gb=peaks,
+                spread={phase: max(v) / min(v) for phase, v in peaks.items() if min(v) > 0},
+            )
+        )
     return results
 
 
 def format_table(results: list[MemoryResult]) -> str:
-    lines = ["ranks | params | share GB (state/ranks) | engine GB per rank | " +
-             " | ".join(f"{p} peak GB per rank (max/min)" for p in PHASES), "---|---|---|---|" + "---|" * len(PHASES)]
+    lines = [
+        "ranks | params | share GB (state/ranks) | engine GB per rank | "
+        + " | ".join(f"{p} peak GB per rank (max/min)" for p in PHASES),
+        "---|---|---|---|" + "---|" * len(PHASES),
+    ]
     for r in results:
         cells = [f"{', '.join(f'{v:.2f}' for v in r.peak_gb[p])} ({r.spread.get(p, 0):.2f}x)" for p in PHASES]
-        lines.append(f"{r.ranks} | {r.params / 1e6:.0f}M | {r.share_gb:.2f} | "
-                     f"{', '.join(f'{v:.2f}' for v in r.engine_gb)} | " + " | ".join(cells))
+        lines.append(
+            f"{r.ranks} | {r.params / 1e6:.0f}M | {r.share_gb:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in r.engine_gb)} | " + " | ".join(cells)
+        )
     return "\n".join(lines)

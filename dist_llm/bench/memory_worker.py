@@ -78,8 +78,13 @@ def main(argv: list[str]) -> int:
     sampler.enter("load" if cfg.checkpoint.resume != "none" else "train")
     trainer.fit()
     peaks = sampler.stop()
-    report: dict[str, Any] = {"rank": world.rank, "world": world.size, "peaks": peaks,
-                              "engine": trainer.engine.memory_report(), "step": trainer.step}
+    report: dict[str, Any] = {
+        "rank": world.rank,
+        "world": world.size,
+        "peaks": peaks,
+        "engine": trainer.engine.memory_report(),
+        "step": trainer.step,
+    }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{world.rank}.json"), "w", encoding="utf-8") as f:
         json.dump(report, f)

@@ -63,10 +63,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in self.c_attn(x).split(self.n_embd, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            for t in self.c_attn(x).split(self.n_embd, dim=2)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
@@ -96,10 +99,15 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd), wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout), h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=LayerNorm(cfg.n_embd, cfg.bias)))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=LayerNorm(cfg.n_embd, cfg.bias),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -123,11 +131,14 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                             device_type: str) -> torch.optim.AdamW:
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         extra = {"fused": True} if device_type == "cuda" else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
@@ -152,9 +163,14 @@ def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               micro_batches: list[dict[str, torch.Tensor]], lr: float, grad_clip: float,
-               device: torch.device) -> float:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[dict[str, torch.Tensor]],
+    lr: float,
+    grad_clip: float,
+    device: torch.device,
+) -> float:
     """One optimizer step of train.py's loop over `micro_batches`; returns the step's mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -178,14 +194,18 @@ def load_checkout(path: str) -> ModuleType:
     """`model.py` of a local nanoGPT checkout, imported from that file (nothing is downloaded)."""
     file = os.path.join(path, "model.py")
     if not os.path.isfile(file):
-        raise ConfigError(f"--nanogpt-dir {path}: no model.py there; point it at a nanoGPT checkout "
-                          "(the directory holding model.py and train.py)")
+        raise ConfigError(
+            f"--nanogpt-dir {path}: no model.py there; point it at a nanoGPT checkout "
+            "(the directory holding model.py and train.py)"
+        )
     spec = importlib.util.spec_from_file_location("nanogpt_checkout_model", file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     missing = [name for name in ("GPT", "GPTConfig") if not hasattr(module, name)]
     if missing:
-        raise ConfigError(f"--nanogpt-dir {path}: {file} defines no {missing}; it must be nanoGPT's "
-                          "model.py (class GPT, dataclass GPTConfig)")
+        raise ConfigError(
+            f"--nanogpt-dir {path}: {file} defines no {missing}; it must be nanoGPT's "
+            "model.py (class GPT, dataclass GPTConfig)"
+        )
     return module

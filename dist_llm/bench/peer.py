@@ -99,9 +99,15 @@ class NanoGPTPeer(Callback):
 
     def on_train_start(self, trainer: "Trainer") -> None:
         cfg, device = trainer.cfg, trainer.world.device
-        gpt_cfg = self.source.GPTConfig(block_size=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
-                                        n_layer=cfg.model.n_layers, n_head=cfg.model.n_heads,
-                                        n_embd=cfg.model.d_model, dropout=0.0, bias=False)
+        gpt_cfg = self.source.GPTConfig(
+            block_size=cfg.data.seq_len,
+            vocab_size=cfg.model.vocab_size,
+            n_layer=cfg.model.n_layers,
+            n_head=cfg.model.n_heads,
+            n_embd=cfg.model.d_model,
+            dropout=0.0,
+            bias=False,
+        )
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(cfg.train.seed, "init"))
             self.model = self.source.GPT(gpt_cfg).to(device)
@@ -109,36 +115,67 @@ class NanoGPTPeer(Callback):
         # The same 6N + 12LHQT count as ours, N = the Linear weights (the tied head once): token
         # and position tables are lookups, and a user's checkout may name its modules otherwise.
         matmul_params = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
-        self.flops_per_token = dense_flops_per_token(matmul_params, cfg.model.n_layers, cfg.model.d_model,
-                                                     cfg.data.seq_len)
+        self.flops_per_token = dense_flops_per_token(
+            matmul_params, cfg.model.n_layers, cfg.model.d_model, cfg.data.seq_len
+        )
         o = cfg.optim
-        self.optimizer = self.model.configure_optimizers(o.weight_decay, o.lr, (o.beta1, o.beta2),
-                                                         device.type)
+        self.optimizer = self.model.configure_optimizers(
+            o.weight_decay, o.lr, (o.beta1, o.beta2), device.type
+        )
         self.batches = train_batches(cfg, trainer.data, 0, 1)
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         cfg = trainer.cfg
         start = time.perf_counter()
         micro_batches = self.batches.next_step()
-        lr = nanogpt.get_lr(trainer.step - 1, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
-                            cfg.optim.warmup_steps, cfg.train.max_steps)
-        loss = nanogpt.train_step(self.model, self.optimizer, micro_batches, lr, cfg.optim.grad_clip,
-                                  trainer.world.device)
+        lr = nanogpt.get_lr(
+            trainer.step - 1,
+            cfg.optim.lr,
+            cfg.optim.lr * cfg.optim.min_lr_ratio,
+            cfg.optim.warmup_steps,
+            cfg.train.max_steps,
+        )
+        loss = nanogpt.train_step(
+            self.model, self.optimizer, micro_batches, lr, cfg.optim.grad_clip, trainer.world.device
+        )
         self.step_s.append(time.perf_counter() - start)
         self.losses.append(loss)
 
 
-def _peer_run(name: str, precision: str, params: int, flops: float, tokens: int, step_s: list[float],
-              losses: list[float], warmup: int) -> PeerRun:
+def _peer_run(
+    name: str,
+    precision: str,
+    params: int,
+    flops: float,
+    tokens: int,
+    step_s: list[float],
+    losses: list[float],
+    warmup: int,
+) -> PeerRun:
     median_s = statistics.median(step_s[warmup:])
-    return PeerRun(name=name, precision=precision, params=params, tokens_per_s=tokens / median_s,
-                   step_ms=1e3 * median_s, final_loss=statistics.fmean(losses[-FINAL_STEPS:]), losses=losses,
-                   step_times_ms=[1e3 * s for s in step_s], flops_per_token=flops,
-                   achieved_tflops=tokens / median_s * flops / 1e12)
+    return PeerRun(
+        name=name,
+        precision=precision,
+        params=params,
+        tokens_per_s=tokens / median_s,
+        step_ms=1e3 * median_s,
+        final_loss=statistics.fmean(losses[-FINAL_STEPS:]),
+        losses=losses,
+        step_times_ms=[1e3 * s for s in step_s],
+        flops_per_token=flops,
+        achieved_tflops=tokens / median_s * flops / 1e12,
+    )
 
 
-def bench_peer(config: str, overrides: list[str], steps: int, warmup: int, precision: str = "fp32",
-               threads: int | None = None, nanogpt_dir: str | None = None) -> PeerBenchResult:
+def bench_peer(
+    config: str,
+    overrides: list[str],
+    steps: int,
+    warmup: int,
+    precision: str = "fp32",
+    threads: int | None = None,
+    nanogpt_dir: str | None = None,
+) -> PeerBenchResult:
     """Train ours and nanoGPT for `steps` steps side by side on `threads` threads (default: every
     usable core) and compare tokens/s and loss."""
     from dist_llm.trainer import Trainer  # imports every engine: only when a benchmark runs
@@ -152,12 +189,25 @@ def bench_peer(config: str, overrides: list[str], steps: int, warmup: int, preci
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = check_training(config, [
-                *overrides, f"train.precision={precision}", "launch.nproc_per_node=1",
-                f"train.max_steps={steps}", "train.exit_at_step=0", "train.log_interval=1",
-                "train.eval_interval=0", "train.eval_batches=1", "checkpoint.interval=0",
-                "checkpoint.resume=none", f"checkpoint.dir={tmp}/checkpoints", f"logging.run_dir={tmp}",
-                "logging.wandb.enabled=false"], 1)
+            cfg = check_training(
+                config,
+                [
+                    *overrides,
+                    f"train.precision={precision}",
+                    "launch.nproc_per_node=1",
+                    f"train.max_steps={steps}",
+                    "train.exit_at_step=0",
+                    "train.log_interval=1",
+                    "train.eval_interval=0",
+                    "train.eval_batches=1",
+                    "checkpoint.interval=0",
+                    "checkpoint.resume=none",
+                    f"checkpoint.dir={tmp}/checkpoints",
+                    f"logging.run_dir={tmp}",
+                    "logging.wandb.enabled=false",
+                ],
+                1,
+            )
             trainer = Trainer(cfg, init_distributed(cfg.engine.backend), callbacks=[peer])
             records = [r for r in trainer.fit() if "tokens_per_s" in r]
         # Measured here, on the same threads: the ceiling both sides' matmuls share.
@@ -167,18 +217,41 @@ def bench_peer(config: str, overrides: list[str], steps: int, warmup: int, preci
     tokens = cfg.train.global_batch_size * cfg.data.seq_len
     device = trainer.world.device
     ours_params = sum(p.numel() for p in trainer.engine.model.parameters())
-    ours = _peer_run("dist_llm", cfg.train.precision, ours_params,
-                     flops_per_token(cfg.model, cfg.data.seq_len), tokens,
-                     [r["step_time_s"] for r in records], [r["loss"] for r in records], warmup)
-    theirs = _peer_run(f"nanoGPT ({nanogpt_dir or 'built-in'})",
-                       "fp32" if device.type == "cpu" else "bf16 autocast", peer.params, peer.flops_per_token,
-                       tokens, peer.step_s, peer.losses, warmup)
+    ours = _peer_run(
+        "dist_llm",
+        cfg.train.precision,
+        ours_params,
+        flops_per_token(cfg.model, cfg.data.seq_len),
+        tokens,
+        [r["step_time_s"] for r in records],
+        [r["loss"] for r in records],
+        warmup,
+    )
+    theirs = _peer_run(
+        f"nanoGPT ({nanogpt_dir or 'built-in'})",
+        "fp32" if device.type == "cpu" else "bf16 autocast",
+        peer.params,
+        peer.flops_per_token,
+        tokens,
+        peer.step_s,
+        peer.losses,
+        warmup,
+    )
     goal = GOAL_RATIO * theirs.tokens_per_s * ours.flops_per_token / 1e12
     return PeerBenchResult(
-        ours=ours, nanogpt=theirs, threads=threads, device=str(device), steps=steps, warmup=warmup,
-        ratio=ours.tokens_per_s / theirs.tokens_per_s, loss_tolerance=LOSS_TOLERANCE,
+        ours=ours,
+        nanogpt=theirs,
+        threads=threads,
+        device=str(device),
+        steps=steps,
+        warmup=warmup,
+        ratio=ours.tokens_per_s / theirs.tokens_per_s,
+        loss_tolerance=LOSS_TOLERANCE,
         loss_equal_or_better=ours.final_loss <= theirs.final_loss + LOSS_TOLERANCE,
-        peaks_tflops=peaks, goal_tflops=goal, goal_vs_peak=goal / max(peaks.values()))
+        peaks_tflops=peaks,
+        goal_tflops=goal,
+        goal_vs_peak=goal / max(peaks.values()),
+    )
 
 
 def _loss_steps(steps: int) -> list[int]:
@@ -190,26 +263,36 @@ def format_table(results: list[PeerBenchResult]) -> str:
     lines = []
     for r in results:
         shown = _loss_steps(r.steps)
-        lines += [f"device {r.device}, {r.threads} threads for both, {r.steps} steps (medians over steps "
-                  f"{r.warmup + 1}..{r.steps}); nanoGPT as its train.py runs it: bias=False, dropout 0, "
-                  "no torch.compile (its CPU instructions)",
-                  "run | precision | params | tokens/s | ms/step | model GFLOP/s | "
-                  + " | ".join(f"loss@{s}" for s in shown)
-                  + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
-                  "---|---|---|---|---|---|" + "---|" * len(shown) + "---"]
+        lines += [
+            f"device {r.device}, {r.threads} threads for both, {r.steps} steps (medians over steps "
+            f"{r.warmup + 1}..{r.steps}); nanoGPT as its train.py runs it: bias=False, dropout 0, "
+            "no torch.compile (its CPU instructions)",
+            "run | precision | params | tokens/s | ms/step | model GFLOP/s | "
+            + " | ".join(f"loss@{s}" for s in shown)
+            + f" | final loss (mean last {min(FINAL_STEPS, r.steps)})",
+            "---|---|---|---|---|---|" + "---|" * len(shown) + "---",
+        ]
         for run in (r.ours, r.nanogpt):
-            lines.append(f"{run.name} | {run.precision} | {run.params:,} | {run.tokens_per_s:,.0f} | "
-                         f"{run.step_ms:.1f} | {1e3 * run.achieved_tflops:,.1f} | "
-                         + " | ".join(f"{run.losses[s - 1]:.4f}" for s in shown) + f" | {run.final_loss:.4f}")
+            lines.append(
+                f"{run.name} | {run.precision} | {run.params:,} | {run.tokens_per_s:,.0f} | "
+                f"{run.step_ms:.1f} | {1e3 * run.achieved_tflops:,.1f} | "
+                + " | ".join(f"{run.losses[s - 1]:.4f}" for s in shown)
+                + f" | {run.final_loss:.4f}"
+            )
         verdict = "yes" if r.loss_equal_or_better else "no"
         peaks = ", ".join(f"{name} {1e3 * v:,.1f}" for name, v in sorted(r.peaks_tflops.items()))
-        reach = ("out of reach on this device: it exceeds the best matmul peak" if r.goal_vs_peak > 1
-                 else "within the best matmul peak")
-        lines += [f"ours / nanoGPT tokens/s: {r.ratio:.2f}x (goal >= {GOAL_RATIO}x); ours per step "
-                  f"{r.ours.step_ms:.1f} ms vs {r.nanogpt.step_ms:.1f} ms",
-                  f"loss per step equal or better (ours final <= nanoGPT final + {r.loss_tolerance} nats): "
-                  f"{verdict} ({r.ours.final_loss:.4f} vs {r.nanogpt.final_loss:.4f})",
-                  f"matmul peak measured here, GFLOP/s on {r.threads} threads: {peaks}; "
-                  f"{GOAL_RATIO}x nanoGPT needs {1e3 * r.goal_tflops:,.1f} GFLOP/s of model FLOPs = "
-                  f"{r.goal_vs_peak:.2f}x that peak, {reach}"]
+        reach = (
+            "out of reach on this device: it exceeds the best matmul peak"
+            if r.goal_vs_peak > 1
+            else "within the best matmul peak"
+        )
+        lines += [
+            f"ours / nanoGPT tokens/s: {r.ratio:.2f}x (goal >= {GOAL_RATIO}x); ours per step "
+            f"{r.ours.step_ms:.1f} ms vs {r.nanogpt.step_ms:.1f} ms",
+            f"loss per step equal or better (ours final <= nanoGPT final + {r.loss_tolerance} nats): "
+            f"{verdict} ({r.ours.final_loss:.4f} vs {r.nanogpt.final_loss:.4f})",
+            f"matmul peak measured here, GFLOP/s on {r.threads} threads: {peaks}; "
+            f"{GOAL_RATIO}x nanoGPT needs {1e3 * r.goal_tflops:,.1f} GFLOP/s of model FLOPs = "
+            f"{r.goal_vs_peak:.2f}x that peak, {reach}",
+        ]
     return "\n".join(lines)

@@ -106,17 +106,30 @@ def _bare_tokenizer(tokenizer_path: str, corpus: str, input_mb: float) -> PrepBe
     started = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), BATCH_DOCS):
-        tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts[i:i + BATCH_DOCS]))  # + EOS
+        tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts[i : i + BATCH_DOCS]))  # + EOS
     seconds = time.perf_counter() - started
-    return PrepBenchResult("bare tokenizer", 1, input_mb, len(texts), tokens, seconds, len(texts) / seconds,
-                           tokens / seconds, 1.0, 0.0, 0.0)
+    return PrepBenchResult(
+        "bare tokenizer",
+        1,
+        input_mb,
+        len(texts),
+        tokens,
+        seconds,
+        len(texts) / seconds,
+        tokens / seconds,
+        1.0,
+        0.0,
+        0.0,
+    )
 
 
-def _prep(corpus: str, tokenizer_path: str, out: str, workers: int, input_mb: float,
-          baseline: float, unit_mb: float) -> PrepBenchResult:
+def _prep(
+    corpus: str, tokenizer_path: str, out: str, workers: int, input_mb: float, baseline: float, unit_mb: float
+) -> PrepBenchResult:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PrepConfig(inputs=[corpus], out=out, tokenizer=tokenizer_path, workers=workers,
-                     unit_mb=unit_mb, progress=False)
+    cfg = PrepConfig(
+        inputs=[corpus], out=out, tokenizer=tokenizer_path, workers=workers, unit_mb=unit_mb, progress=False
+    )
     with PeakMemory() as rss:
         started = time.perf_counter()
         manifest = prepare(cfg)
@@ -125,13 +138,29 @@ def _prep(corpus: str, tokenizer_path: str, out: str, workers: int, input_mb: fl
     splits = manifest["splits"].values()
     docs, tokens = sum(s["docs"] for s in splits), sum(s["tokens"] for s in splits)
     per_core = tokens / seconds / workers / baseline if baseline else 0.0
-    return PrepBenchResult(f"prep {workers} worker{'s' if workers > 1 else ''}", workers, input_mb, docs,
-                           tokens, seconds, docs / seconds, tokens / seconds, per_core, 0.0, rss.peak / 2**20)
+    return PrepBenchResult(
+        f"prep {workers} worker{'s' if workers > 1 else ''}",
+        workers,
+        input_mb,
+        docs,
+        tokens,
+        seconds,
+        docs / seconds,
+        tokens / seconds,
+        per_core,
+        0.0,
+        rss.peak / 2**20,
+    )
 
 
-def bench_prep(corpus_mb: float, workers: list[int], tokenizer: str | None = None,
-               work_dir: str | None = None, unit_mb: float = 0.0,
-               baseline: bool = True) -> list[PrepBenchResult]:
+def bench_prep(
+    corpus_mb: float,
+    workers: list[int],
+    tokenizer: str | None = None,
+    work_dir: str | None = None,
+    unit_mb: float = 0.0,
+    baseline: bool = True,
+) -> list[PrepBenchResult]:
     """Bare tokenizer, then prep with each worker count, on the same ~`corpus_mb` MB corpus.
 
     `baseline=False` skips the bare tokenizer (it holds every text in memory): for measuring
@@ -147,8 +176,18 @@ def bench_prep(corpus_mb: float, workers: list[int], tokenizer: str | None = Non
             tokenizer = train_sentencepiece(texts, os.path.join(work_dir, "tokenizer.model"), 8192)
         results = [_bare_tokenizer(tokenizer, corpus, input_mb)] if baseline else []
         bare_tokens_per_s = results[0].tokens_per_s if baseline else 0.0
-        preps = [_prep(corpus, tokenizer, os.path.join(work_dir, f"out{count}"), count, input_mb,
-                       bare_tokens_per_s, unit_mb) for count in workers]
+        preps = [
+            _prep(
+                corpus,
+                tokenizer,
+                os.path.join(work_dir, f"out{count}"),
+                count,
+                input_mb,
+                bare_tokens_per_s,
+                unit_mb,
+            )
+            for count in workers
+        ]
         for r in preps:
             r.vs_first_prep = r.tokens_per_s / preps[0].tokens_per_s
         return results + preps
@@ -158,13 +197,16 @@ def bench_prep(corpus_mb: float, workers: list[int], tokenizer: str | None = Non
 
 
 def format_table(results: list[PrepBenchResult]) -> str:
-    lines = [f"{'variant':<16} {'input MB':>9} {'docs/s':>9} {'tokens/s':>11} {'per core vs tok':>16} "
-             f"{'vs 1st prep':>12} {'peak PSS MB':>12}"]
+    lines = [
+        f"{'variant':<16} {'input MB':>9} {'docs/s':>9} {'tokens/s':>11} {'per core vs tok':>16} "
+        f"{'vs 1st prep':>12} {'peak PSS MB':>12}"
+    ]
     for r in results:
         vs_first = f"{r.vs_first_prep:.2f}x" if r.vs_first_prep else "-"
         per_core = f"{r.per_core_vs_tokenizer:.0%}" if r.per_core_vs_tokenizer else "-"
         rss = f"{r.peak_pss_mb:.0f}" if r.peak_pss_mb else "-"
-        lines.append(f"{r.variant:<16} {r.input_mb:>9.1f} {r.docs_per_s:>9,.0f} {r.tokens_per_s:>11,.0f} "
-                     f"{per_core:>16} {vs_first:>12} {rss:>12}")
+        lines.append(
+            f"{r.variant:<16} {r.input_mb:>9.1f} {r.docs_per_s:>9,.0f} {r.tokens_per_s:>11,.0f} "
+            f"{per_core:>16} {vs_first:>12} {rss:>12}"
+        )
     return "\n".join(lines)
-

@@ -78,8 +78,16 @@ class ScalingRow:
     mfu: float
 
 
-def estimate(cfg: ModelConfig, seq_len: int, global_batch: int, micro_batch: int, gpus: int, layout: Layout,
-             single_mfu: float, hw: Hardware) -> ScalingRow:
+def estimate(
+    cfg: ModelConfig,
+    seq_len: int,
+    global_batch: int,
+    micro_batch: int,
+    gpus: int,
+    layout: Layout,
+    single_mfu: float,
+    hw: Hardware,
+) -> ScalingRow:
     """One row: `global_batch` sequences of `seq_len` per optimizer step on `gpus` GPUs."""
     model_parallel = layout.tp * layout.pp
     if gpus % model_parallel or (layout.tp > hw.gpus_per_node):
@@ -88,8 +96,9 @@ def estimate(cfg: ModelConfig, seq_len: int, global_batch: int, micro_batch: int
     # Many replicas share one global batch: each gets fewer sequences, so micro-batches shrink.
     micro_batch = min(micro_batch, global_batch // dp)
     if micro_batch < 1 or global_batch % (dp * micro_batch):
-        raise ConfigError(f"global batch {global_batch} is not a multiple of dp {dp} x micro-batch "
-                          f"{micro_batch}")
+        raise ConfigError(
+            f"global batch {global_batch} is not a multiple of dp {dp} x micro-batch {micro_batch}"
+        )
     micro_steps = global_batch // (dp * micro_batch)
     fpt = flops_per_token(cfg, seq_len)
     tokens_per_replica = global_batch // dp * seq_len
@@ -101,18 +110,39 @@ def estimate(cfg: ModelConfig, seq_len: int, global_batch: int, micro_batch: int
     spans_nodes = dp * model_parallel > hw.gpus_per_node
     dp_bw = (hw.internode_gbps if spans_nodes else hw.nvlink_gbps) * 1e9 * hw.bus_efficiency
     dp_comm = dp_volume / dp_bw
-    tp_volume = (4 * cfg.n_layers / layout.pp * micro_steps * 2 * (layout.tp - 1) / layout.tp
-                 * micro_batch * seq_len * cfg.d_model * 2)
+    tp_volume = (
+        4
+        * cfg.n_layers
+        / layout.pp
+        * micro_steps
+        * 2
+        * (layout.tp - 1)
+        / layout.tp
+        * micro_batch
+        * seq_len
+        * cfg.d_model
+        * 2
+    )
     tp_comm = tp_volume / (hw.nvlink_gbps * 1e9 * hw.bus_efficiency)
     exposed = max(0.0, dp_comm - hw.overlap * compute * 2 / 3) + tp_comm
     state = _state_bytes(count_params(cfg) / model_parallel, dp, layout.zero_stage) / 1e9
     step = compute + exposed
     tokens = global_batch * seq_len / step
-    return ScalingRow(gpus=gpus, layout=layout.name, dp=dp, micro_batch=micro_batch, state_gb=state,
-                      fits=state < hw.memory_gb, compute_s=compute, comm_s=dp_comm + tp_comm,
-                      exposed_comm_s=exposed, step_s=step, tokens_per_s=tokens,
-                      tokens_per_s_per_gpu=tokens / gpus,
-                      mfu=tokens / gpus * fpt / (hw.peak_tflops * 1e12))
+    return ScalingRow(
+        gpus=gpus,
+        layout=layout.name,
+        dp=dp,
+        micro_batch=micro_batch,
+        state_gb=state,
+        fits=state < hw.memory_gb,
+        compute_s=compute,
+        comm_s=dp_comm + tp_comm,
+        exposed_comm_s=exposed,
+        step_s=step,
+        tokens_per_s=tokens,
+        tokens_per_s_per_gpu=tokens / gpus,
+        mfu=tokens / gpus * fpt / (hw.peak_tflops * 1e12),
+    )
 
 
 def _state_bytes(params: float, dp: int, zero_stage: int) -> float:
@@ -131,8 +161,16 @@ def single_device_mfu(cfg: ModelConfig, seq_len: int, tokens_per_s: float, hw: H
     return tokens_per_s * flops_per_token(cfg, seq_len) / (hw.peak_tflops * 1e12)
 
 
-def scaling_table(cfg: ModelConfig, seq_len: int, global_batch: int, micro_batch: int, layouts: list[str],
-                  gpu_counts: list[int], single_mfu: float, hw: Hardware) -> list[ScalingRow]:
+def scaling_table(
+    cfg: ModelConfig,
+    seq_len: int,
+    global_batch: int,
+    micro_batch: int,
+    layouts: list[str],
+    gpu_counts: list[int],
+    single_mfu: float,
+    hw: Hardware,
+) -> list[ScalingRow]:
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:
         raise ConfigError(f"--layouts: unknown {unknown}; choose from {list(LAYOUTS)}")
@@ -158,9 +196,17 @@ class ScalingReport:
     rows: list[ScalingRow]
 
 
-def bench_scaling(config: str, overrides: list[str], global_batch: int, micro_batch: int,
-                  layouts: list[str], gpu_counts: list[int], mfu: float, tokens_per_s: float | None,
-                  hw: Hardware) -> ScalingReport:
+def bench_scaling(
+    config: str,
+    overrides: list[str],
+    global_batch: int,
+    micro_batch: int,
+    layouts: list[str],
+    gpu_counts: list[int],
+    mfu: float,
+    tokens_per_s: float | None,
+    hw: Hardware,
+) -> ScalingReport:
     """The table for the model and sequence length of `config`; `tokens_per_s` (one GPU, measured at
     this micro-batch) replaces the assumed `mfu` when given."""
     from dist_llm.config import load_config
@@ -172,22 +218,34 @@ def bench_scaling(config: str, overrides: list[str], global_batch: int, micro_ba
         mfu = single_device_mfu(cfg.model, seq_len, tokens_per_s, hw)
         source = f"measured {tokens_per_s:,.0f} tokens/s on one GPU"
     rows = scaling_table(cfg.model, seq_len, global_batch, micro_batch, layouts, gpu_counts, mfu, hw)
-    return ScalingReport(model=config, seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch,
-                         single_gpu_mfu=mfu, single_gpu_source=source, hardware=hw, rows=rows)
+    return ScalingReport(
+        model=config,
+        seq_len=seq_len,
+        global_batch=global_batch,
+        micro_batch=micro_batch,
+        single_gpu_mfu=mfu,
+        single_gpu_source=source,
+        hardware=hw,
+        rows=rows,
+    )
 
 
 def format_table(results: list[ScalingReport]) -> str:
     report = results[0]
     hw = report.hardware
-    lines = [f"{report.model}: seq {report.seq_len}, global batch {report.global_batch} sequences, "
-             f"micro-batch {report.micro_batch}; single-GPU MFU {100 * report.single_gpu_mfu:.1f}% "
-             f"({report.single_gpu_source}); " + ", ".join(f"{k} {v}" for k, v in asdict(hw).items()),
-             "GPUs | layout | dp x micro-batch | states GB/GPU | compute s | comm s (exposed) | step s | "
-             "tokens/s | tokens/s/GPU | MFU",
-             "---|---|---|---|---|---|---|---|---|---"]
+    lines = [
+        f"{report.model}: seq {report.seq_len}, global batch {report.global_batch} sequences, "
+        f"micro-batch {report.micro_batch}; single-GPU MFU {100 * report.single_gpu_mfu:.1f}% "
+        f"({report.single_gpu_source}); " + ", ".join(f"{k} {v}" for k, v in asdict(hw).items()),
+        "GPUs | layout | dp x micro-batch | states GB/GPU | compute s | comm s (exposed) | step s | "
+        "tokens/s | tokens/s/GPU | MFU",
+        "---|---|---|---|---|---|---|---|---|---",
+    ]
     for r in report.rows:
         fits = "" if r.fits else f" (> {hw.memory_gb:.0f})"
-        lines.append(f"{r.gpus} | {r.layout} | {r.dp} x {r.micro_batch} | {r.state_gb:.1f}{fits} | "
-                     f"{r.compute_s:.3f} | {r.comm_s:.3f} ({r.exposed_comm_s:.3f}) | {r.step_s:.3f} | "
-                     f"{r.tokens_per_s:,.0f} | {r.tokens_per_s_per_gpu:,.0f} | {100 * r.mfu:.1f}%")
+        lines.append(
+            f"{r.gpus} | {r.layout} | {r.dp} x {r.micro_batch} | {r.state_gb:.1f}{fits} | "
+            f"{r.compute_s:.3f} | {r.comm_s:.3f} ({r.exposed_comm_s:.3f}) | {r.step_s:.3f} | "
+            f"{r.tokens_per_s:,.0f} | {r.tokens_per_s_per_gpu:,.0f} | {100 * r.mfu:.1f}%"
+        )
     return "\n".join(lines)

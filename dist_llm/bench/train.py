@@ -65,11 +65,22 @@ class TrainBenchResult:
 
 
 def _run(config: str, overrides: list[str], ranks: int, steps: int, run_dir: str) -> list[dict]:
-    args = ["train", config, f"logging.run_dir={run_dir}", f"train.max_steps={steps}",
-            "train.log_interval=1", "train.eval_interval=0", "checkpoint.interval=0",
-            f"launch.nproc_per_node={ranks}", *overrides]
-    cmd = ([sys.executable, "-m", "dist_llm.cli", *args] if ranks == 1
-           else torchrun_command(args, nproc_per_node=ranks))
+    args = [
+        "train",
+        config,
+        f"logging.run_dir={run_dir}",
+        f"train.max_steps={steps}",
+        "train.log_interval=1",
+        "train.eval_interval=0",
+        "checkpoint.interval=0",
+        f"launch.nproc_per_node={ranks}",
+        *overrides,
+    ]
+    cmd = (
+        [sys.executable, "-m", "dist_llm.cli", *args]
+        if ranks == 1
+        else torchrun_command(args, nproc_per_node=ranks)
+    )
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [r for r in map(json.loads, f) if "tokens_per_s" in r]
@@ -83,8 +94,9 @@ def _read_breakdowns(run_dir: str, ranks: int) -> list[dict]:
     return out
 
 
-def bench_variants(config: str, overrides: list[str], variants: list[Variant], steps: int,
-                   warmup: int) -> list[TrainBenchResult]:
+def bench_variants(
+    config: str, overrides: list[str], variants: list[Variant], steps: int, warmup: int
+) -> list[TrainBenchResult]:
     if not 0 <= warmup < steps:
         raise ConfigError(f"--warmup {warmup} with --steps {steps}: need 0 <= warmup < steps")
     total = steps + PROFILED_STEPS
@@ -102,15 +114,25 @@ def bench_variants(config: str, overrides: list[str], variants: list[Variant], s
             # times that denominator it is the model FLOP/s per rank, whatever the denominator was.
             achieved = statistics.median(r["mfu"] * r["peak_tflops"] for r in records)
             precision, peaks = ranks[0]["precision"], ranks[0]["peak_tflops"]
-            results.append(TrainBenchResult(
-                name=v.name, ranks=v.ranks, threads_per_rank=threads, tokens_per_s=tps,
-                tokens_per_s_per_thread=tps / (v.ranks * threads),
-                step_time_s=statistics.median(r["step_time_s"] for r in records),
-                profiled_step_time_s=statistics.median(r["step_time_s"] for r in all_records[steps:]),
-                precision=precision, achieved_tflops=achieved, mfu=achieved / peaks[precision],
-                peak_tflops=peaks, memory={k: all_records[0][k] for k in MEMORY_KEYS if k in all_records[0]},
-                rank_memory=[r["memory"] for r in ranks], breakdown_ms=ranks[0]["phases_ms"],
-                rank_breakdowns=ranks))
+            results.append(
+                TrainBenchResult(
+                    name=v.name,
+                    ranks=v.ranks,
+                    threads_per_rank=threads,
+                    tokens_per_s=tps,
+                    tokens_per_s_per_thread=tps / (v.ranks * threads),
+                    step_time_s=statistics.median(r["step_time_s"] for r in records),
+                    profiled_step_time_s=statistics.median(r["step_time_s"] for r in all_records[steps:]),
+                    precision=precision,
+                    achieved_tflops=achieved,
+                    mfu=achieved / peaks[precision],
+                    peak_tflops=peaks,
+                    memory={k: all_records[0][k] for k in MEMORY_KEYS if k in all_records[0]},
+                    rank_memory=[r["memory"] for r in ranks],
+                    breakdown_ms=ranks[0]["phases_ms"],
+                    rank_breakdowns=ranks,
+                )
+            )
     return results
 
 
@@ -120,8 +142,12 @@ ENGINE_OVERRIDES = {
     "zero1": ["engine.type=deepspeed", "engine.zero_stage=1"],
     "zero2": ["engine.type=deepspeed", "engine.zero_stage=2"],
     "zero3": ["engine.type=deepspeed", "engine.zero_stage=3"],
-    "zero3-offload": ["engine.type=deepspeed", "engine.zero_stage=3", "engine.offload_optimizer=cpu",
-                      "engine.offload_params=cpu"],
+    "zero3-offload": [
+        "engine.type=deepspeed",
+        "engine.zero_stage=3",
+        "engine.offload_optimizer=cpu",
+        "engine.offload_params=cpu",
+    ],
     "tp2": ["engine.tp=2"],
     "pp2": ["engine.pp=2"],
 }
@@ -144,19 +170,23 @@ def _mib(n: int | None) -> str:
 
 def _throughput_table(results: list[TrainBenchResult]) -> list[str]:
     base = results[0]
-    lines = ["variant | ranks x threads | tokens/s | tokens/s/thread | step s | MFU (vs peak) | "
-             "peak TFLOP/s bf16 / fp32 | params/grads/optim MiB per rank | RSS (GPU peak) MiB per rank | "
-             "vs 1st row: total, per thread",
-             "---|---|---|---|---|---|---|---|---|---"]
+    lines = [
+        "variant | ranks x threads | tokens/s | tokens/s/thread | step s | MFU (vs peak) | "
+        "peak TFLOP/s bf16 / fp32 | params/grads/optim MiB per rank | RSS (GPU peak) MiB per rank | "
+        "vs 1st row: total, per thread",
+        "---|---|---|---|---|---|---|---|---|---",
+    ]
     for r in results:
         memory = "/".join(_mib(r.memory.get(k)) for k in MEMORY_KEYS)
         peaks = " / ".join(f"{r.peak_tflops[p]:.4g}" for p in ("bf16", "fp32"))
-        lines.append(f"{r.name} | {r.ranks} x {r.threads_per_rank} | {r.tokens_per_s:,.0f} | "
-                     f"{r.tokens_per_s_per_thread:,.0f} | {r.step_time_s:.3f} | "
-                     f"{100 * r.mfu:.1f}% ({r.precision} {r.peak_tflops[r.precision]:.4g}) | {peaks} | "
-                     f"{memory} | {'/'.join(map(_resident, r.rank_memory))} | "
-                     f"{r.tokens_per_s / base.tokens_per_s:.2f}x, "
-                     f"{r.tokens_per_s_per_thread / base.tokens_per_s_per_thread:.2f}x")
+        lines.append(
+            f"{r.name} | {r.ranks} x {r.threads_per_rank} | {r.tokens_per_s:,.0f} | "
+            f"{r.tokens_per_s_per_thread:,.0f} | {r.step_time_s:.3f} | "
+            f"{100 * r.mfu:.1f}% ({r.precision} {r.peak_tflops[r.precision]:.4g}) | {peaks} | "
+            f"{memory} | {'/'.join(map(_resident, r.rank_memory))} | "
+            f"{r.tokens_per_s / base.tokens_per_s:.2f}x, "
+            f"{r.tokens_per_s_per_thread / base.tokens_per_s_per_thread:.2f}x"
+        )
     return lines
 
 
@@ -170,32 +200,42 @@ def _ms(b: dict[str, float], key: str) -> str:
 
 
 def _comm(b: dict[str, float]) -> str:
-    inside = [f"{k.removeprefix('comm_in_')} {v:.1f}" for k, v in b.items()
-              if k.startswith("comm_in_") and v >= 0.05]
+    inside = [
+        f"{k.removeprefix('comm_in_')} {v:.1f}"
+        for k, v in b.items()
+        if k.startswith("comm_in_") and v >= 0.05
+    ]
     return f"{b['comm']:.1f}" + (f" ({', '.join(inside)})" if inside else "")
 
 
 def _breakdown_table(results: list[TrainBenchResult]) -> list[str]:
-    lines = ["variant | step (profiling cost) | data | forward | backward | optimizer | comm exposed | "
-             "other | comm total (inside phase)",
-             "---|---|---|---|---|---|---|---|---"]
+    lines = [
+        "variant | step (profiling cost) | data | forward | backward | optimizer | comm exposed | "
+        "other | comm total (inside phase)",
+        "---|---|---|---|---|---|---|---|---",
+    ]
     for r in results:
         b = r.breakdown_ms
-        backward = (f"{b['forward_backward']:.1f} (fwd+bwd)" if "forward_backward" in b
-                    else _ms(b, "backward"))
+        backward = f"{b['forward_backward']:.1f} (fwd+bwd)" if "forward_backward" in b else _ms(b, "backward")
         cost = r.profiled_step_time_s / r.step_time_s - 1
-        lines.append(f"{r.name} | {b['step']:.1f} ({100 * cost:+.0f}%) | {_ms(b, 'data')} | "
-                     f"{_ms(b, 'forward')} | {backward} | {_ms(b, 'optimizer')} | {b['comm_exposed']:.1f} | "
-                     f"{b['other']:.1f} | {_comm(b)}")
+        lines.append(
+            f"{r.name} | {b['step']:.1f} ({100 * cost:+.0f}%) | {_ms(b, 'data')} | "
+            f"{_ms(b, 'forward')} | {backward} | {_ms(b, 'optimizer')} | {b['comm_exposed']:.1f} | "
+            f"{b['other']:.1f} | {_comm(b)}"
+        )
     return lines
 
 
 def format_table(results: list[TrainBenchResult]) -> str:
-    return "\n".join([
-        *_throughput_table(results), "",
-        f"Step breakdown on rank 0, ms per step (mean of {PROFILED_STEPS} profiled steps after the timed "
-        "ones; profiling cost: their median step vs the timed median):",
-        "step = data + forward + backward + optimizer + comm exposed + other.",
-        "comm total: time collectives ran (gloo/NCCL); what ran inside a phase is part of that phase "
-        "(DDP all-reduces gradients during backward), the rest is exposed.",
-        *_breakdown_table(results)])
+    return "\n".join(
+        [
+            *_throughput_table(results),
+            "",
+            f"Step breakdown on rank 0, ms per step (mean of {PROFILED_STEPS} profiled steps after the timed "
+            "ones; profiling cost: their median step vs the timed median):",
+            "step = data + forward + backward + optimizer + comm exposed + other.",
+            "comm total: time collectives ran (gloo/NCCL); what ran inside a phase is part of that phase "
+            "(DDP all-reduces gradients during backward), the rest is exposed.",
+            *_breakdown_table(results),
+        ]
+    )

@@ -33,17 +33,23 @@ class CheckpointCallback(Callback):
         self.last_saved = trainer.step
         if trainer.world.is_main and (blocked is not None or trainer.step in self.writer.failed_steps):
             self.started[trainer.step] = start  # not for a skipped save: it has no outcome
-        trainer.emit({"step": trainer.step, "checkpoint_blocked_s": blocked,
-                      "checkpoint_skipped": blocked is None})
+        trainer.emit(
+            {"step": trainer.step, "checkpoint_blocked_s": blocked, "checkpoint_skipped": blocked is None}
+        )
 
     def _report_outcomes(self, trainer: "Trainer") -> None:
         """On rank 0, which commits (and alone writes the sinks). `checkpoint_save_s` runs until
         the loop noticed the commit: at most one step late."""
         assert self.writer is not None
         for step in [s for s in self.writer.committed_steps if s in self.started]:
-            trainer.emit({"step": trainer.step, "checkpoint_committed": step,
-                          "checkpoint_uri": layout.step_uri(trainer.cfg.checkpoint_dir, step),
-                          "checkpoint_save_s": time.perf_counter() - self.started.pop(step)})
+            trainer.emit(
+                {
+                    "step": trainer.step,
+                    "checkpoint_committed": step,
+                    "checkpoint_uri": layout.step_uri(trainer.cfg.checkpoint_dir, step),
+                    "checkpoint_save_s": time.perf_counter() - self.started.pop(step),
+                }
+            )
         for step in [s for s in self.writer.failed_steps if s in self.started]:
             del self.started[step]
             trainer.emit({"step": trainer.step, "checkpoint_failed": step})
@@ -65,5 +71,7 @@ class CheckpointCallback(Callback):
         self.writer.wait()
         self._report_outcomes(trainer)
         if self.last_saved in self.writer.failed_steps:
-            raise CheckpointError(f"the final checkpoint (step {self.last_saved}) failed to commit; "
-                                  "see the error above. The previous committed checkpoint is intact.")
+            raise CheckpointError(
+                f"the final checkpoint (step {self.last_saved}) failed to commit; "
+                "see the error above. The previous committed checkpoint is intact."
+            )

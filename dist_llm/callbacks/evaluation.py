@@ -30,12 +30,26 @@ class EvalCallback(Callback):
         t = trainer.cfg.train
         # Every rank adds its tokens; TP/PP peers of one replica add the same loss and count, so the
         # token-weighted mean over all ranks equals the mean over data-parallel replicas.
-        losses = validation_losses(trainer.engine.evaluate_loss, self.sources, self.collator, t.seed,
-                                   t.micro_batch_size, t.eval_batches, trainer.dims.dp_rank, trainer.dims.dp)
+        losses = validation_losses(
+            trainer.engine.evaluate_loss,
+            self.sources,
+            self.collator,
+            t.seed,
+            t.micro_batch_size,
+            t.eval_batches,
+            trainer.dims.dp_rank,
+            trainer.dims.dp,
+        )
         per_source = {k: v for k, v in losses.items() if k.startswith("val_loss/")}
         self.last_step = trainer.step
-        trainer.emit({"step": trainer.step, "val_loss": losses["val_loss"],
-                      "val_ppl": perplexity(losses["val_loss"]), **per_source})
+        trainer.emit(
+            {
+                "step": trainer.step,
+                "val_loss": losses["val_loss"],
+                "val_ppl": perplexity(losses["val_loss"]),
+                **per_source,
+            }
+        )
         if per_source:  # the console line shows val_loss; the per-source values go here
             log.info("step %d | %s", trainer.step, " | ".join(f"{k} {v:.4f}" for k, v in per_source.items()))
 

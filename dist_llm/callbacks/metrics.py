@@ -54,8 +54,12 @@ class MetricsCallback(Callback):
         cfg = trainer.cfg
         self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len, target_length(cfg.data))
         self.peak, source = peak_tflops(trainer.world.device, cfg.train.precision, cfg.logging.peak_tflops)
-        log.info("MFU is stated against %.2f TFLOP/s per device (%s); %.3g FLOPs/token",
-                 self.peak, source, self.flops_per_token)
+        log.info(
+            "MFU is stated against %.2f TFLOP/s per device (%s); %.3g FLOPs/token",
+            self.peak,
+            source,
+            self.flops_per_token,
+        )
         if trainer.world.is_main:
             self.sinks.append(ConsoleSink(cfg.train.max_steps))
             if cfg.logging.jsonl:
@@ -72,15 +76,24 @@ class MetricsCallback(Callback):
         per_device = tokens_per_s / trainer.world.size
         remaining = trainer.stop_step - step
         record = {
-            "step": step, "loss": loss, "lr": m["lr"], "grad_norm": float(m["grad_norm"]),
-            "tokens_per_s": tokens_per_s, "mfu": per_device * self.flops_per_token / (self.peak * 1e12),
-            "step_time_s": m["step_time_s"], "data_time_s": m["data_time_s"],
-            "consumed_tokens": m["consumed_tokens"], "eta_s": remaining * m["step_time_s"],
-            "peak_tflops": self.peak, "threads_per_rank": torch.get_num_threads(),
+            "step": step,
+            "loss": loss,
+            "lr": m["lr"],
+            "grad_norm": float(m["grad_norm"]),
+            "tokens_per_s": tokens_per_s,
+            "mfu": per_device * self.flops_per_token / (self.peak * 1e12),
+            "step_time_s": m["step_time_s"],
+            "data_time_s": m["data_time_s"],
+            "consumed_tokens": m["consumed_tokens"],
+            "eta_s": remaining * m["step_time_s"],
+            "peak_tflops": self.peak,
+            "threads_per_rank": torch.get_num_threads(),
             **memory_now(trainer.world.device),
             # Mixtures: cumulative tokens per source, computed from the data state (so exact after a resume).
-            **{f"tokens_src/{name}": n * trainer.cfg.data.seq_len
-               for name, n in trainer.batches.source_samples().items()},
+            **{
+                f"tokens_src/{name}": n * trainer.cfg.data.seq_len
+                for name, n in trainer.batches.source_samples().items()
+            },
         }
         if not self.memory_logged:
             # After the first step, when lazily created optimizer state exists: rank 0's bytes.
@@ -101,8 +114,10 @@ class MetricsCallback(Callback):
         if consumed:
             total = sum(consumed.values())
             seq_len = trainer.cfg.data.seq_len
-            log.info("tokens per source: %s", ", ".join(
-                f"{name} {n * seq_len:,} ({100 * n / total:.1f}%)" for name, n in consumed.items()))
+            log.info(
+                "tokens per source: %s",
+                ", ".join(f"{name} {n * seq_len:,} ({100 * n / total:.1f}%)" for name, n in consumed.items()),
+            )
         for sink in self.sinks:
             sink.close()
         self.sinks.clear()
@@ -111,4 +126,3 @@ class MetricsCallback(Callback):
         for sink in self.sinks:  # still open: training raised before on_train_end
             sink.close(failed=True)
         self.sinks.clear()
-

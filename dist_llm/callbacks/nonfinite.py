@@ -66,8 +66,12 @@ class NonFiniteCallback(Callback):
         self.consecutive += 1
         self.total += 1
         limit = trainer.cfg.train.max_bad_steps
-        log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row, %d in total)",
-                    step, self.consecutive, self.total)
+        log.warning(
+            "step %d: non-finite loss or gradients, step skipped (%d in a row, %d in total)",
+            step,
+            self.consecutive,
+            self.total,
+        )
         if self.consecutive < limit:
             return
         if trainer.cfg.train.on_bad_steps == "stop":
@@ -75,9 +79,11 @@ class NonFiniteCallback(Callback):
                 f"{limit} consecutive steps with non-finite loss/gradients (last: step {step}; "
                 f"train.max_bad_steps={limit}). Lower optim.lr, raise optim.warmup_steps or check the data; "
                 "resume from the last committed checkpoint with --resume auto, or set "
-                "train.on_bad_steps=rollback to roll back automatically")
+                "train.on_bad_steps=rollback to roll back automatically"
+            )
         if not trainer.rollback():
-            raise DivergenceError(f"{limit} consecutive non-finite steps and no committed checkpoint "
-                                  "to roll back to")
+            raise DivergenceError(
+                f"{limit} consecutive non-finite steps and no committed checkpoint to roll back to"
+            )
         self.consecutive = 0
         self._pending = None  # the step after `step` ran on the weights just replaced: not theirs

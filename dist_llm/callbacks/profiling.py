@@ -36,11 +36,12 @@ def breakdown_path(run_dir: str, rank: int) -> str:
 
 
 def parse_steps(spec: str) -> tuple[int, int]:
-    """"FIRST-LAST" (1-based, inclusive) -> (first, last)."""
+    """ "FIRST-LAST" (1-based, inclusive) -> (first, last)."""
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", spec)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise ConfigError(f"logging.profile_steps={spec!r}: expected FIRST-LAST steps with "
-                          "1 <= FIRST <= LAST, e.g. 6-20")
+        raise ConfigError(
+            f"logging.profile_steps={spec!r}: expected FIRST-LAST steps with 1 <= FIRST <= LAST, e.g. 6-20"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -114,12 +115,21 @@ class ProfilingCallback(Callback):
             log.warning("logging.profile_steps=%s: no step was profiled", trainer.cfg.logging.profile_steps)
             return
         self._measure_peaks(trainer)
-        report = {"rank": trainer.world.rank, "precision": trainer.cfg.train.precision,
-                  "last_step": trainer.step, "peak_tflops": self.peaks, "phases_ms": mean_breakdown(steps),
-                  "steps_ms": steps, "memory": self.memory}
+        report = {
+            "rank": trainer.world.rank,
+            "precision": trainer.cfg.train.precision,
+            "last_step": trainer.step,
+            "peak_tflops": self.peaks,
+            "phases_ms": mean_breakdown(steps),
+            "steps_ms": steps,
+            "memory": self.memory,
+        }
         path = breakdown_path(trainer.cfg.logging.run_dir, trainer.world.rank)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
-        log.info("step breakdown, ms per step over %d profiled steps: %s", len(steps),
-                 ", ".join(f"{k} {v:.1f}" for k, v in report["phases_ms"].items()))
+        log.info(
+            "step breakdown, ms per step over %d profiled steps: %s",
+            len(steps),
+            ", ".join(f"{k} {v:.1f}" for k, v in report["phases_ms"].items()),
+        )

@@ -41,8 +41,11 @@ class PreemptionCallback(Callback):
         return agreed is not None and agreed.item() > 0
 
     def _stop(self, trainer: "Trainer") -> None:
-        log.warning("stop signal received: saving a checkpoint at step %d and exiting with %d",
-                    trainer.step, EXIT_PREEMPTED)
+        log.warning(
+            "stop signal received: saving a checkpoint at step %d and exiting with %d",
+            trainer.step,
+            EXIT_PREEMPTED,
+        )
         trainer.stop_requested = True
 
     def on_train_start(self, trainer: "Trainer") -> None:

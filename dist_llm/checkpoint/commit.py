@@ -55,8 +55,9 @@ def read_manifest(step_uri: str) -> dict[str, object]:
     except ValueError as e:  # also UnicodeDecodeError from a flipped byte
         raise CorruptCheckpointError(f"{manifest_uri}: not valid JSON ({e}) (corrupt checkpoint)") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise CorruptCheckpointError(f"{manifest_uri}: expected an object with a 'files' object "
-                              "(corrupt checkpoint)")
+        raise CorruptCheckpointError(
+            f"{manifest_uri}: expected an object with a 'files' object (corrupt checkpoint)"
+        )
     return manifest
 
 
@@ -69,8 +70,10 @@ def check_manifest(step_uri: str) -> dict[str, object]:
         if name not in sizes:
             raise CorruptCheckpointError(f"{join(step_uri, name)} is listed in the manifest but missing")
         if sizes[name] != record.get("bytes"):
-            raise CorruptCheckpointError(f"{join(step_uri, name)}: {sizes[name]} bytes, the manifest says "
-                                  f"{record.get('bytes')} (truncated or corrupt checkpoint)")
+            raise CorruptCheckpointError(
+                f"{join(step_uri, name)}: {sizes[name]} bytes, the manifest says "
+                f"{record.get('bytes')} (truncated or corrupt checkpoint)"
+            )
     return manifest
 
 
@@ -81,6 +84,7 @@ def read_verified(step_uri: str, manifest: dict[str, object], name: str) -> byte
         raise CheckpointError(f"{join(step_uri, name)} is not in the checkpoint's manifest")
     data = read_bytes(join(step_uri, name))
     if file_record(data) != record:
-        raise CorruptCheckpointError(f"{join(step_uri, name)}: size/sha256 do not match the manifest "
-                              "(corrupt checkpoint)")
+        raise CorruptCheckpointError(
+            f"{join(step_uri, name)}: size/sha256 do not match the manifest (corrupt checkpoint)"
+        )
     return data

@@ -91,7 +91,11 @@ class MemoryWriter(StorageWriter):
             if item.type == WriteItemType.BYTE_IO:
                 buf, dtype, shape = data.getbuffer(), None, None
             else:
-                buf, dtype, shape = _raw_bytes(data), str(data.dtype).removeprefix("torch."), tuple(data.shape)
+                buf, dtype, shape = (
+                    _raw_bytes(data),
+                    str(data.dtype).removeprefix("torch."),
+                    tuple(data.shape),
+                )
             stored = StoredItem(self.file, offset, buf.nbytes, hashlib.sha256(buf).hexdigest(), dtype, shape)
             results.append(WriteResult(index=item.index, size_in_bytes=buf.nbytes, storage_data=stored))
             self.buffers.append(buf)
@@ -131,7 +135,9 @@ class RangeReader(StorageReader):
             raise CheckpointError(f"{self.where}: no per-rank DCP metadata")  # DCP's fallback probe
         return pickle.loads(self._metadata)
 
-    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
         self.items = metadata.storage_data
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
@@ -144,14 +150,17 @@ class RangeReader(StorageReader):
         item = self.items[index]
         data = bytearray(self.read_range(item.file, item.offset, item.length))
         if len(data) != item.length or hashlib.sha256(data).hexdigest() != item.sha256:
-            raise CorruptCheckpointError(f"{self.where}/{item.file}: bytes {item.offset}-{item.offset + item.length} "
-                                  f"({index.fqn}) do not match their sha256 (corrupt checkpoint)")
+            raise CorruptCheckpointError(
+                f"{self.where}/{item.file}: bytes {item.offset}-{item.offset + item.length} "
+                f"({index.fqn}) do not match their sha256 (corrupt checkpoint)"
+            )
         return item, data
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         # In file order, one stored item at a time: peak memory is about the largest tensor chunk.
-        by_position = sorted(plan.items, key=lambda r: (self.items[r.storage_index].file,
-                                                        self.items[r.storage_index].offset))
+        by_position = sorted(
+            plan.items, key=lambda r: (self.items[r.storage_index].file, self.items[r.storage_index].offset)
+        )
         cached: tuple[Any, StoredItem, bytearray] | None = None
         for request in by_position:
             if cached is None or cached[0] != request.storage_index:

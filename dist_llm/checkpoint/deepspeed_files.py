@@ -51,30 +51,38 @@ def saved_dp_size(names: list[str]) -> int:
     """Data-parallel ranks of the run that saved: one optimizer partition file per rank."""
     ranks = [int(m.group(1)) for n in names if (m := _OPTIM_FILE.search(n))]
     if not ranks:
-        raise CheckpointError("the checkpoint holds no DeepSpeed optimizer partitions (zero_pp_rank_*_"
-                              "optim_states.pt); it was not saved by engine.type=deepspeed with ZeRO >= 1")
+        raise CheckpointError(
+            "the checkpoint holds no DeepSpeed optimizer partitions (zero_pp_rank_*_"
+            "optim_states.pt); it was not saved by engine.type=deepspeed with ZeRO >= 1"
+        )
     return max(ranks) + 1
 
 
 def restore_files(engine: Any, read: Callable[[str], bytes], names: list[str]) -> None:
     """Restore a DeepSpeed engine from the `deepspeed/...` files of one of our checkpoints."""
     if not names:
-        raise CheckpointError("the checkpoint has no deepspeed/ files: it was not saved by "
-                              "engine.type=deepspeed; resume it with the engine that saved it")
+        raise CheckpointError(
+            "the checkpoint has no deepspeed/ files: it was not saved by "
+            "engine.type=deepspeed; resume it with the engine that saved it"
+        )
     saved = saved_dp_size(names) if engine.zero_optimization() else dist.get_world_size()
     with tempfile.TemporaryDirectory(prefix="dist_llm_ds_load_") as tmp:
         tag_dir = os.path.join(tmp, TAG)
         # ZeRO-1/2 read every rank's partition file (to check the partitioning), so write them all.
         for name in names:
-            path = os.path.join(tag_dir, name[len(PREFIX):])
+            path = os.path.join(tag_dir, name[len(PREFIX) :])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(read(name))
         if saved == dist.get_world_size():
             _load(engine, tmp, TAG)
             return
-        log.info("DeepSpeed checkpoint saved on %d data-parallel ranks, now %d: converting it to a "
-                 "universal checkpoint", saved, dist.get_world_size())
+        log.info(
+            "DeepSpeed checkpoint saved on %d data-parallel ranks, now %d: converting it to a "
+            "universal checkpoint",
+            saved,
+            dist.get_world_size(),
+        )
         universal = os.path.join(tmp, "universal")
         _to_universal(tag_dir, os.path.join(universal, TAG))
         # load_universal is read from the config at load time; it only applies to this load.
@@ -87,8 +95,9 @@ def restore_files(engine: Any, read: Callable[[str], bytes], names: list[str]) -
 
 def _load(engine: Any, load_dir: str, tag: str) -> None:
     # The LR schedule is ours (set every step), so there is no scheduler state to restore.
-    path, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=False)
+    path, _ = engine.load_checkpoint(
+        load_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load its checkpoint files (tag {tag!r}) from {load_dir}")
 
@@ -96,8 +105,14 @@ def _load(engine: Any, load_dir: str, tag: str) -> None:
 def _to_universal(tag_dir: str, out_dir: str) -> None:
     from deepspeed.checkpoint.ds_to_universal import main
 
-    args = argparse.Namespace(input_folder=tag_dir, output_folder=out_dir, num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True,
-                              inject_missing_state=True)
+    args = argparse.Namespace(
+        input_folder=tag_dir,
+        output_folder=out_dir,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # the converter narrates every step with print
         main(args)

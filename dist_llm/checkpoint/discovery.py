@@ -16,8 +16,9 @@ log = get_logger("checkpoint")
 def committed_steps(root: str) -> list[int]:
     """Steps with a COMMITTED marker, newest first."""
     steps = [s for s in (layout.step_of(n) for n in list_dirs(root)) if s is not None]
-    return sorted((s for s in steps if exists(join(layout.step_uri(root, s), layout.COMMITTED))),
-                  reverse=True)
+    return sorted(
+        (s for s in steps if exists(join(layout.step_uri(root, s), layout.COMMITTED))), reverse=True
+    )
 
 
 def resumable(root: str) -> Iterator[str]:
@@ -29,8 +30,9 @@ def resumable(root: str) -> Iterator[str]:
         pointed = layout.step_of(read_bytes(join(root, layout.LATEST)).decode().strip())
     candidates = committed_steps(root)
     if pointed is not None and pointed not in candidates:
-        log.warning("%s points at step %s, which is not committed; ignoring it",
-                    join(root, layout.LATEST), pointed)
+        log.warning(
+            "%s points at step %s, which is not committed; ignoring it", join(root, layout.LATEST), pointed
+        )
     for step in candidates:
         uri = layout.step_uri(root, step)
         try:
@@ -65,5 +67,7 @@ def resolve_checkpoint(path: str) -> str:
         found = find_resumable(root)
         if found:
             return found
-    raise CheckpointError(f"no committed checkpoint found at {path} (looked for {layout.COMMITTED} in "
-                          f"{path}, step directories in it and in {join(path, 'checkpoints')})")
+    raise CheckpointError(
+        f"no committed checkpoint found at {path} (looked for {layout.COMMITTED} in "
+        f"{path}, step directories in it and in {join(path, 'checkpoints')})"
+    )

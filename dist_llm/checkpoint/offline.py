@@ -51,8 +51,9 @@ def load_model_state(step_uri: str, tie_embeddings: bool) -> dict[str, torch.Ten
 def _dcp_tensors(step_uri: str, manifest: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
     raw = read_verified(step_uri, manifest, layout.STATE_METADATA)
     metadata = pickle.loads(raw)
-    reader = RangeReader(raw, lambda name, offset, length: read_range(join(step_uri, name), offset, length),
-                         step_uri)
+    reader = RangeReader(
+        raw, lambda name, offset, length: read_range(join(step_uri, name), offset, length), step_uri
+    )
     reader.set_up_storage_reader(metadata, is_coordinator=True)
     for key, entry in metadata.state_dict_metadata.items():
         if not key.startswith(MODEL_PREFIX) or not isinstance(entry, TensorStorageMetadata):
@@ -64,7 +65,7 @@ def _dcp_tensors(step_uri: str, manifest: dict[str, Any]) -> Iterator[tuple[str,
             for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes)):
                 target = target.narrow(dim, start, length)
             target.copy_(item_tensor(data, item))
-        yield key[len(MODEL_PREFIX):], full
+        yield key[len(MODEL_PREFIX) :], full
 
 
 def _deepspeed_tensors(step_uri: str, manifest: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -75,14 +76,20 @@ def _deepspeed_tensors(step_uri: str, manifest: dict[str, Any]) -> Iterator[tupl
     names = [n for n in manifest["files"] if n.startswith(layout.DEEPSPEED)]
     with tempfile.TemporaryDirectory(prefix="dist_llm_ds_read_") as tmp:
         for name in names:
-            path = os.path.join(tmp, TAG, name[len(layout.DEEPSPEED):])
+            path = os.path.join(tmp, TAG, name[len(layout.DEEPSPEED) :])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(read_verified(step_uri, manifest, name))
         if not any("optim_states" in n for n in names):  # ZeRO-0: the module is saved whole
-            module = torch.load(os.path.join(tmp, TAG, "mp_rank_00_model_states.pt"), map_location="cpu",
-                                weights_only=False, mmap=True)["module"]
-            yield from ((k, v.float()) for k, v in module.items() if k != "output.weight" or not _tied(module))
+            module = torch.load(
+                os.path.join(tmp, TAG, "mp_rank_00_model_states.pt"),
+                map_location="cpu",
+                weights_only=False,
+                mmap=True,
+            )["module"]
+            yield from (
+                (k, v.float()) for k, v in module.items() if k != "output.weight" or not _tied(module)
+            )
             return
         state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=TAG, lazy_mode=True)
         seen: set[int] = set()

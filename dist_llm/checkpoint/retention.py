@@ -8,15 +8,16 @@ from dist_llm.checkpoint.discovery import committed_steps
 from dist_llm.checkpoint.storage import list_dirs, remove_tree
 
 
-def apply_retention(root: str, keep_last: int, in_flight: int | None = None,
-                    keep_every: int = 0) -> list[int]:
+def apply_retention(
+    root: str, keep_last: int, in_flight: int | None = None, keep_every: int = 0
+) -> list[int]:
     """Remove committed steps older than the newest `keep_last` that are not a multiple of
     `keep_every` (0 = none kept that way), plus uncommitted leftovers older than the newest commit
     (never `in_flight`). Returns the removed steps."""
     committed = committed_steps(root)
     if not committed:
         return []
-    keep = set(committed[:max(keep_last, 1)])
+    keep = set(committed[: max(keep_last, 1)])
     if keep_every:
         keep |= {s for s in committed if s % keep_every == 0}
     newest = committed[0]

@@ -47,10 +47,15 @@ def load_checkpoint(step_uri: str, engine: Engine, world: World) -> dict[str, An
         manifest = read_manifest(step_uri)
         files = manifest["files"]
         if engine.checkpoint_format == "dcp" and layout.STATE_METADATA not in files:
-            raise CheckpointError(f"{step_uri} was not saved by engine.type=torch (no {layout.STATE_METADATA}); "
-                                  "resume it with the engine that saved it")
-        metadata = (read_verified(step_uri, manifest, layout.STATE_METADATA)
-                    if engine.checkpoint_format == "dcp" else b"")
+            raise CheckpointError(
+                f"{step_uri} was not saved by engine.type=torch (no {layout.STATE_METADATA}); "
+                "resume it with the engine that saved it"
+            )
+        metadata = (
+            read_verified(step_uri, manifest, layout.STATE_METADATA)
+            if engine.checkpoint_format == "dcp"
+            else b""
+        )
         # A rank that did not exist in the saved run (resume on more ranks) takes rank 0's stream.
         rng = layout.rng_name(world.rank) if layout.rng_name(world.rank) in files else layout.rng_name(0)
         rng_state = from_bytes(read_verified(step_uri, manifest, rng))
@@ -61,16 +66,20 @@ def load_checkpoint(step_uri: str, engine: Engine, world: World) -> dict[str, An
     if engine.checkpoint_format == "dcp":
         _load_sharded(step_uri, metadata, engine)
     else:
-        restore_files(engine.engine, lambda name: read_verified(step_uri, manifest, name),
-                      sorted(n for n in files if n.startswith(layout.DEEPSPEED)))
+        restore_files(
+            engine.engine,
+            lambda name: read_verified(step_uri, manifest, name),
+            sorted(n for n in files if n.startswith(layout.DEEPSPEED)),
+        )
     set_rng_state(rng_state)
     return trainer
 
 
 def _agree(error: CheckpointError | None, world: World) -> None:
     """Raise on every rank if any rank failed (corrupt beats other errors: it allows a fallback)."""
-    flags = torch.tensor([error is not None, isinstance(error, CorruptCheckpointError)], dtype=torch.int64,
-                         device=world.device)
+    flags = torch.tensor(
+        [error is not None, isinstance(error, CorruptCheckpointError)], dtype=torch.int64, device=world.device
+    )
     all_reduce_sum(flags)
     if error is not None:
         raise error
@@ -84,8 +93,9 @@ def _load_sharded(step_uri: str, metadata: bytes, engine: Engine) -> None:
     """DCP load into the engine's own sharded state: each rank reads the saved chunks overlapping
     its shards, whatever the layout that saved them."""
     template = engine.state_dict()
-    reader = RangeReader(metadata, lambda name, offset, length: read_range(join(step_uri, name), offset, length),
-                         step_uri)
+    reader = RangeReader(
+        metadata, lambda name, offset, length: read_range(join(step_uri, name), offset, length), step_uri
+    )
     try:
         dcp.load(template, storage_reader=reader)
     except CheckpointException as e:  # raised on every rank, with every rank's failure
@@ -94,8 +104,10 @@ def _load_sharded(step_uri: str, metadata: bytes, engine: Engine) -> None:
         corrupt = next((f for f in causes if isinstance(f, CorruptCheckpointError)), None)
         if corrupt is not None:
             raise CorruptCheckpointError(str(corrupt)) from None
-        raise CheckpointError(f"{step_uri}: cannot load into this model ({causes[0]}); resume with the "
-                              "model config that saved it") from None
+        raise CheckpointError(
+            f"{step_uri}: cannot load into this model ({causes[0]}); resume with the "
+            "model config that saved it"
+        ) from None
     engine.load_state_dict(template)
 
 

@@ -20,17 +20,19 @@ log = get_logger("checkpoint")
 
 
 def write_bytes(uri: str, data: bytes | list[memoryview], attempts: int = 5, backoff_s: float = 0.5) -> None:
-    """Write a whole object (one buffer, or several back to back). Locally through a temp file + rename so readers never see half a file;
-    remote stores publish an object only when its (multipart) upload completes, and transient
-    failures there (connection reset, store restarting) are retried with exponential backoff."""
+    """Write a whole object (one buffer, or several back to back). Locally through a temp file +
+    rename so readers never see half a file; remote stores publish an object only when its
+    (multipart) upload completes, and transient failures there (connection reset, store
+    restarting) are retried with exponential backoff."""
     if is_local(uri):
         _write_local(uri.removeprefix("file://"), data)
         return
     try:
         put_object(uri, data, attempts, backoff_s, log)
     except Exception as e:  # botocore's connection errors are not OSError
-        raise CheckpointError(f"cannot write {uri} after {attempts} attempts: {e}; check the "
-                              "endpoint, credentials and bucket") from e
+        raise CheckpointError(
+            f"cannot write {uri} after {attempts} attempts: {e}; check the endpoint, credentials and bucket"
+        ) from e
 
 
 def _write_local(path: str, data: bytes | list[memoryview]) -> None:
@@ -55,11 +57,15 @@ def _write_local(path: str, data: bytes | list[memoryview]) -> None:
 def _local_fix(e: OSError) -> str:
     """The fix for a failed local write, by cause: the errno says which one applies."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ("free space on that filesystem (or lower checkpoint.keep_last), or point "
-                "checkpoint.dir at a larger one")
+        return (
+            "free space on that filesystem (or lower checkpoint.keep_last), or point "
+            "checkpoint.dir at a larger one"
+        )
     if e.errno in (errno.EACCES, errno.EPERM):
-        return (f"make that directory writable for uid {os.getuid()}, or point checkpoint.dir at a "
-                "writable location")
+        return (
+            f"make that directory writable for uid {os.getuid()}, or point checkpoint.dir at a "
+            "writable location"
+        )
     if e.errno == errno.EROFS:
         return "the filesystem is read-only; point checkpoint.dir at a writable location"
     return "check free space and permissions"
@@ -86,8 +92,11 @@ def file_sizes(uri: str) -> dict[str, int]:
     fs, path = _fs(uri)
     root = path.rstrip("/") + "/"
     found = fs.find(path, detail=True) if fs.exists(path) else {}
-    return {name[len(root):]: int(info["size"]) for name, info in found.items()
-            if info.get("type") == "file" and name.startswith(root)}
+    return {
+        name[len(root) :]: int(info["size"])
+        for name, info in found.items()
+        if info.get("type") == "file" and name.startswith(root)
+    }
 
 
 def exists(uri: str) -> bool:

@@ -49,11 +49,16 @@ class CheckpointWriter:
         self.failed_steps: list[int] = []
         self.committed_steps: list[int] = []
         # DCP's planning collectives run in the background thread, on a group of their own.
-        self.group = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.commit_timeout_s))
-                      if dist.is_initialized() and world.size > 1 else None)
+        self.group = (
+            dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.commit_timeout_s))
+            if dist.is_initialized() and world.size > 1
+            else None
+        )
         # On CUDA the staging buffers are pinned and reused from save to save; on CPU a copy per save,
         # freed once it is uploaded.
-        self._stager = StateDictStager(pin_memory=True, share_memory=False) if torch.cuda.is_available() else None
+        self._stager = (
+            StateDictStager(pin_memory=True, share_memory=False) if torch.cuda.is_available() else None
+        )
 
     @property
     def busy(self) -> bool:
@@ -67,8 +72,11 @@ class CheckpointWriter:
         # Every rank must take the same decision, so "busy" is agreed on collectively.
         any_busy = all_reduce_sum(torch.tensor([int(self.busy)], device=self.world.device)).item() > 0
         if any_busy and self.cfg.on_busy == "skip":
-            log.warning("checkpoint for step %d skipped: the previous one is still uploading "
-                        "(checkpoint.on_busy=skip)", step)
+            log.warning(
+                "checkpoint for step %d skipped: the previous one is still uploading "
+                "(checkpoint.on_busy=skip)",
+                step,
+            )
             return None
         self.wait()
         step_uri = layout.step_uri(self.root, step)
@@ -85,8 +93,12 @@ class CheckpointWriter:
         else:  # DeepSpeed writes its own partition files (collective), then they are bytes here
             parts.update(snapshot_files(engine.engine))
         if self.cfg.async_save:
-            self._thread = threading.Thread(target=self._write_and_commit, args=(step, parts, staged),
-                                            name=f"checkpoint-{step}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._write_and_commit,
+                args=(step, parts, staged),
+                name=f"checkpoint-{step}",
+                daemon=True,
+            )
             self._thread.start()
         else:
             self._write_and_commit(step, parts, staged)
@@ -101,9 +113,13 @@ class CheckpointWriter:
             try:
                 remove_tree(step_uri)
             except Exception as e:  # botocore's errors are not OSError; the store may be down
-                log.error("checkpoint step %d failed, not committed: cannot clear %s (%s); training "
-                          "continues and the previous committed checkpoint remains the resume point",
-                          step, step_uri, e)
+                log.error(
+                    "checkpoint step %d failed, not committed: cannot clear %s (%s); training "
+                    "continues and the previous committed checkpoint remains the resume point",
+                    step,
+                    step_uri,
+                    e,
+                )
                 failed = 1
         if all_reduce_sum(torch.tensor([failed], device=self.world.device)).item() > 0:
             self.failed_steps.append(step)
@@ -125,15 +141,24 @@ class CheckpointWriter:
             if self.world.is_main:
                 merged = self._gather_records(step_uri)
                 commit(self.root, step, merged)
-                removed = apply_retention(self.root, self.cfg.keep_last, in_flight=step,
-                                          keep_every=self.cfg.keep_every)
-                log.info("checkpoint step %d committed to %s%s", step, step_uri,
-                         f" (removed old steps {removed})" if removed else "")
+                removed = apply_retention(
+                    self.root, self.cfg.keep_last, in_flight=step, keep_every=self.cfg.keep_every
+                )
+                log.info(
+                    "checkpoint step %d committed to %s%s",
+                    step,
+                    step_uri,
+                    f" (removed old steps {removed})" if removed else "",
+                )
                 self.committed_steps.append(step)
         except Exception as e:  # a failed checkpoint must not kill the run; the last good one stays
             self.failed_steps.append(step)
-            log.error("checkpoint step %d failed, not committed (%s); training continues and the previous "
-                      "committed checkpoint remains the resume point", step, e)
+            log.error(
+                "checkpoint step %d failed, not committed (%s); training continues and the previous "
+                "committed checkpoint remains the resume point",
+                step,
+                e,
+            )
 
     def _layout_shards(self, staged: dict[str, Any]) -> dict[str, Any]:
         """This rank's DCP file (buffers viewing the staged tensors) and, on rank 0, DCP's metadata."""
@@ -151,9 +176,10 @@ class CheckpointWriter:
             note = join(step_uri, layout.rank_done_name(rank))
             while not exists(note):
                 if time.monotonic() > deadline:
-                    raise CheckpointError(f"rank {rank} did not finish writing {step_uri} within "
-                                          f"checkpoint.commit_timeout_s={self.cfg.commit_timeout_s}")
+                    raise CheckpointError(
+                        f"rank {rank} did not finish writing {step_uri} within "
+                        f"checkpoint.commit_timeout_s={self.cfg.commit_timeout_s}"
+                    )
                 time.sleep(0.05)
             merged.update(json.loads(read_bytes(note)))
         return merged
-

@@ -38,5 +38,7 @@ def require_token_ids(tokens: dict, keys: tuple[str, ...], purpose: str) -> None
     before an objective existed lack the ids it needs)."""
     missing = [key for key in keys if tokens.get(key) is None]
     if missing:
-        raise DataError(f"dataset manifest: the tokenizer block lacks {missing}, which {purpose}; "
-                        "re-run `dist-llm prep` to record them")
+        raise DataError(
+            f"dataset manifest: the tokenizer block lacks {missing}, which {purpose}; "
+            "re-run `dist-llm prep` to record them"
+        )

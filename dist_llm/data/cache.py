@@ -40,8 +40,9 @@ def dataset_cache_dir(root: str, uri: str) -> str:
     """The cache directory of one dataset URI under `root` ("" = the default root), created with
     a `uri.txt` naming the URI, so a person cleaning the cache knows what each directory holds."""
     uri = uri.rstrip("/")
-    folder = os.path.join(os.path.expanduser(root) or default_cache_root(),
-                          hashlib.sha256(uri.encode()).hexdigest()[:16])
+    folder = os.path.join(
+        os.path.expanduser(root) or default_cache_root(), hashlib.sha256(uri.encode()).hexdigest()[:16]
+    )
     label = os.path.join(folder, "uri.txt")
     if not os.path.exists(label):
         os.makedirs(folder, exist_ok=True)
@@ -57,8 +58,10 @@ def cached_name(cache_dir: str, rel_path: str, sha256: str) -> str:
     stem, ext = os.path.splitext(rel_path)
     path = os.path.normpath(os.path.join(cache_dir, f"{stem}.{sha256[:16]}{ext}"))
     if not path.startswith(os.path.normpath(cache_dir) + os.sep):
-        raise DataError(f"shard path {rel_path!r} in the manifest leaves the dataset directory; "
-                        "shard paths must be relative, without '..'")
+        raise DataError(
+            f"shard path {rel_path!r} in the manifest leaves the dataset directory; "
+            "shard paths must be relative, without '..'"
+        )
     return path
 
 
@@ -116,8 +119,10 @@ def fetch(uri: str, local: str, sha256: str, size: int, backoff_s: float = 0.5) 
                 got_bytes, got_sha = _copy(uri, tmp)
             except FileNotFoundError:
                 _remove(tmp)
-                raise DataError(f"{uri}: listed in the dataset manifest but missing from storage; "
-                                "upload the whole prepared dataset directory again") from None
+                raise DataError(
+                    f"{uri}: listed in the dataset manifest but missing from storage; "
+                    "upload the whole prepared dataset directory again"
+                ) from None
             except Exception as e:  # network/credential errors: botocore, aiohttp, OSError, ...
                 _remove(tmp)
                 error = f"{type(e).__name__}: {e}"
@@ -127,12 +132,16 @@ def fetch(uri: str, local: str, sha256: str, size: int, backoff_s: float = 0.5) 
                 os.replace(tmp, local)
                 return local
             _remove(tmp)
-            error = (f"received {got_bytes} bytes with sha256 {got_sha}, the manifest says {size} bytes "
-                     f"with sha256 {sha256}")
+            error = (
+                f"received {got_bytes} bytes with sha256 {got_sha}, the manifest says {size} bytes "
+                f"with sha256 {sha256}"
+            )
             log.warning("download of %s is corrupt (attempt %d/%d): %s", uri, attempt + 1, ATTEMPTS, error)
-    raise DataError(f"{uri}: download failed {ATTEMPTS} times, last: {error}; check the endpoint "
-                    "(AWS_ENDPOINT_URL), credentials and network, or re-upload the dataset if its "
-                    "files no longer match its manifest.json")
+    raise DataError(
+        f"{uri}: download failed {ATTEMPTS} times, last: {error}; check the endpoint "
+        "(AWS_ENDPOINT_URL), credentials and network, or re-upload the dataset if its "
+        "files no longer match its manifest.json"
+    )
 
 
 def _copy(uri: str, tmp: str) -> tuple[int, str]:

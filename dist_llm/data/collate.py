@@ -64,8 +64,9 @@ def build_collator(data: DataConfig, tokens: dict) -> Collator:
     """The collator of `data.objective`; `tokens` (vocab size, special and sentinel ids) is the
     dataset manifest's `tokenizer` block."""
     if data.objective not in COLLATORS:
-        raise ConfigError(f"data.objective={data.objective!r} has no collator; "
-                          f"choose from {sorted(COLLATORS)}")
+        raise ConfigError(
+            f"data.objective={data.objective!r} has no collator; choose from {sorted(COLLATORS)}"
+        )
     return COLLATORS[data.objective](data, tokens)
 
 

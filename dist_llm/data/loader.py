@@ -54,16 +54,31 @@ def mixture_fingerprint(sources: list[Source]) -> str:
 class TrainBatches:
     """Yields, per optimizer step, this rank's collated micro-batches of the next global batch."""
 
-    def __init__(self, sources: list[Source], collator: Collator, seed: int, global_batch: int,
-                 micro_batch: int, rank: int, world_size: int, prefetch_steps: int = 0) -> None:
+    def __init__(
+        self,
+        sources: list[Source],
+        collator: Collator,
+        seed: int,
+        global_batch: int,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        prefetch_steps: int = 0,
+    ) -> None:
         if global_batch % (micro_batch * world_size):
-            raise DataError(f"global batch {global_batch} not divisible by micro batch {micro_batch} "
-                            f"x world size {world_size}")
+            raise DataError(
+                f"global batch {global_batch} not divisible by micro batch {micro_batch} "
+                f"x world size {world_size}"
+            )
         self.sources = sources
         self.collator = collator
         self.seed = seed
-        self.order = MixedOrder([s.samples.num_samples for s in sources], [s.weight for s in sources],
-                                source_seeds(seed, sources), derive_seed(seed, "mix"))
+        self.order = MixedOrder(
+            [s.samples.num_samples for s in sources],
+            [s.weight for s in sources],
+            source_seeds(seed, sources),
+            derive_seed(seed, "mix"),
+        )
         self.collate_seed = derive_seed(seed, "collate")
         self.global_batch = global_batch
         self.micro_batch = micro_batch
@@ -106,8 +121,8 @@ class TrainBatches:
         micro_batches = []
         for first in range(0, self.per_rank, self.micro_batch):
             windows = np.empty((self.micro_batch, length), dtype=np.int64)
-            for row, (source, sample) in enumerate(ids[first:first + self.micro_batch]):
-                self.sources[source].samples.windows([sample], out=windows[row:row + 1])
+            for row, (source, sample) in enumerate(ids[first : first + self.micro_batch]):
+                self.sources[source].samples.windows([sample], out=windows[row : row + 1])
             positions = list(range(start + first, start + first + self.micro_batch))
             micro_batches.append(self.collator(windows, sample_seeds(self.collate_seed, positions)))
         self.consumed_samples += self.global_batch
@@ -122,21 +137,26 @@ class TrainBatches:
 
     def state(self) -> DataState:
         many = len(self.sources) > 1
-        return DataState(seed=self.seed, consumed_samples=self.consumed_samples,
-                         epoch=max(self.order.epochs(self.consumed_samples)),
-                         fingerprint=mixture_fingerprint(self.sources),
-                         seq_len=self.sources[0].samples.seq_len,
-                         sources={s.name: s.samples.shards.fingerprint for s in self.sources} if many else {})
+        return DataState(
+            seed=self.seed,
+            consumed_samples=self.consumed_samples,
+            epoch=max(self.order.epochs(self.consumed_samples)),
+            fingerprint=mixture_fingerprint(self.sources),
+            seq_len=self.sources[0].samples.seq_len,
+            sources={s.name: s.samples.shards.fingerprint for s in self.sources} if many else {},
+        )
 
     def load_state(self, state: dict) -> None:
         mine = asdict(self.state())
         for key in ("seed", "fingerprint", "seq_len"):
             if state[key] != mine[key]:
                 detail = _which_source(state, mine) if key == "fingerprint" else ""
-                raise DataError(f"checkpoint data state {key}={state[key]!r} does not match this run's "
-                                f"{key}={mine[key]!r}{detail}; "
-                                "resume with the same dataset(s), data.sources weights, data.seq_len and "
-                                "train.seed, or start a new run directory")
+                raise DataError(
+                    f"checkpoint data state {key}={state[key]!r} does not match this run's "
+                    f"{key}={mine[key]!r}{detail}; "
+                    "resume with the same dataset(s), data.sources weights, data.seq_len and "
+                    "train.seed, or start a new run directory"
+                )
         self.consumed_samples = int(state["consumed_samples"])
 
 
@@ -149,11 +169,20 @@ def _which_source(saved: dict, mine: dict) -> str:
     return f" (data of source(s) {changed} changed)" if changed else " (source weights changed)"
 
 
-def eval_batches(samples: PackedSamples, collator: Collator, seed: int, micro_batch: int, num_batches: int,
-                 rank: int, world_size: int) -> list[Batch]:
+def eval_batches(
+    samples: PackedSamples,
+    collator: Collator,
+    seed: int,
+    micro_batch: int,
+    num_batches: int,
+    rank: int,
+    world_size: int,
+) -> list[Batch]:
     """The same first validation windows every time, split across ranks (no shuffling); `seed`
     gives the collator the same per-sample seeds every time too."""
     total = min(samples.num_samples, micro_batch * num_batches * world_size)
     ids = list(range(total))[rank::world_size]
-    return [collator(samples.windows(ids[i:i + micro_batch]), sample_seeds(seed, ids[i:i + micro_batch]))
-            for i in range(0, len(ids), micro_batch)]
+    return [
+        collator(samples.windows(ids[i : i + micro_batch]), sample_seeds(seed, ids[i : i + micro_batch]))
+        for i in range(0, len(ids), micro_batch)
+    ]

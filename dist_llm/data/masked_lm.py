@@ -48,8 +48,9 @@ class MaskedLMCollator:
         if not 0.0 < mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob={mask_prob} must be in (0, 1)")
         if sentence_task not in SENTENCE_TASKS:
-            raise ConfigError(f"data.sentence_task={sentence_task!r} is unknown; choose one of "
-                              f"{list(SENTENCE_TASKS)}")
+            raise ConfigError(
+                f"data.sentence_task={sentence_task!r} is unknown; choose one of {list(SENTENCE_TASKS)}"
+            )
         self.vocab_size = int(tokens["vocab_size"])
         self.mask_id, self.cls_id, self.sep_id = (int(tokens[k]) for k in ("mask_id", "cls_id", "sep_id"))
         self.mask_prob = mask_prob
@@ -60,9 +61,11 @@ class MaskedLMCollator:
         specials += [int(i) for i in tokens.get("sentinel_ids") or []]
         self.first_ordinary = max(specials) + 1
         if self.first_ordinary >= self.vocab_size:
-            raise DataError(f"dataset manifest: tokenizer vocab_size={self.vocab_size} has no ordinary "
-                            f"token after the special ids (up to {self.first_ordinary - 1}); re-run "
-                            "`dist-llm prep` with a larger vocabulary")
+            raise DataError(
+                f"dataset manifest: tokenizer vocab_size={self.vocab_size} has no ordinary "
+                f"token after the special ids (up to {self.first_ordinary - 1}); re-run "
+                "`dist-llm prep` with a larger vocabulary"
+            )
 
     @property
     def structural(self) -> int:
@@ -72,12 +75,15 @@ class MaskedLMCollator:
     def window(self, seq_len: int) -> Window:
         raw = seq_len - self.structural
         if raw < self.structural - 1:  # one raw token, or one per sentence
-            raise ConfigError(f"data.seq_len={seq_len} is too short for masked LM with data.sentence_task="
-                              f"{self.sentence_task!r}; it needs >= {2 * self.structural - 1}")
+            raise ConfigError(
+                f"data.seq_len={seq_len} is too short for masked LM with data.sentence_task="
+                f"{self.sentence_task!r}; it needs >= {2 * self.structural - 1}"
+            )
         return Window(stride=raw, length=raw)  # windows do not overlap: no token is seen twice
 
-    def layout(self, windows: np.ndarray, row: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    def layout(
+        self, windows: np.ndarray, row: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
         """(input ids, token types, sentence label, positions of [CLS]/[SEP]) of one row before
         masking. Draws the same numbers whatever the batch size, so the masking draws after it
         depend on the row's seed alone."""
@@ -99,12 +105,14 @@ class MaskedLMCollator:
         else:
             flip = False  # nsp in a one-row batch: no other row to draw B from
         ids = np.concatenate(([self.cls_id], first, [self.sep_id], second, [self.sep_id]))
-        types = np.concatenate((np.zeros(len(first) + 2, dtype=np.int64),
-                                np.ones(len(second) + 1, dtype=np.int64)))
+        types = np.concatenate(
+            (np.zeros(len(first) + 2, dtype=np.int64), np.ones(len(second) + 1, dtype=np.int64))
+        )
         return ids, types, int(flip), np.array([0, len(first) + 1, n + 2])
 
-    def mask(self, ids: np.ndarray, structural: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def mask(
+        self, ids: np.ndarray, structural: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(masked input ids, labels) of one laid-out row; `structural` positions are never chosen
         (a raw token that happens to equal the [SEP] id still may be)."""
         candidates = np.delete(np.arange(len(ids)), structural)
@@ -115,8 +123,11 @@ class MaskedLMCollator:
         labels = np.full(len(ids), -100, dtype=np.int64)
         labels[chosen] = ids[chosen]
         masked = ids.copy()
-        masked[chosen] = np.where(draw < MASK_SHARE, self.mask_id,
-                                  np.where(draw < MASK_SHARE + RANDOM_SHARE, random_ids, ids[chosen]))
+        masked[chosen] = np.where(
+            draw < MASK_SHARE,
+            self.mask_id,
+            np.where(draw < MASK_SHARE + RANDOM_SHARE, random_ids, ids[chosen]),
+        )
         return masked, labels
 
     def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
@@ -132,9 +143,12 @@ class MaskedLMCollator:
             rng = np.random.default_rng(seed)
             ids, types[row], sentence[row], structural = self.layout(windows, row, rng)
             inputs[row], labels[row] = self.mask(ids, structural, rng)
-        batch = {"input_ids": torch.from_numpy(inputs), "token_type_ids": torch.from_numpy(types),
-                 "attention_mask": torch.ones((rows, seq_len), dtype=torch.long),
-                 "labels": torch.from_numpy(labels)}
+        batch = {
+            "input_ids": torch.from_numpy(inputs),
+            "token_type_ids": torch.from_numpy(types),
+            "attention_mask": torch.ones((rows, seq_len), dtype=torch.long),
+            "labels": torch.from_numpy(labels),
+        }
         if self.sentence_task != "none":
             batch["next_sentence_label"] = torch.from_numpy(sentence)
         return batch

@@ -49,19 +49,22 @@ def block_counts(weights: list[float]) -> list[int]:
     else:
         counts = [math.floor(s * MAX_BLOCK) for s in shares]
         by_remainder = sorted(range(len(shares)), key=lambda i: (counts[i] - shares[i] * MAX_BLOCK, i))
-        for i in by_remainder[:MAX_BLOCK - sum(counts)]:
+        for i in by_remainder[: MAX_BLOCK - sum(counts)]:
             counts[i] += 1
     if min(counts) == 0:
-        raise DataError(f"data.sources weights {weights}: a source below 1/{MAX_BLOCK} of the total would "
-                        "get no samples at all; raise its weight or drop it")
+        raise DataError(
+            f"data.sources weights {weights}: a source below 1/{MAX_BLOCK} of the total would "
+            "get no samples at all; raise its weight or drop it"
+        )
     return counts
 
 
 class MixedOrder:
     """Maps a global sample position to (source index, sample id within that source)."""
 
-    def __init__(self, sizes: list[int], weights: list[float], source_seeds: list[int],
-                 mix_seed: int) -> None:
+    def __init__(
+        self, sizes: list[int], weights: list[float], source_seeds: list[int], mix_seed: int
+    ) -> None:
         self.orders = [GlobalOrder(n, seed) for n, seed in zip(sizes, source_seeds)]
         self.counts = block_counts(weights)
         self.block = sum(self.counts)

@@ -36,6 +36,6 @@ class GlobalOrder:
         while len(ids) < count:
             epoch, offset = divmod(pos, self.num_samples)
             take = min(count - len(ids), self.num_samples - offset)
-            ids.extend(self._permutation(epoch)[offset:offset + take].tolist())
+            ids.extend(self._permutation(epoch)[offset : offset + take].tolist())
             pos += take
         return ids

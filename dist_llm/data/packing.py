@@ -22,9 +22,11 @@ class PackedSamples:
         self.seq_len = seq_len
         self.window = window or CausalLMCollator().window(seq_len)
         if shards.num_tokens < self.window.length:
-            raise DataError(f"{shards.data_dir}: split {shards.split!r} has {shards.num_tokens} tokens, "
-                            f"fewer than one sample of data.seq_len={seq_len} needs ({self.window.length}); "
-                            "lower data.seq_len or add data")
+            raise DataError(
+                f"{shards.data_dir}: split {shards.split!r} has {shards.num_tokens} tokens, "
+                f"fewer than one sample of data.seq_len={seq_len} needs ({self.window.length}); "
+                "lower data.seq_len or add data"
+            )
         self.num_samples = (shards.num_tokens - self.window.length) // self.window.stride + 1
 
     def windows(self, sample_ids: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:

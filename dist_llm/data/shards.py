@@ -31,12 +31,14 @@ def open_manifest(data_dir: str) -> dict:
     except DataError:
         raise
     except Exception as e:  # botocore, aiohttp and OSError subclasses all mean "cannot reach it"
-        raise DataError(f"{manifest_path(data_dir)}: cannot read ({type(e).__name__}: {e}); check data.path, "
-                        "and for object storage the endpoint (AWS_ENDPOINT_URL) and credentials") from None
+        raise DataError(
+            f"{manifest_path(data_dir)}: cannot read ({type(e).__name__}: {e}); check data.path, "
+            "and for object storage the endpoint (AWS_ENDPOINT_URL) and credentials"
+        ) from None
 
 
 def local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 class TokenShards:
@@ -46,14 +48,22 @@ class TokenShards:
     process serves every split and source) into `cache_dir` (`data.cache_dir`; "" = the default).
     """
 
-    def __init__(self, data_dir: str, split: str, manifest: dict | None = None, cache_dir: str = "",
-                 cache: ShardCache | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        split: str,
+        manifest: dict | None = None,
+        cache_dir: str = "",
+        cache: ShardCache | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.manifest = manifest if manifest is not None else open_manifest(data_dir)
         splits = self.manifest["splits"]
         if split not in splits or not splits[split]["shards"]:
-            raise DataError(f"{manifest_path(data_dir)}: split {split!r} has no shards; "
-                            f"available: {sorted(k for k, v in splits.items() if v['shards'])}")
+            raise DataError(
+                f"{manifest_path(data_dir)}: split {split!r} has no shards; "
+                f"available: {sorted(k for k, v in splits.items() if v['shards'])}"
+            )
         self.split = split
         self.entries: list[dict] = splits[split]["shards"]
         self._starts = np.concatenate([[0], np.cumsum([e["tokens"] for e in self.entries])]).astype(np.int64)
@@ -72,8 +82,12 @@ class TokenShards:
 
     def _fetch_args(self, index: int) -> tuple[str, str, str, int]:
         entry = self.entries[index]
-        return (self._uri(index), cached_name(self._cache_dir, entry["path"], entry["sha256"]),
-                entry["sha256"], entry["bytes"])
+        return (
+            self._uri(index),
+            cached_name(self._cache_dir, entry["path"], entry["sha256"]),
+            entry["sha256"],
+            entry["bytes"],
+        )
 
     def _array(self, index: int) -> np.ndarray:
         array = self._arrays[index]
@@ -103,16 +117,21 @@ class TokenShards:
             reader = pa.ipc.open_file(pa.memory_map(path, "r"))
             table = reader.read_all()
             if table.schema.names != ["tokens"] or table.schema.field("tokens").type != _TOKENS_TYPE:
-                raise DataError(f"{path}: schema is {table.schema.to_string()!r}, expected one column "
-                                f"'tokens: {_TOKENS_TYPE}'; re-run `dist-llm prep` for this dataset")
+                raise DataError(
+                    f"{path}: schema is {table.schema.to_string()!r}, expected one column "
+                    f"'tokens: {_TOKENS_TYPE}'; re-run `dist-llm prep` for this dataset"
+                )
             column = table.column("tokens").combine_chunks()
             values = column.flatten().to_numpy(zero_copy_only=True)
         except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read shard ({e}); "
-                            "re-run `dist-llm prep` for this dataset") from None
+            raise DataError(
+                f"{path}: cannot read shard ({e}); re-run `dist-llm prep` for this dataset"
+            ) from None
         if len(values) != expected_tokens:
-            raise DataError(f"{path}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
-                            "the shard is stale or corrupt, re-run `dist-llm prep`")
+            raise DataError(
+                f"{path}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
+                "the shard is stale or corrupt, re-run `dist-llm prep`"
+            )
         return values
 
     @property
@@ -136,6 +155,6 @@ class TokenShards:
             array = self._array(shard)
             offset = start + filled - int(self._starts[shard])
             take = min(length - filled, len(array) - offset)
-            out[filled:filled + take] = array[offset:offset + take]
+            out[filled : filled + take] = array[offset : offset + take]
             filled += take
         return out

@@ -40,30 +40,45 @@ def check_sources(cfg: DataConfig) -> tuple[list[dict], Collator]:
     window = collator.window(cfg.seq_len)
     for source, manifest in zip(sources, manifests):
         if manifest["tokenizer"]["sha256"] != first_manifest["tokenizer"]["sha256"]:
-            raise DataError(f"{source.path} and {first.path} were tokenized with different tokenizers "
-                            f"(sha256 {manifest['tokenizer']['sha256'][:12]}... vs "
-                            f"{first_manifest['tokenizer']['sha256'][:12]}...); a mixture needs one token "
-                            "vocabulary: re-run `dist-llm prep --tokenizer <one tokenizer>` for "
-                            f"{source.path}")
+            raise DataError(
+                f"{source.path} and {first.path} were tokenized with different tokenizers "
+                f"(sha256 {manifest['tokenizer']['sha256'][:12]}... vs "
+                f"{first_manifest['tokenizer']['sha256'][:12]}...); a mixture needs one token "
+                "vocabulary: re-run `dist-llm prep --tokenizer <one tokenizer>` for "
+                f"{source.path}"
+            )
         for split in SPLITS:
             tokens = sum(shard["tokens"] for shard in manifest["splits"][split]["shards"])
             if tokens < window.length:
-                raise DataError(f"{_label(source)}: split {split!r} has {tokens} tokens, fewer than one "
-                                f"sample of data.seq_len={cfg.seq_len} needs ({window.length}); lower "
-                                "data.seq_len or add data")
+                raise DataError(
+                    f"{_label(source)}: split {split!r} has {tokens} tokens, fewer than one "
+                    f"sample of data.seq_len={cfg.seq_len} needs ({window.length}); lower "
+                    "data.seq_len or add data"
+                )
     return manifests, collator
 
 
-def open_sources(cfg: DataConfig, collator: Collator, split: str, cache: ShardCache | None = None,
-                 manifests: list[dict] | None = None) -> list[Source]:
+def open_sources(
+    cfg: DataConfig,
+    collator: Collator,
+    split: str,
+    cache: ShardCache | None = None,
+    manifests: list[dict] | None = None,
+) -> list[Source]:
     """One `Source` per configured source over `split`; remote shards download through `cache`."""
     configs = cfg.source_list()
     manifests = manifests or [open_manifest(s.path) for s in configs]
     window = collator.window(cfg.seq_len)
-    return [Source(name=s.name, weight=s.weight,
-                   samples=PackedSamples(TokenShards(s.path, split, manifest, cfg.cache_dir, cache),
-                                         cfg.seq_len, window))
-            for s, manifest in zip(configs, manifests)]
+    return [
+        Source(
+            name=s.name,
+            weight=s.weight,
+            samples=PackedSamples(
+                TokenShards(s.path, split, manifest, cfg.cache_dir, cache), cfg.seq_len, window
+            ),
+        )
+        for s, manifest in zip(configs, manifests)
+    ]
 
 
 @dataclass
@@ -84,16 +99,28 @@ class TrainingData:
 def open_training_data(cfg: DataConfig) -> TrainingData:
     manifests, collator = check_sources(cfg)
     cache = ShardCache(cfg.download_workers)
-    return TrainingData(train=open_sources(cfg, collator, "train", cache, manifests),
-                        validation=open_sources(cfg, collator, "validation", cache, manifests),
-                        manifest=manifests[0], collator=collator, cache=cache)
+    return TrainingData(
+        train=open_sources(cfg, collator, "train", cache, manifests),
+        validation=open_sources(cfg, collator, "validation", cache, manifests),
+        manifest=manifests[0],
+        collator=collator,
+        cache=cache,
+    )
 
 
 def train_batches(cfg: Config, data: TrainingData, dp_rank: int, dp: int) -> TrainBatches:
     """The loader of data-parallel rank `dp_rank` of `dp`, as the trainer (and its benchmark) runs it."""
     t = cfg.train
-    return TrainBatches(data.train, data.collator, derive_seed(t.seed, "data"), t.global_batch_size,
-                        t.micro_batch_size, dp_rank, dp, cfg.data.prefetch_steps)
+    return TrainBatches(
+        data.train,
+        data.collator,
+        derive_seed(t.seed, "data"),
+        t.global_batch_size,
+        t.micro_batch_size,
+        dp_rank,
+        dp,
+        cfg.data.prefetch_steps,
+    )
 
 
 def tokenizer_path(data_path: str) -> str:

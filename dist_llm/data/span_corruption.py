@@ -62,8 +62,10 @@ def span_lengths(seq_len: int, noise_density: float, mean_span_length: float) ->
     `random_spans_helper`). Growing the raw window by one token grows the input by at most one
     (a kept token, or a new span's sentinel), so the longest fitting window fits exactly."""
     if seq_len < 4:
-        raise ConfigError(f"data.seq_len={seq_len} is too short for span corruption (needs >= 4: a kept "
-                          "token, a sentinel, EOS, and one dropped token)")
+        raise ConfigError(
+            f"data.seq_len={seq_len} is too short for span corruption (needs >= 4: a kept "
+            "token, a sentinel, EOS, and one dropped token)"
+        )
     raw = 2
     while _lengths_for_raw(raw + 1, noise_density, mean_span_length).inputs <= seq_len:
         raw += 1
@@ -101,8 +103,10 @@ class SpanCorruptionCollator:
         self.eos_id = int(tokens["eos_id"])
         self.sentinels = np.asarray(tokens["sentinel_ids"], dtype=np.int64)
         if len(self.sentinels) == 0:
-            raise DataError("dataset manifest: tokenizer.sentinel_ids is empty (the tokenizer has no "
-                            "<extra_id_0>); re-run `dist-llm prep` with a tokenizer that has sentinel tokens")
+            raise DataError(
+                "dataset manifest: tokenizer.sentinel_ids is empty (the tokenizer has no "
+                "<extra_id_0>); re-run `dist-llm prep` with a tokenizer that has sentinel tokens"
+            )
         self.noise_density = noise_density
         self.mean_span_length = mean_span_length
 
@@ -118,7 +122,8 @@ class SpanCorruptionCollator:
                 f"data.seq_len={seq_len} with data.noise_density={self.noise_density} and "
                 f"data.mean_span_length={self.mean_span_length} needs {lengths.spans} spans per sample but "
                 f"the tokenizer has only {len(self.sentinels)} sentinels; lower data.seq_len or "
-                "data.noise_density, raise data.mean_span_length, or prep with more <extra_id_N> tokens")
+                "data.noise_density, raise data.mean_span_length, or prep with more <extra_id_N> tokens"
+            )
         return lengths
 
     def window(self, seq_len: int) -> Window:
@@ -134,7 +139,7 @@ class SpanCorruptionCollator:
         # Input: kept tokens, with each dropped span collapsed to its sentinel.
         inputs = np.where(starts, span_sentinel, window)[~mask | starts]
         # Labels: the dropped tokens, each span preceded by its sentinel.
-        labels = np.insert(window[mask], np.flatnonzero(starts[mask]), self.sentinels[:lengths.spans])
+        labels = np.insert(window[mask], np.flatnonzero(starts[mask]), self.sentinels[: lengths.spans])
         return np.concatenate((inputs, eos)), np.concatenate((labels, eos))
 
     def __call__(self, windows: np.ndarray, seeds: list[int]) -> Batch:
@@ -145,5 +150,8 @@ class SpanCorruptionCollator:
         labels = np.empty((len(windows), lengths.targets), dtype=np.int64)
         for row, (window, seed) in enumerate(zip(windows, seeds)):
             inputs[row], labels[row] = self.corrupt(window, lengths, seed)
-        return {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
-                "attention_mask": torch.ones(inputs.shape, dtype=torch.long)}
+        return {
+            "input_ids": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(labels),
+            "attention_mask": torch.ones(inputs.shape, dtype=torch.long),
+        }

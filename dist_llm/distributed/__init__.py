@@ -22,5 +22,13 @@ from dist_llm.distributed.world import (
     shutdown,
 )
 
-__all__ = ["World", "all_reduce_sum", "all_reduce_sum_async", "barrier", "broadcast_object",
-           "ensure_process_group", "init_distributed", "shutdown"]
+__all__ = [
+    "World",
+    "all_reduce_sum",
+    "all_reduce_sum_async",
+    "barrier",
+    "broadcast_object",
+    "ensure_process_group",
+    "init_distributed",
+    "shutdown",
+]

@@ -33,8 +33,15 @@ def transformer_blocks(model: nn.Module) -> Iterator[nn.Module]:
             yield from module.children()
 
 
-def apply_data_parallel(model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, reshard_after_forward: bool,
-                        param_dtype: str, reduce_dtype: str, cpu_offload: bool) -> None:
+def apply_data_parallel(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    dims: ParallelDims,
+    reshard_after_forward: bool,
+    param_dtype: str,
+    reduce_dtype: str,
+    cpu_offload: bool,
+) -> None:
     """Shard (or replicate) `model` over the data-parallel mesh dimensions, in place."""
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype])
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
@@ -42,9 +49,11 @@ def apply_data_parallel(model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, 
         dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
 
         def wrap(module: nn.Module, reshard: bool) -> None:
-            fully_shard(module, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy,
-                        offload_policy=offload)
+            fully_shard(
+                module, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy, offload_policy=offload
+            )
     else:
+
         def wrap(module: nn.Module, reshard: bool) -> None:
             replicate(module, mesh=mesh["dp_replicate"], mp_policy=policy, offload_policy=offload)
 

@@ -22,8 +22,9 @@ class ParallelDims:
     rank: int = 0
 
     @classmethod
-    def resolve(cls, pp: int, dp_replicate: int, dp_shard: int, tp: int, world_size: int,
-                rank: int = 0) -> "ParallelDims":
+    def resolve(
+        cls, pp: int, dp_replicate: int, dp_shard: int, tp: int, world_size: int, rank: int = 0
+    ) -> "ParallelDims":
         """Degrees with at most one -1 ("what is left of the world size"); raises ValueError with
         the reason when they cannot multiply to `world_size`."""
         degrees = {"pp": pp, "dp_replicate": dp_replicate, "dp_shard": dp_shard, "tp": tp}
@@ -39,11 +40,15 @@ class ParallelDims:
                 known *= v
         if fill:
             if world_size % known:
-                raise ValueError(f"world size {world_size} is not divisible by the product {known} of the "
-                                 f"other degrees, so {fill[0]} cannot be filled")
+                raise ValueError(
+                    f"world size {world_size} is not divisible by the product {known} of the "
+                    f"other degrees, so {fill[0]} cannot be filled"
+                )
             degrees[fill[0]] = world_size // known
         elif known != world_size:
-            raise ValueError(f"pp x dp_replicate x dp_shard x tp = {known} but the world size is {world_size}")
+            raise ValueError(
+                f"pp x dp_replicate x dp_shard x tp = {known} but the world size is {world_size}"
+            )
         return cls(rank=rank, **degrees)
 
     @property

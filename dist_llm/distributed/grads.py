@@ -40,8 +40,12 @@ def sum_tied_grads(param: nn.Parameter | None, group: dist.ProcessGroup | None) 
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, pp_group: dist.ProcessGroup | None,
-                    skip: frozenset[int] = frozenset()) -> torch.Tensor:
+def clip_grad_norm_(
+    params: list[nn.Parameter],
+    max_norm: float,
+    pp_group: dist.ProcessGroup | None,
+    skip: frozenset[int] = frozenset(),
+) -> torch.Tensor:
     """Clip gradients by the norm of the whole model's gradient, and return that norm.
 
     `skip` holds ids of parameters counted on another stage (the head copy of a tied embedding);

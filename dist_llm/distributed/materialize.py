@@ -87,8 +87,9 @@ def _tie_groups(model: nn.Module) -> list[list[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
-def materialize(model: nn.Module, skeleton: nn.Module, device: torch.device, seed: int,
-                source: FullTensor | None = None) -> None:
+def materialize(
+    model: nn.Module, skeleton: nn.Module, device: torch.device, seed: int, source: FullTensor | None = None
+) -> None:
     """Allocate `model`'s local shards on `device` and fill them, unit by unit, from `skeleton` (an
     unsharded meta-device build of the same model, consumed here): initialized from `seed`, or
     taken from `source` (pretrained weights) when given."""
@@ -109,8 +110,10 @@ def materialize(model: nn.Module, skeleton: nn.Module, device: torch.device, see
         skeleton.init_weights()  # tensors outside this unit are on meta: untouched, no RNG drawn
         values = dict(named_tensors(skeleton))
         for name in names:
-            copy_into(targets[name], source(name) if source is not None and _is_param(skeleton, name)
-                      else values[name])
+            copy_into(
+                targets[name],
+                source(name) if source is not None and _is_param(skeleton, name) else values[name],
+            )
         _move(skeleton, names, "meta")
 
 

@@ -13,7 +13,9 @@ from dist_llm.distributed.dims import ParallelDims
 from dist_llm.distributed.tensor_parallel import apply_tensor_parallel
 
 
-def parallelize(model: nn.Module, mesh: DeviceMesh | None, dims: ParallelDims, cfg: EngineConfig) -> nn.Module:
+def parallelize(
+    model: nn.Module, mesh: DeviceMesh | None, dims: ParallelDims, cfg: EngineConfig
+) -> nn.Module:
     """Tensor parallelism over `mesh["tp"]`, then activation checkpointing, then compile, then data
     parallelism (FSDP2 / HSDP / replication), in place, on a model still on the meta device.
 

@@ -79,8 +79,14 @@ class Pipeline:
     The loss lives on the last stage and is broadcast to the whole pipeline group, so every rank
     reports the replica's loss."""
 
-    def __init__(self, stage_module: nn.Module, stage: int, n_stages: int, group: dist.ProcessGroup,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        stage_module: nn.Module,
+        stage: int,
+        n_stages: int,
+        group: dist.ProcessGroup,
+        device: torch.device,
+    ) -> None:
         self.module = stage_module
         self.stage = stage
         self.n_stages = n_stages

@@ -64,8 +64,9 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         outer["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
     if not isinstance(model.norm, nn.Identity):
         outer["norm"] = SequenceParallel()
-        outer["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1),
-                                          use_local_output=False)
+        outer["output"] = ColwiseParallel(
+            input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
+        )
     parallelize_module(model, tp_mesh, outer)
     if tied:  # each style distributed its own copy; the head must use the embedding's Parameter
         model.output.weight = model.tok_embeddings.weight

@@ -19,8 +19,12 @@ from dist_llm.distributed.materialize import FullTensor
 from dist_llm.engine.base import Engine
 
 
-def build_engine(cfg: Config, world: World, pretrained: FullTensor | None = None,
-                 prepare: Callable[[nn.Module], None] | None = None) -> Engine:
+def build_engine(
+    cfg: Config,
+    world: World,
+    pretrained: FullTensor | None = None,
+    prepare: Callable[[nn.Module], None] | None = None,
+) -> Engine:
     """`pretrained`: full weights by name to start from (else initialized from train.seed);
     `prepare`: called with the bare model before it is parallelized (e.g. to attach a teacher)."""
     if cfg.engine.type == "deepspeed":

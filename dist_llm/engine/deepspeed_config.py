@@ -37,12 +37,22 @@ _MODEL_SECTIONS = {
 # are values, which only makes the check for the other sections more permissive, never wrong).
 # Modules move between DeepSpeed releases; one that is missing has no keys in this release.
 _CONSTANT_MODULES = (
-    "deepspeed.runtime.constants", "deepspeed.runtime.config", "deepspeed.runtime.precision_config",
-    "deepspeed.runtime.swap_tensor.constants", "deepspeed.runtime.data_pipeline.constants",
-    "deepspeed.runtime.model_checkpointing.constants", "deepspeed.runtime.activation_checkpointing.config",
-    "deepspeed.runtime.torch_autocast", "deepspeed.profiling.constants", "deepspeed.autotuning.constants",
-    "deepspeed.comm.constants", "deepspeed.compile.constants", "deepspeed.checkpoint.constants",
-    "deepspeed.utils.config", "deepspeed.elasticity.constants", "deepspeed.compression.constants",
+    "deepspeed.runtime.constants",
+    "deepspeed.runtime.config",
+    "deepspeed.runtime.precision_config",
+    "deepspeed.runtime.swap_tensor.constants",
+    "deepspeed.runtime.data_pipeline.constants",
+    "deepspeed.runtime.model_checkpointing.constants",
+    "deepspeed.runtime.activation_checkpointing.config",
+    "deepspeed.runtime.torch_autocast",
+    "deepspeed.profiling.constants",
+    "deepspeed.autotuning.constants",
+    "deepspeed.comm.constants",
+    "deepspeed.compile.constants",
+    "deepspeed.checkpoint.constants",
+    "deepspeed.utils.config",
+    "deepspeed.elasticity.constants",
+    "deepspeed.compression.constants",
 )
 # Sections DeepSpeed reads by literal name rather than through a constant.
 _LITERAL_KEYS = {"weight_quantization", "pipeline", "compression_training", "hybrid_engine"}
@@ -202,8 +212,14 @@ def _precision_of(ds: dict[str, Any]) -> str | None:
     precision_keys = ("bf16", "bfloat16", "fp16")
     if not any(key in ds for key in precision_keys):
         return None
-    return next((key[:2] + "16" for key in precision_keys
-                 if isinstance(ds.get(key), dict) and ds[key].get("enabled")), "fp32")
+    return next(
+        (
+            key[:2] + "16"
+            for key in precision_keys
+            if isinstance(ds.get(key), dict) and ds[key].get("enabled")
+        ),
+        "fp32",
+    )
 
 
 def json_precision(path: str) -> str | None:
@@ -214,32 +230,46 @@ def json_precision(path: str) -> str | None:
 def _check_agreement(ds: dict[str, Any], ours: dict[str, Any], cfg: Config, origin: str) -> None:
     """Batch sizes, precision and clipping in the JSON must be what train/optim say: the trainer
     slices data and logs tokens by train.*, so a disagreeing JSON would silently train otherwise."""
-    for key, ours_key in (("train_batch_size", "train.global_batch_size"),
-                          ("train_micro_batch_size_per_gpu", "train.micro_batch_size"),
-                          ("gradient_accumulation_steps", "train.global_batch_size / (micro x dp)"),
-                          ("gradient_clipping", "optim.grad_clip")):
+    for key, ours_key in (
+        ("train_batch_size", "train.global_batch_size"),
+        ("train_micro_batch_size_per_gpu", "train.micro_batch_size"),
+        ("gradient_accumulation_steps", "train.global_batch_size / (micro x dp)"),
+        ("gradient_clipping", "optim.grad_clip"),
+    ):
         if key in ds and ds[key] != ours[key]:
-            raise ConfigError(f"{origin}: {key}={ds[key]} disagrees with {ours_key} "
-                              f"(= {ours[key]}); remove {key} from the JSON or make them equal")
+            raise ConfigError(
+                f"{origin}: {key}={ds[key]} disagrees with {ours_key} "
+                f"(= {ours[key]}); remove {key} from the JSON or make them equal"
+            )
     precision = _precision_of(ds)
     if precision and cfg.train.precision not in ("auto", precision):  # auto follows the JSON
-        raise ConfigError(f"{origin}: the JSON enables {precision} but train.precision="
-                          f"{cfg.train.precision}; set train.precision={precision} (or auto) or change "
-                          "the JSON")
+        raise ConfigError(
+            f"{origin}: the JSON enables {precision} but train.precision="
+            f"{cfg.train.precision}; set train.precision={precision} (or auto) or change "
+            "the JSON"
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage != cfg.engine.zero_stage:
-        raise ConfigError(f"{origin}: zero_optimization.stage={stage} disagrees with engine.zero_stage="
-                          f"{cfg.engine.zero_stage}; set engine.zero_stage={stage} or change the JSON")
-    for section, key in (("offload_optimizer", "engine.offload_optimizer"),
-                         ("offload_param", "engine.offload_params")):
+        raise ConfigError(
+            f"{origin}: zero_optimization.stage={stage} disagrees with engine.zero_stage="
+            f"{cfg.engine.zero_stage}; set engine.zero_stage={stage} or change the JSON"
+        )
+    for section, key in (
+        ("offload_optimizer", "engine.offload_optimizer"),
+        ("offload_param", "engine.offload_params"),
+    ):
         ours_device = getattr(cfg.engine, key.split(".")[1])
         if ours_device != "none" and offload_device(ds, section) != ours_device:
-            raise ConfigError(f"{origin}: zero_optimization.{section}.device="
-                              f"{offload_device(ds, section)} disagrees with {key}={ours_device}; "
-                              f"leave {key} unset when the JSON configures offload")
+            raise ConfigError(
+                f"{origin}: zero_optimization.{section}.device="
+                f"{offload_device(ds, section)} disagrees with {key}={ours_device}; "
+                f"leave {key} unset when the JSON configures offload"
+            )
     if "scheduler" in ds:
-        raise ConfigError(f"{origin}: remove the scheduler section: the LR schedule is optim.schedule "
-                          "(the trainer sets the LR every step)")
+        raise ConfigError(
+            f"{origin}: remove the scheduler section: the LR schedule is optim.schedule "
+            "(the trainer sets the LR every step)"
+        )
     _check_optimizer(ds.get("optimizer"), cfg, origin)
 
 
@@ -249,12 +279,16 @@ def _check_optimizer(section: dict[str, Any] | None, cfg: Config, origin: str) -
     kind = str(section.get("type", "")).lower()
     params = section.get("params", {})
     if kind not in _ADAMW_TYPES or (kind == "adam" and not params.get("adam_w_mode", True)):
-        raise ConfigError(f"{origin}: optimizer.type={section.get('type')!r}: only AdamW is supported "
-                          "(the engine builds it from optim.*); remove the optimizer section")
+        raise ConfigError(
+            f"{origin}: optimizer.type={section.get('type')!r}: only AdamW is supported "
+            "(the engine builds it from optim.*); remove the optimizer section"
+        )
     o = cfg.optim
     expected = {"betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay}
     for key, value in expected.items():
         given = params.get(key, value)
         if (list(given) if key == "betas" else given) != value:
-            raise ConfigError(f"{origin}: optimizer.params.{key}={given} disagrees with optim.* "
-                              f"(= {value}); remove it from the JSON or make them equal")
+            raise ConfigError(
+                f"{origin}: optimizer.params.{key}={given} disagrees with optim.* "
+                f"(= {value}); remove it from the JSON or make them equal"
+            )

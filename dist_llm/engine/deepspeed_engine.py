@@ -32,15 +32,22 @@ from dist_llm.seeding import derive_seed
 
 # DeepSpeed's ZeRO calls these renamed torch collectives every step, and torch warns each time:
 # hundreds of lines per run that no user can act on.
-_DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
-                           "is deprecated")
+_DEPRECATED_COLLECTIVES = (
+    r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
+    "is deprecated"
+)
 
 
 class DeepSpeedEngine:
     checkpoint_format = "deepspeed"
 
-    def __init__(self, cfg: Config, world: World, pretrained: FullTensor | None = None,
-                 prepare: Callable[[nn.Module], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        world: World,
+        pretrained: FullTensor | None = None,
+        prepare: Callable[[nn.Module], None] | None = None,
+    ) -> None:
         import deepspeed
 
         warnings.filterwarnings("ignore", message=_DEPRECATED_COLLECTIVES, category=FutureWarning)
@@ -59,10 +66,15 @@ class DeepSpeedEngine:
         if cfg.engine.compile:
             apply_compile(model)
         self.model = model
-        optimizer = _build_optimizer(self.model, cfg.optim, world.device,
-                                     offload=offload_device(self.ds_config, "offload_optimizer") != "none")
-        self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
-                                                    config=self.ds_config, dist_init_required=False)
+        optimizer = _build_optimizer(
+            self.model,
+            cfg.optim,
+            world.device,
+            offload=offload_device(self.ds_config, "offload_optimizer") != "none",
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+        )
 
     @property
     def zero_optimizer(self) -> torch.optim.Optimizer:
@@ -72,9 +84,11 @@ class DeepSpeedEngine:
     def train_step(self, micro_batches: MicroBatches, lr: float) -> StepResult:
         accumulation = self.engine.gradient_accumulation_steps()
         if len(micro_batches) != accumulation:
-            raise ConfigError(f"{len(micro_batches)} micro-batches per step but DeepSpeed's "
-                              f"gradient_accumulation_steps={accumulation}; make the JSON agree with "
-                              "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)")
+            raise ConfigError(
+                f"{len(micro_batches)} micro-batches per step but DeepSpeed's "
+                f"gradient_accumulation_steps={accumulation}; make the JSON agree with "
+                "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)"
+            )
         for group in self.zero_optimizer.param_groups:
             group["lr"] = lr
         device = self.world.device
@@ -100,8 +114,11 @@ class DeepSpeedEngine:
             skipped = self.engine.skipped_steps > skipped_before
         norm = self.engine.get_global_grad_norm() if unsharded_norm is None else unsharded_norm
         # None when a user's JSON turns off zero_optimization.compute_grad_norm.
-        return StepResult(loss=loss / len(micro_batches), skipped=skipped,
-                          grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)))
+        return StepResult(
+            loss=loss / len(micro_batches),
+            skipped=skipped,
+            grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)),
+        )
 
     def _stage0_norm(self) -> float:
         """Without ZeRO DeepSpeed clips but neither keeps the norm nor skips non-finite steps; the
@@ -112,8 +129,10 @@ class DeepSpeedEngine:
         optimizer = self.zero_optimizer
         if not math.isfinite(norm):
             if not all(group.get("fused") for group in optimizer.param_groups):
-                raise DistLLMError("non-finite gradients with DeepSpeed ZeRO stage 0 and a non-fused optimizer "
-                                   "cannot be skipped; use engine.zero_stage >= 1")
+                raise DistLLMError(
+                    "non-finite gradients with DeepSpeed ZeRO stage 0 and a non-fused optimizer "
+                    "cannot be skipped; use engine.zero_stage >= 1"
+                )
             optimizer.found_inf = torch.ones((), device=grads[0].device)
         return norm
 
@@ -129,14 +148,20 @@ class DeepSpeedEngine:
         return zero_memory_report(self.model, self.zero_optimizer, self.engine.zero_optimization_stage())
 
 
-
-def _build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device,
-                     offload: bool) -> torch.optim.Optimizer:
+def _build_optimizer(
+    model: nn.Module, o: OptimConfig, device: torch.device, offload: bool
+) -> torch.optim.Optimizer:
     """The torch engine's AdamW; with optimizer offload DeepSpeed requires its CPU Adam kernel,
     built here in AdamW mode (decoupled decay) on the same param groups."""
     if not offload:
         return build_adamw(model, o, device)
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    return DeepSpeedCPUAdam(param_groups(model, o), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                            weight_decay=o.weight_decay, adamw_mode=True)
+    return DeepSpeedCPUAdam(
+        param_groups(model, o),
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        adamw_mode=True,
+    )

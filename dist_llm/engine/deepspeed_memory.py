@@ -21,10 +21,15 @@ def zero_memory_report(model: nn.Module, optimizer: torch.optim.Optimizer, stage
     # Stage 0/1 accumulate full-size gradients on every rank; stage 2/3 keep only this rank's partition.
     grad_numel = sum(p.numel() for p in params) if stage <= 1 else partition_numel
     inner = getattr(optimizer, "optimizer", optimizer)
-    state = sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
-                if torch.is_tensor(t))
-    return {"param_bytes": param_numel * element, "grad_bytes": grad_numel * element,
-            "optimizer_bytes": state, "master_param_bytes": sum(t.numel() * t.element_size() for t in master)}
+    state = sum(
+        t.numel() * t.element_size() for s in inner.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    return {
+        "param_bytes": param_numel * element,
+        "grad_bytes": grad_numel * element,
+        "optimizer_bytes": state,
+        "master_param_bytes": sum(t.numel() * t.element_size() for t in master),
+    }
 
 
 def _fp32_partitions(optimizer: torch.optim.Optimizer, stage: int) -> list[torch.Tensor]:

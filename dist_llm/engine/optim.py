@@ -21,8 +21,14 @@ def build_adamw(model: nn.Module, cfg: OptimConfig, device: torch.device) -> tor
     groups = param_groups(model, cfg)
     # fused kernels exist for CUDA and CPU tensors; foreach is the fallback elsewhere.
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=fused,
+        foreach=None if fused else True,
+    )
 
 
 def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> bool | torch.Tensor:

@@ -43,8 +43,12 @@ EMBEDDING, HEAD = "tok_embeddings.weight", "output.weight"
 STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def build_on_meta(cfg: Config, dims: ParallelDims, mesh: DeviceMesh | None,
-                  prepare: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, nn.Module, bool]:
+def build_on_meta(
+    cfg: Config,
+    dims: ParallelDims,
+    mesh: DeviceMesh | None,
+    prepare: Callable[[nn.Module], None] | None = None,
+) -> tuple[nn.Module, nn.Module, bool]:
     """This rank's pipeline stage of the model, parallelized, still on the meta device (no memory);
     an unsharded meta skeleton to materialize it from; and whether the head is tied to the embedding."""
     with torch.device("meta"):
@@ -67,28 +71,43 @@ def _value(t: torch.Tensor) -> torch.Tensor:
 class TorchEngine:
     checkpoint_format = "dcp"
 
-    def __init__(self, cfg: Config, world: World, pretrained: FullTensor | None = None,
-                 prepare: Callable[[nn.Module], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        world: World,
+        pretrained: FullTensor | None = None,
+        prepare: Callable[[nn.Module], None] | None = None,
+    ) -> None:
         e = cfg.engine
         self.world, self.device = world, world.device
         self.precision, self.grad_clip = cfg.train.precision, cfg.optim.grad_clip
         self.dims = e.dims(world.size, world.rank)
         if cfg.model.vocab_size % self.dims.tp:
-            raise ConfigError(f"engine.tp={self.dims.tp} must divide the vocabulary size {cfg.model.vocab_size} "
-                              "(the embedding and head are split by vocabulary rows); set model.vocab_size")
-        self.mesh = (init_device_mesh(world.device.type, self.dims.shape, mesh_dim_names=NAMES)
-                     if world.size > 1 else None)
+            raise ConfigError(
+                f"engine.tp={self.dims.tp} must divide the vocabulary size {cfg.model.vocab_size} "
+                "(the embedding and head are split by vocabulary rows); set model.vocab_size"
+            )
+        self.mesh = (
+            init_device_mesh(world.device.type, self.dims.shape, mesh_dim_names=NAMES)
+            if world.size > 1
+            else None
+        )
         model, skeleton, tied = build_on_meta(cfg, self.dims, self.mesh, prepare)
         materialize(model, skeleton, world.device, derive_seed(cfg.train.seed, "init"), pretrained)
         self.model = model
-        self.pipeline = (Pipeline(model, self.dims.pp_rank, self.dims.pp, self.mesh["pp"].get_group(), self.device)
-                         if self.dims.pp > 1 else None)
+        self.pipeline = (
+            Pipeline(model, self.dims.pp_rank, self.dims.pp, self.mesh["pp"].get_group(), self.device)
+            if self.dims.pp > 1
+            else None
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Tied embedding with pipeline stages: the last stage's head is a copy of the first stage's
         # embedding; their gradients are summed so both copies take the same step, its norm counts
         # once, and checkpoints name it after the embedding.
         self.tied = tied
-        self.tied_copy = model.output.weight if tied and self.pipeline is not None and self.pipeline.is_last else None
+        self.tied_copy = (
+            model.output.weight if tied and self.pipeline is not None and self.pipeline.is_last else None
+        )
         self.tie_group = self._tie_group() if tied and self.pipeline is not None else None
         self.optimizer = build_adamw(model, cfg.optim, world.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -136,11 +155,17 @@ class TorchEngine:
                 loss = loss / n
         with phase(OPTIMIZER, self.device):
             reduce_partial_grads(self.params)
-            sum_tied_grads(self.tied_copy if self.tied_copy is not None else self._embedding(), self.tie_group)
+            sum_tied_grads(
+                self.tied_copy if self.tied_copy is not None else self._embedding(), self.tie_group
+            )
             self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-            grad_norm = clip_grad_norm_(self.params, max_norm, self.mesh["pp"].get_group() if self.pipeline else None,
-                                        skip=frozenset({id(self.tied_copy)}) if self.tied_copy is not None else frozenset())
+            grad_norm = clip_grad_norm_(
+                self.params,
+                max_norm,
+                self.mesh["pp"].get_group() if self.pipeline else None,
+                skip=frozenset({id(self.tied_copy)}) if self.tied_copy is not None else frozenset(),
+            )
             skipped = self._step_if_finite(loss, grad_norm)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -181,7 +206,10 @@ class TorchEngine:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=STATE_OPTIONS)
         if self.tied and self.pipeline is None:
             model_sd.pop(HEAD, None)  # the same tensor as the embedding: saved once, under its name
-        state = {"model": self._rename(model_sd, HEAD, EMBEDDING), "optimizer": self._rename(optim_sd, HEAD, EMBEDDING)}
+        state = {
+            "model": self._rename(model_sd, HEAD, EMBEDDING),
+            "optimizer": self._rename(optim_sd, HEAD, EMBEDDING),
+        }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -190,8 +218,13 @@ class TorchEngine:
         model_sd = self._rename(state["model"], EMBEDDING, HEAD)
         if self.tied and self.pipeline is None and EMBEDDING in model_sd:
             model_sd[HEAD] = model_sd[EMBEDDING]
-        set_state_dict(self.model, self.optimizer, model_state_dict=model_sd,
-                       optim_state_dict=self._rename(state["optimizer"], EMBEDDING, HEAD), options=STATE_OPTIONS)
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=model_sd,
+            optim_state_dict=self._rename(state["optimizer"], EMBEDDING, HEAD),
+            options=STATE_OPTIONS,
+        )
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
@@ -205,10 +238,13 @@ class TorchEngine:
         def nbytes(t: torch.Tensor) -> int:
             return local(t).numel() * local(t).element_size()
 
-        return {"param_bytes": sum(nbytes(p) for p in self.params),
-                "grad_bytes": sum(nbytes(p) for p in self.params),
-                "optimizer_bytes": sum(nbytes(t) for s in self.optimizer.state.values()
-                                       for t in s.values() if torch.is_tensor(t))}
+        return {
+            "param_bytes": sum(nbytes(p) for p in self.params),
+            "grad_bytes": sum(nbytes(p) for p in self.params),
+            "optimizer_bytes": sum(
+                nbytes(t) for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+            ),
+        }
 
 
 def _replace_name(key: str, old: str, new: str) -> str:
@@ -218,5 +254,5 @@ def _replace_name(key: str, old: str, new: str) -> str:
         return new
     for prefix in ("state.", "param_groups."):
         if key.startswith(prefix + old + "."):
-            return prefix + new + key[len(prefix + old):]
+            return prefix + new + key[len(prefix + old) :]
     return key

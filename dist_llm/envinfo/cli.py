@@ -23,15 +23,23 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("env", help="versions, devices, interconnect and checks for multi-node failures "
-                                   "(under torchrun: every rank, compared); exit 1 on any FAIL",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "env",
+        help="versions, devices, interconnect and checks for multi-node failures "
+        "(under torchrun: every rank, compared); exit 1 on any FAIL",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print facts and checks as one JSON document")
     p.add_argument("--master-addr", help="the job's master (rendezvous) host to check; default $MASTER_ADDR")
     p.add_argument("--master-port", help="its port (default: $MASTER_PORT, else torchrun's 29500)")
     p.add_argument("--nnodes", type=int, help="nodes the job will span; default: torchrun's or SLURM's count")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="under torchrun: seconds to wait for every rank to join and report")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="under torchrun: seconds to wait for every rank to join and report",
+    )
 
 
 def _emit(args: argparse.Namespace, facts: dict, checks: list[Check], ranks: list[dict] | None) -> None:
@@ -68,9 +76,13 @@ def _run_ranks(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # still report this host: its own checks often say why
         facts, checks = _collect(args)
         launch = facts["launch"]
-        joined = Check("rendezvous", FAIL, f"rank {launch['rank']} could not join the other ranks at "
-                       f"{launch['master_addr']}:{launch['master_port']}: {e}",
-                       "start every node within --timeout; see the checks above for address/port problems")
+        joined = Check(
+            "rendezvous",
+            FAIL,
+            f"rank {launch['rank']} could not join the other ranks at "
+            f"{launch['master_addr']}:{launch['master_port']}: {e}",
+            "start every node within --timeout; see the checks above for address/port problems",
+        )
         _emit(args, facts, [*checks, joined], None)
         return 1
     facts, checks = _collect(args)

@@ -10,11 +10,28 @@ from __future__ import annotations
 
 from dist_llm.envinfo.checks import FAIL, OK, WARN, Check
 
-MUST_MATCH = ("python", "torch", "torch_git", "torch_cuda", "torch_hip", "cudnn", "nccl", "deepspeed",
-              "transformers", "dist_llm", "dist_llm_source")
+MUST_MATCH = (
+    "python",
+    "torch",
+    "torch_git",
+    "torch_cuda",
+    "torch_hip",
+    "cudnn",
+    "nccl",
+    "deepspeed",
+    "transformers",
+    "dist_llm",
+    "dist_llm_source",
+)
 NOT_COMPARED = ("cuda_init_warning",)  # wording, reported by the per-host checks
-_SUMMARY = (("python", "python"), ("torch", "torch"), ("CUDA", "torch_cuda"), ("NCCL", "nccl"),
-            ("deepspeed", "deepspeed"), ("transformers", "transformers"))
+_SUMMARY = (
+    ("python", "python"),
+    ("torch", "torch"),
+    ("CUDA", "torch_cuda"),
+    ("NCCL", "nccl"),
+    ("deepspeed", "deepspeed"),
+    ("transformers", "transformers"),
+)
 
 
 def rank_ranges(ranks: list[int]) -> str:
@@ -46,18 +63,35 @@ def _differences(name: str, values: list, facts: list[dict], status: str) -> lis
     if len(groups) < 2:
         return []
     detail = "; ".join(f"{value} on {_where(ranks, facts)}" for value, ranks in groups.items())
-    return [Check(f"same_{name}", status, f"{name} differs across ranks: {detail}",
-                  "install the same environment on every node (one container image or shared venv)")]
+    return [
+        Check(
+            f"same_{name}",
+            status,
+            f"{name} differs across ranks: {detail}",
+            "install the same environment on every node (one container image or shared venv)",
+        )
+    ]
 
 
 def compare_ranks(facts: list[dict]) -> list[Check]:
     """Checks across ranks; `facts[i]` is rank i's facts."""
     hosts = sorted({f["host"]["hostname"] for f in facts})
-    out = [Check("ranks", OK, f"{len(facts)} ranks on {len(hosts)} host(s): {', '.join(hosts[:8])}"
-                 + (" ..." if len(hosts) > 8 else ""))]
+    out = [
+        Check(
+            "ranks",
+            OK,
+            f"{len(facts)} ranks on {len(hosts)} host(s): {', '.join(hosts[:8])}"
+            + (" ..." if len(hosts) > 8 else ""),
+        )
+    ]
     keys = sorted({k for f in facts for k in f["software"]} - set(NOT_COMPARED))
-    mismatched = [c for key in keys for c in _differences(
-        key, [f["software"].get(key) for f in facts], facts, FAIL if key in MUST_MATCH else WARN)]
+    mismatched = [
+        c
+        for key in keys
+        for c in _differences(
+            key, [f["software"].get(key) for f in facts], facts, FAIL if key in MUST_MATCH else WARN
+        )
+    ]
     out += mismatched
     if not any(c.status == FAIL for c in mismatched):
         sw = facts[0]["software"]
@@ -66,10 +100,14 @@ def compare_ranks(facts: list[dict]) -> list[Check]:
     gpu_models = [", ".join(sorted({g["name"] for g in f["devices"]["gpus"]})) or "no GPU" for f in facts]
     out += _differences("gpu_model", gpu_models, facts, FAIL)
     out += _hostname_clashes(facts)
-    nccl_env = [" ".join(f"{k}={v}" for k, v in f["env"].items() if k.startswith("NCCL_")) or "none set"
-                for f in facts]
-    out += [Check(c.name, c.status, c.message, "export the same NCCL_* settings on every node")
-            for c in _differences("nccl_env", nccl_env, facts, WARN)]
+    nccl_env = [
+        " ".join(f"{k}={v}" for k, v in f["env"].items() if k.startswith("NCCL_")) or "none set"
+        for f in facts
+    ]
+    out += [
+        Check(c.name, c.status, c.message, "export the same NCCL_* settings on every node")
+        for c in _differences("nccl_env", nccl_env, facts, WARN)
+    ]
     return out
 
 
@@ -83,5 +121,11 @@ def _hostname_clashes(facts: list[dict]) -> list[Check]:
     clashes = sorted(h for h, boots in machines.items() if len(boots) > 1)
     if not clashes:
         return []
-    return [Check("hostnames", FAIL, f"different machines share the hostname {', '.join(clashes)}",
-                  "give every node its own hostname (docker --hostname), or set NCCL_HOSTID per node")]
+    return [
+        Check(
+            "hostnames",
+            FAIL,
+            f"different machines share the hostname {', '.join(clashes)}",
+            "give every node its own hostname (docker --hostname), or set NCCL_HOSTID per node",
+        )
+    ]

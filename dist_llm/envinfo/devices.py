@@ -11,11 +11,24 @@ import resource
 
 import torch
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # CPU flags worth knowing for training: bf16/fp16 matmul speed on CPU ranks depends on them
 # (x86 names from /proc/cpuinfo "flags", Arm names from "Features").
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
-             "amx_fp16", "asimd", "sve", "sve2", "bf16", "i8mm")
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_fp16",
+    "asimd",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
+)
 
 
 def gpus() -> list[dict]:
@@ -25,8 +38,15 @@ def gpus() -> list[dict]:
     out = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        out.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / GIB, 1),
-                    "capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count})
+        out.append(
+            {
+                "index": i,
+                "name": p.name,
+                "memory_gib": round(p.total_memory / GIB, 1),
+                "capability": f"{p.major}.{p.minor}",
+                "multiprocessors": p.multi_processor_count,
+            }
+        )
     return out
 
 
@@ -78,8 +98,14 @@ def _cgroup_cpus() -> float | None:
     """The container's CPU quota in CPUs; None when unlimited. Affinity does not show it, and
     torch's default thread count ignores it."""
     v2 = _read_first("/sys/fs/cgroup/cpu.max")  # "max 100000" or "200000 100000"
-    quota, period = v2.split()[:2] if v2 else (_read_first("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
-                                                 _read_first("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+    quota, period = (
+        v2.split()[:2]
+        if v2
+        else (
+            _read_first("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+            _read_first("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+        )
+    )
     if quota in (None, "max", "-1") or not period:
         return None
     return round(int(quota) / int(period), 2)
@@ -89,12 +115,16 @@ def cpu() -> dict:
     """Model, cores, the CPUs this process may run on (affinity, cgroup quota), NUMA nodes, ISA."""
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    return {"model": info.get("model name") or platform.processor() or platform.machine(),
-            "physical_cores": _physical_cores(), "logical_cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)), "cgroup_cpus": _cgroup_cpus(),
-            "numa_nodes": len(glob.glob("/sys/devices/system/node/node[0-9]*")) or None,
-            "isa": [f for f in ISA_FLAGS if f in flags],
-            "torch_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "model": info.get("model name") or platform.processor() or platform.machine(),
+        "physical_cores": _physical_cores(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "cgroup_cpus": _cgroup_cpus(),
+        "numa_nodes": len(glob.glob("/sys/devices/system/node/node[0-9]*")) or None,
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def memory() -> dict:
@@ -110,10 +140,13 @@ def memory() -> dict:
     total = meminfo.get("MemTotal")
     limit = _read_first("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
     limit_bytes = int(limit) if limit and limit.isdigit() else None
-    return {"total_gib": round(total / GIB, 1) if total else None,
-            "available_gib": round(meminfo["MemAvailable"] / GIB, 1) if "MemAvailable" in meminfo else None,
-            "cgroup_limit_gib": round(limit_bytes / GIB, 1) if limit_bytes and total and limit_bytes < total
-            else None}
+    return {
+        "total_gib": round(total / GIB, 1) if total else None,
+        "available_gib": round(meminfo["MemAvailable"] / GIB, 1) if "MemAvailable" in meminfo else None,
+        "cgroup_limit_gib": round(limit_bytes / GIB, 1)
+        if limit_bytes and total and limit_bytes < total
+        else None,
+    }
 
 
 def shm() -> dict | None:
@@ -122,13 +155,16 @@ def shm() -> dict | None:
         st = os.statvfs("/dev/shm")
     except OSError:
         return None
-    return {"total_gib": round(st.f_blocks * st.f_frsize / GIB, 3),
-            "free_gib": round(st.f_bavail * st.f_frsize / GIB, 3)}
+    return {
+        "total_gib": round(st.f_blocks * st.f_frsize / GIB, 3),
+        "free_gib": round(st.f_bavail * st.f_frsize / GIB, 3),
+    }
 
 
 def limits() -> dict:
     """Soft/hard ulimits that break runs: open files (DataLoader workers, NCCL sockets) and locked
     memory (RDMA registers buffers). None means unlimited."""
+
     def pair(which: int) -> list[int | None]:
         return [None if v == resource.RLIM_INFINITY else v for v in resource.getrlimit(which)]
 
@@ -136,6 +172,12 @@ def limits() -> dict:
 
 
 def device_facts() -> dict:
-    return {"gpus": gpus(), "nvidia_device_nodes": nvidia_device_nodes(),
-            "torch_arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
-            "cpu": cpu(), "memory": memory(), "shm": shm(), "limits": limits()}
+    return {
+        "gpus": gpus(),
+        "nvidia_device_nodes": nvidia_device_nodes(),
+        "torch_arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
+        "cpu": cpu(),
+        "memory": memory(),
+        "shm": shm(),
+        "limits": limits(),
+    }

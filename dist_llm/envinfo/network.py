@@ -60,10 +60,16 @@ def interfaces() -> list[dict]:
     for _, name in sorted(socket.if_nameindex()):
         speed = _read(f"{_SYS_NET}/{name}/speed")
         mtu = _read(f"{_SYS_NET}/{name}/mtu")
-        out.append({"name": name, "state": _read(f"{_SYS_NET}/{name}/operstate"),
-                    "mtu": int(mtu) if mtu else None,
-                    "speed_mbps": int(speed) if speed and int(speed) > 0 else None,
-                    "ipv4": _ipv4(name), "ipv6": ipv6.get(name, [])})
+        out.append(
+            {
+                "name": name,
+                "state": _read(f"{_SYS_NET}/{name}/operstate"),
+                "mtu": int(mtu) if mtu else None,
+                "speed_mbps": int(speed) if speed and int(speed) > 0 else None,
+                "ipv4": _ipv4(name),
+                "ipv6": ipv6.get(name, []),
+            }
+        )
     return out
 
 
@@ -74,15 +80,25 @@ def infiniband() -> list[dict]:
         return []
     out = []
     for dev in sorted(os.listdir(_SYS_IB)):
-        netdevs = sorted(os.listdir(f"{_SYS_IB}/{dev}/device/net")) if os.path.isdir(
-            f"{_SYS_IB}/{dev}/device/net") else []
+        netdevs = (
+            sorted(os.listdir(f"{_SYS_IB}/{dev}/device/net"))
+            if os.path.isdir(f"{_SYS_IB}/{dev}/device/net")
+            else []
+        )
         ports = f"{_SYS_IB}/{dev}/ports"
         for port in sorted(os.listdir(ports)) if os.path.isdir(ports) else []:
             path = f"{ports}/{port}"
             state = _read(f"{path}/state") or ""  # e.g. "4: ACTIVE"
-            out.append({"device": dev, "port": int(port), "state": state.split(":")[-1].strip(),
-                        "rate": _read(f"{path}/rate"), "link_layer": _read(f"{path}/link_layer"),
-                        "netdev": ",".join(netdevs) or None})
+            out.append(
+                {
+                    "device": dev,
+                    "port": int(port),
+                    "state": state.split(":")[-1].strip(),
+                    "rate": _read(f"{path}/rate"),
+                    "link_layer": _read(f"{path}/link_layer"),
+                    "netdev": ",".join(netdevs) or None,
+                }
+            )
     return out
 
 

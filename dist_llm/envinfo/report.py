@@ -8,8 +8,20 @@ from dist_llm.envinfo.checks import OK, SEVERITY, Check, worst
 from dist_llm.envinfo.compare import rank_ranges
 
 # Software keys shown on their own lines (or not at all) rather than in the package list.
-_NOT_PACKAGES = {"python", "torch", "torch_git", "torch_cuda", "torch_hip", "nvidia_driver", "driver_cuda",
-                 "cudnn", "nccl", "cuda_init_warning", "dist_llm", "dist_llm_source"}
+_NOT_PACKAGES = {
+    "python",
+    "torch",
+    "torch_git",
+    "torch_cuda",
+    "torch_hip",
+    "nvidia_driver",
+    "driver_cuda",
+    "cudnn",
+    "nccl",
+    "cuda_init_warning",
+    "dist_llm",
+    "dist_llm_source",
+}
 
 
 def merge_checks(per_rank: list[list[Check]]) -> list[Check]:
@@ -35,8 +47,13 @@ def _line(label: str, value: object) -> str:
 
 
 def _software(sw: dict) -> list[str]:
-    build = (f"CUDA {sw['torch_cuda']}" if sw["torch_cuda"] else
-             f"ROCm {sw['torch_hip']}" if sw["torch_hip"] else "CPU-only build")
+    build = (
+        f"CUDA {sw['torch_cuda']}"
+        if sw["torch_cuda"]
+        else f"ROCm {sw['torch_hip']}"
+        if sw["torch_hip"]
+        else "CPU-only build"
+    )
     lines = [_line("python", sw["python"]), _line("torch", f"{sw['torch']} (git {sw['torch_git']}), {build}")]
     if sw["nvidia_driver"] or sw["driver_cuda"]:
         lines.append(_line("driver", f"{sw['nvidia_driver'] or '?'} (CUDA {sw['driver_cuda'] or '?'})"))
@@ -46,34 +63,50 @@ def _software(sw: dict) -> list[str]:
 
 
 def _devices(dev: dict) -> list[str]:
-    lines = [_line("GPU", f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, compute {g['capability']}, "
-                   f"{g['multiprocessors']} SMs") for g in dev["gpus"]]
+    lines = [
+        _line(
+            "GPU",
+            f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, compute {g['capability']}, "
+            f"{g['multiprocessors']} SMs",
+        )
+        for g in dev["gpus"]
+    ]
     if not dev["gpus"]:
         lines.append(_line("GPU", f"none usable ({dev['nvidia_device_nodes']} /dev/nvidia* device nodes)"))
     cpu, mem, shm = dev["cpu"], dev["memory"], dev["shm"]
-    cores = (f"{cpu['physical_cores'] or '?'} cores, {cpu['logical_cpus']} threads, "
-             f"{cpu['usable_cpus']} usable")
+    cores = (
+        f"{cpu['physical_cores'] or '?'} cores, {cpu['logical_cpus']} threads, {cpu['usable_cpus']} usable"
+    )
     if cpu["cgroup_cpus"]:
         cores += f", cgroup quota {cpu['cgroup_cpus']} CPUs"
     ram = f"{mem['total_gib']} GiB, {mem['available_gib']} GiB available"
     if mem["cgroup_limit_gib"]:
         ram += f", container limit {mem['cgroup_limit_gib']} GiB"
     nofile, memlock = dev["limits"]["nofile"][0], dev["limits"]["memlock"][0]
-    return [*lines,
-            _line("CPU", f"{cpu['model']}; {cores}; {cpu['numa_nodes'] or '?'} NUMA node(s)"),
-            _line("CPU ISA", f"{' '.join(cpu['isa']) or '-'} (torch kernels: {cpu['torch_capability']})"),
-            _line("RAM", ram),
-            _line("/dev/shm", f"{shm['total_gib']:.2f} GiB, {shm['free_gib']:.2f} free" if shm else "none"),
-            _line("ulimits", f"open files {nofile or 'unlimited'}, locked memory "
-                  f"{'unlimited' if memlock is None else f'{memlock // 1024} KiB'}")]
+    return [
+        *lines,
+        _line("CPU", f"{cpu['model']}; {cores}; {cpu['numa_nodes'] or '?'} NUMA node(s)"),
+        _line("CPU ISA", f"{' '.join(cpu['isa']) or '-'} (torch kernels: {cpu['torch_capability']})"),
+        _line("RAM", ram),
+        _line("/dev/shm", f"{shm['total_gib']:.2f} GiB, {shm['free_gib']:.2f} free" if shm else "none"),
+        _line(
+            "ulimits",
+            f"open files {nofile or 'unlimited'}, locked memory "
+            f"{'unlimited' if memlock is None else f'{memlock // 1024} KiB'}",
+        ),
+    ]
 
 
 def _interconnect(net: dict) -> list[str]:
     lines = []
     for p in net["infiniband"]:
         netdev = f" -> {p['netdev']}" if p["netdev"] else ""
-        lines.append(_line("InfiniBand", f"{p['device']}:{p['port']} {p['state']}, {p['rate']}, "
-                           f"{p['link_layer']}{netdev}"))
+        lines.append(
+            _line(
+                "InfiniBand",
+                f"{p['device']}:{p['port']} {p['state']}, {p['rate']}, {p['link_layer']}{netdev}",
+            )
+        )
     if not net["infiniband"]:
         lines.append(_line("InfiniBand", "none (no /sys/class/infiniband devices)"))
     elif not net["gpudirect_rdma"]:
@@ -104,7 +137,25 @@ def format_text(facts: dict, checks: list[Check], ranks: list[dict] | None) -> s
         head += f", rank {facts['launch']['rank']} of {len(ranks)} (the facts below are this rank's)"
     env = [f"  {k}={v}" for k, v in facts["env"].items()] or ["  (no NCCL_*, MASTER_*, SLURM_*, ... set)"]
     counts = ", ".join(f"{sum(c.status == s for c in checks)} {s}" for s in SEVERITY)
-    return "\n".join([
-        head, "", "Software", *_software(facts["software"]), "", "Devices", *_devices(facts["devices"]), "",
-        "Interconnect", *_interconnect(facts["interconnect"]), "", "Environment", *env, "",
-        "Checks", *_check_lines(checks, len(ranks or [facts])), "", f"{worst(checks)}: {counts}"])
+    return "\n".join(
+        [
+            head,
+            "",
+            "Software",
+            *_software(facts["software"]),
+            "",
+            "Devices",
+            *_devices(facts["devices"]),
+            "",
+            "Interconnect",
+            *_interconnect(facts["interconnect"]),
+            "",
+            "Environment",
+            *env,
+            "",
+            "Checks",
+            *_check_lines(checks, len(ranks or [facts])),
+            "",
+            f"{worst(checks)}: {counts}",
+        ]
+    )

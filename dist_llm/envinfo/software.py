@@ -19,8 +19,19 @@ import torch
 import dist_llm
 
 # Distribution names; the key in the facts is the same name.
-PACKAGES = ("numpy", "triton", "deepspeed", "transformers", "datasets", "pyarrow", "sentencepiece",
-            "safetensors", "fsspec", "s3fs", "wandb")
+PACKAGES = (
+    "numpy",
+    "triton",
+    "deepspeed",
+    "transformers",
+    "datasets",
+    "pyarrow",
+    "sentencepiece",
+    "safetensors",
+    "fsspec",
+    "s3fs",
+    "wandb",
+)
 
 
 def _package_version(name: str) -> str | None:

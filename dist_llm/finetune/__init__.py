@@ -20,8 +20,13 @@ from typing import Any
 # Exports resolve on first use: `dist-llm --help` imports the CLI module through this package, and
 # should not pay for torch, transformers and the model code to list a subcommand.
 _EXPORTS = {
-    "FinetuneConfig": "config", "finetune": "run", "load_finetuned": "saved", "Finetuned": "saved",
-    "Backbone": "backbone", "make_backbone": "backbone", "SequenceClassifier": "heads",
+    "FinetuneConfig": "config",
+    "finetune": "run",
+    "load_finetuned": "saved",
+    "Finetuned": "saved",
+    "Backbone": "backbone",
+    "make_backbone": "backbone",
+    "SequenceClassifier": "heads",
     "TokenClassifier": "heads",
 }
 __all__ = sorted(_EXPORTS)

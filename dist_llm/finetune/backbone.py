@@ -29,8 +29,12 @@ class Backbone(nn.Module):
         self.model = model
         self.hidden_size: int = model.cfg.d_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Hidden states [B, T, D]; attention_mask [B, T] is 1 on real tokens."""
         raise NotImplementedError
 
@@ -40,8 +44,12 @@ class Backbone(nn.Module):
 
 
 class DecoderBackbone(Backbone):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         return self.model.hidden_states(input_ids)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -50,18 +58,27 @@ class DecoderBackbone(Backbone):
 
 
 class EncoderBackbone(Backbone):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.model.hidden_states(input_ids, token_type_ids=token_type_ids,
-                                        attention_mask=attention_mask)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return self.model.hidden_states(
+            input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        )
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.pooled(hidden)
 
 
 class EncoderDecoderBackbone(Backbone):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         return self.model.hidden_states(input_ids, attention_mask=attention_mask)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,8 +86,11 @@ class EncoderDecoderBackbone(Backbone):
         return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
 
-BACKBONES: dict[str, type[Backbone]] = {"decoder": DecoderBackbone, "encoder": EncoderBackbone,
-                                        "encoder_decoder": EncoderDecoderBackbone}
+BACKBONES: dict[str, type[Backbone]] = {
+    "decoder": DecoderBackbone,
+    "encoder": EncoderBackbone,
+    "encoder_decoder": EncoderDecoderBackbone,
+}
 """model.arch -> its adapter."""
 
 
@@ -80,6 +100,7 @@ def make_backbone(model: nn.Module) -> Backbone:
     if arch not in BACKBONES:
         raise ConfigError(f"model.arch={arch!r} has no fine-tuning adapter; one of {sorted(BACKBONES)}")
     if not hasattr(model, "hidden_states"):
-        raise ConfigError(f"{type(model).__name__} (model.arch={arch!r}) has no hidden_states(); it cannot "
-                          "be fine-tuned")
+        raise ConfigError(
+            f"{type(model).__name__} (model.arch={arch!r}) has no hidden_states(); it cannot be fine-tuned"
+        )
     return BACKBONES[arch](model)

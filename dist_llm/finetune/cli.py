@@ -11,20 +11,30 @@ from dist_llm.finetune.config import PRECISIONS, TASKS, FinetuneConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("finetune", help="sequence or token classification head on a pretrained checkpoint "
-                                        "or HF directory, from labelled JSONL/CSV, accuracy/F1 per epoch")
-    p.add_argument("backbone", metavar="CHECKPOINT_OR_HF_DIR",
-                   help="run dir, checkpoint root, step directory, or local Hugging Face model directory")
-    p.add_argument("--task", choices=TASKS, default="seq",
-                   help="seq: one label per example; token: one tag per word")
+    p = sub.add_parser(
+        "finetune",
+        help="sequence or token classification head on a pretrained checkpoint "
+        "or HF directory, from labelled JSONL/CSV, accuracy/F1 per epoch",
+    )
+    p.add_argument(
+        "backbone",
+        metavar="CHECKPOINT_OR_HF_DIR",
+        help="run dir, checkpoint root, step directory, or local Hugging Face model directory",
+    )
+    p.add_argument(
+        "--task", choices=TASKS, default="seq", help="seq: one label per example; token: one tag per word"
+    )
     p.add_argument("--train", required=True, help="labelled training file (.jsonl, .csv, optionally .gz)")
     p.add_argument("--eval", required=True, help="labelled evaluation file, scored after every epoch")
     p.add_argument("--out", required=True, help="output directory (weights, finetune.json, metrics.jsonl)")
     p.add_argument("--text-field", default="text", help="seq: field holding the text")
     p.add_argument("--text-pair-field", default=None, help="seq: field holding a second text (pair tasks)")
     p.add_argument("--label-field", default="label", help="seq: field holding the label")
-    p.add_argument("--tokens-field", default="tokens",
-                   help="token: field holding the words (list, or space-separated string)")
+    p.add_argument(
+        "--tokens-field",
+        default="tokens",
+        help="token: field holding the words (list, or space-separated string)",
+    )
     p.add_argument("--tags-field", default="tags", help="token: field holding one tag per word")
     p.add_argument("--outside-tag", default="O", help="token: the no-entity tag F1 leaves out")
     p.add_argument("--epochs", type=int, default=3)
@@ -36,19 +46,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128, help="tokens per example, special tokens included")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--tokenizer", default=None,
-                   help="sentencepiece .model or HF tokenizer dir (default: the backbone's)")
+    p.add_argument(
+        "--tokenizer", default=None, help="sentencepiece .model or HF tokenizer dir (default: the backbone's)"
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
-        backbone=args.backbone, task=args.task, train=args.train, eval=args.eval, out=args.out,
-        text_field=args.text_field, text_pair_field=args.text_pair_field, label_field=args.label_field,
-        tokens_field=args.tokens_field, tags_field=args.tags_field, outside_tag=args.outside_tag,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay, dropout=args.dropout, max_length=args.max_length, seed=args.seed,
-        precision=args.precision, tokenizer=args.tokenizer)
+        backbone=args.backbone,
+        task=args.task,
+        train=args.train,
+        eval=args.eval,
+        out=args.out,
+        text_field=args.text_field,
+        text_pair_field=args.text_pair_field,
+        label_field=args.label_field,
+        tokens_field=args.tokens_field,
+        tags_field=args.tags_field,
+        outside_tag=args.outside_tag,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        max_length=args.max_length,
+        seed=args.seed,
+        precision=args.precision,
+        tokenizer=args.tokenizer,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".csv": "csv", ".csv.gz": "c
 
 
 def file_format(path: str) -> Optional[str]:
-    """"jsonl" or "csv" from the file name, None for an unsupported one."""
+    """ "jsonl" or "csv" from the file name, None for an unsupported one."""
     name = path.lower()
     for ending, kind in FORMATS.items():
         if name.endswith(ending):
@@ -77,32 +77,41 @@ class FinetuneConfig:
         if self.task not in TASKS:
             raise ConfigError(f"--task {self.task!r} is not one of {list(TASKS)}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision!r} is not one of {list(PRECISIONS)} "
-                              "(fp16 needs loss scaling, which fine-tuning does not implement)")
+            raise ConfigError(
+                f"--precision {self.precision!r} is not one of {list(PRECISIONS)} "
+                "(fp16 needs loss scaling, which fine-tuning does not implement)"
+            )
         for flag, path in (("--train", self.train), ("--eval", self.eval)):
             if not os.path.isfile(path):
                 raise ConfigError(f"{flag} {path}: no such file")
             if file_format(path) is None:
-                raise ConfigError(f"{flag} {path}: unsupported file type; name it "
-                                  f"{', '.join(sorted(FORMATS))}")
+                raise ConfigError(
+                    f"{flag} {path}: unsupported file type; name it {', '.join(sorted(FORMATS))}"
+                )
         if self.tokenizer and not os.path.exists(self.tokenizer):
             raise ConfigError(f"--tokenizer {self.tokenizer}: no such file or directory")
         if "://" not in self.backbone and not os.path.exists(self.backbone):  # s3:// checkpoints load too
-            raise ConfigError(f"backbone {self.backbone}: no such directory; pass a dist_llm run or "
-                              "checkpoint directory or a local Hugging Face model directory")
+            raise ConfigError(
+                f"backbone {self.backbone}: no such directory; pass a dist_llm run or "
+                "checkpoint directory or a local Hugging Face model directory"
+            )
         fields = ("text_field", "label_field") if self.task == "seq" else ("tokens_field", "tags_field")
         for key in fields:
             if not getattr(self, key):
                 raise ConfigError(f"--{key.replace('_', '-')} must not be empty")
         if self.task == "seq" and self.text_pair_field in (self.text_field, self.label_field):
-            raise ConfigError(f"--text-pair-field {self.text_pair_field!r} repeats another field; "
-                              "name the second text's field")
+            raise ConfigError(
+                f"--text-pair-field {self.text_pair_field!r} repeats another field; "
+                "name the second text's field"
+            )
         for key in ("epochs", "batch_size", "max_length"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"--{key.replace('_', '-')} {getattr(self, key)} must be > 0")
         if self.max_length < 4:
-            raise ConfigError(f"--max-length {self.max_length} leaves no room for text next to the "
-                              "special tokens; use at least 4")
+            raise ConfigError(
+                f"--max-length {self.max_length} leaves no room for text next to the "
+                "special tokens; use at least 4"
+            )
         if self.lr <= 0:
             raise ConfigError(f"--lr {self.lr} must be > 0")
         for key in ("warmup_ratio", "dropout"):

@@ -40,16 +40,20 @@ def _field(record: Record, key: str, flag: str) -> Any:
     if value is None:
         present = ", ".join(sorted(str(k) for k in record.fields if k is not None)) or "none"
         state = "is empty" if key in record.fields else "is missing"
-        raise DataError(f"{record.where}: field {key!r} {state} (fields: {present}); fill it in or "
-                        f"name the right field with {flag}")
+        raise DataError(
+            f"{record.where}: field {key!r} {state} (fields: {present}); fill it in or "
+            f"name the right field with {flag}"
+        )
     return value
 
 
 def _text(record: Record, key: str, flag: str) -> str:
     value = _field(record, key, flag)
     if not isinstance(value, str):
-        raise DataError(f"{record.where}: field {key!r} is a {type(value).__name__} ({value!r:.60}), "
-                        f"not a string; {flag} must name a text field")
+        raise DataError(
+            f"{record.where}: field {key!r} is a {type(value).__name__} ({value!r:.60}), "
+            f"not a string; {flag} must name a text field"
+        )
     return value
 
 
@@ -57,8 +61,9 @@ def _label(record: Record, key: str) -> str:
     """Labels are kept as strings, so the JSONL label 1 and the CSV label "1" are the same class."""
     value = _field(record, key, "--label-field")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(f"{record.where}: label field {key!r} holds {value!r:.60}; a label is a string or "
-                        "an integer")
+        raise DataError(
+            f"{record.where}: label field {key!r} holds {value!r:.60}; a label is a string or an integer"
+        )
     if isinstance(value, str) and not value.strip():
         raise DataError(f"{record.where}: label field {key!r} is blank")
     return str(value)
@@ -73,29 +78,37 @@ def _word_list(record: Record, key: str, flag: str) -> list[str]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{record.where}: field {key!r} starts like a JSON list but is not one "
-                                f"({exc.msg}); write space-separated words or a valid JSON list") from None
+                raise DataError(
+                    f"{record.where}: field {key!r} starts like a JSON list but is not one "
+                    f"({exc.msg}); write space-separated words or a valid JSON list"
+                ) from None
         else:
             value = text.split()
-    if not isinstance(value, list) or not all(isinstance(w, (str, int)) and not isinstance(w, bool)
-                                              for w in value):
-        raise DataError(f"{record.where}: field {key!r} must be a list of strings (or one string of "
-                        f"space-separated words), got {value!r:.60}")
+    if not isinstance(value, list) or not all(
+        isinstance(w, (str, int)) and not isinstance(w, bool) for w in value
+    ):
+        raise DataError(
+            f"{record.where}: field {key!r} must be a list of strings (or one string of "
+            f"space-separated words), got {value!r:.60}"
+        )
     return [str(w) for w in value]
 
 
 def seq_example(record: Record, cfg: FinetuneConfig) -> SeqExample:
     pair = _text(record, cfg.text_pair_field, "--text-pair-field") if cfg.text_pair_field else None
-    return SeqExample(record.where, _text(record, cfg.text_field, "--text-field"), pair,
-                      _label(record, cfg.label_field))
+    return SeqExample(
+        record.where, _text(record, cfg.text_field, "--text-field"), pair, _label(record, cfg.label_field)
+    )
 
 
 def token_example(record: Record, cfg: FinetuneConfig) -> TokenExample:
     words = _word_list(record, cfg.tokens_field, "--tokens-field")
     tags = _word_list(record, cfg.tags_field, "--tags-field")
     if len(words) != len(tags):
-        raise DataError(f"{record.where}: {len(words)} {cfg.tokens_field!r} but {len(tags)} "
-                        f"{cfg.tags_field!r}; every word needs exactly one tag")
+        raise DataError(
+            f"{record.where}: {len(words)} {cfg.tokens_field!r} but {len(tags)} "
+            f"{cfg.tags_field!r}; every word needs exactly one tag"
+        )
     if not words:
         raise DataError(f"{record.where}: field {cfg.tokens_field!r} has no words")
     return TokenExample(record.where, words, tags)
@@ -133,5 +146,7 @@ def check_labels(examples: list[Example], labels: list[str]) -> None:
         for label in example_labels(example):
             if label not in known:
                 shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
-                raise DataError(f"{example.where}: label {label!r} does not occur in the training file "
-                                f"(its labels: {shown}); fix the label or add training examples for it")
+                raise DataError(
+                    f"{example.where}: label {label!r} does not occur in the training file "
+                    f"(its labels: {shown}); fix the label or add training examples for it"
+                )

@@ -82,8 +82,13 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
     return a, b
 
 
-def _encode_seq(examples: list[SeqExample], tokenizer: Tokenizer, frame: Framing, label_ids: dict[str, int],
-                max_length: int) -> tuple[list[Encoded], int]:
+def _encode_seq(
+    examples: list[SeqExample],
+    tokenizer: Tokenizer,
+    frame: Framing,
+    label_ids: dict[str, int],
+    max_length: int,
+) -> tuple[list[Encoded], int]:
     firsts = tokenizer.encode_batch([e.text for e in examples])
     pairs = [e.pair for e in examples if e.pair is not None]
     seconds = iter(tokenizer.encode_batch(pairs) if pairs else [])
@@ -105,8 +110,13 @@ def _encode_seq(examples: list[SeqExample], tokenizer: Tokenizer, frame: Framing
     return out, truncated
 
 
-def _encode_tokens(examples: list[TokenExample], tokenizer: Tokenizer, frame: Framing,
-                   label_ids: dict[str, int], max_length: int) -> tuple[list[Encoded], int]:
+def _encode_tokens(
+    examples: list[TokenExample],
+    tokenizer: Tokenizer,
+    frame: Framing,
+    label_ids: dict[str, int],
+    max_length: int,
+) -> tuple[list[Encoded], int]:
     """Each word is tokenized on its own (sentencepiece marks it as word-initial either way); its first
     subword carries the tag and the rest are IGNORE, as Hugging Face token classification does.
     Words that do not fit in max_length are dropped with their tags."""
@@ -132,8 +142,14 @@ def _encode_tokens(examples: list[TokenExample], tokenizer: Tokenizer, frame: Fr
     return out, truncated
 
 
-def encode_examples(examples: list[Example], tokenizer: Tokenizer, frame: Framing, labels: list[str],
-                    max_length: int, name: str) -> list[Encoded]:
+def encode_examples(
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    frame: Framing,
+    labels: list[str],
+    max_length: int,
+    name: str,
+) -> list[Encoded]:
     """Token ids and label ids of every example; `name` says which file in the truncation notice."""
     label_ids = {label: i for i, label in enumerate(labels)}
     if isinstance(examples[0], SeqExample):
@@ -154,8 +170,11 @@ def collate(items: list[Encoded], pad: int, per_token: bool) -> dict[str, torch.
     input_ids = torch.full((len(items), width), pad, dtype=torch.long)
     token_type_ids = torch.zeros((len(items), width), dtype=torch.long)
     attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = (torch.full((len(items), width), IGNORE, dtype=torch.long) if per_token
-              else torch.empty(len(items), dtype=torch.long))
+    labels = (
+        torch.full((len(items), width), IGNORE, dtype=torch.long)
+        if per_token
+        else torch.empty(len(items), dtype=torch.long)
+    )
     for row, item in enumerate(items):
         n = len(item.input_ids)
         input_ids[row, :n] = torch.tensor(item.input_ids)
@@ -165,5 +184,9 @@ def collate(items: list[Encoded], pad: int, per_token: bool) -> dict[str, torch.
             labels[row, :n] = torch.tensor(item.labels)
         else:
             labels[row] = item.labels[0]
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-            "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+    }

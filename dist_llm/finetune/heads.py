@@ -26,16 +26,24 @@ class Classifier(nn.Module):
         nn.init.normal_(self.classifier.weight, mean=0.0, std=HEAD_INIT_STD)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 
 class SequenceClassifier(Classifier):
     """Logits [B, num_labels] from the backbone's pooled vector."""
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         hidden = self.backbone(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.dropout(self.backbone.pool(hidden, attention_mask)))
 
@@ -43,8 +51,12 @@ class SequenceClassifier(Classifier):
 class TokenClassifier(Classifier):
     """Logits [B, T, num_labels], one row per position."""
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         return self.classifier(self.dropout(self.backbone(input_ids, attention_mask, token_type_ids)))
 
 

@@ -32,9 +32,9 @@ def rank_batches(order: list[int], batch_size: int, rank: int, world_size: int) 
     """This rank's share of each global batch of `batch_size` examples. A short last batch is topped up
     from the start of the order so every rank has an example (DDP needs each rank in every step)."""
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         if len(batch) < world_size:
-            batch = batch + order[:world_size - len(batch)]
+            batch = batch + order[: world_size - len(batch)]
         yield batch[rank::world_size]
 
 
@@ -45,16 +45,19 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
     """AdamW with decay on matrices only: decaying biases and norm gains towards 0 only hurts."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def schedule(cfg: FinetuneConfig, total_steps: int) -> OptimConfig:
     """Linear warmup to cfg.lr over warmup_ratio of the steps, then linear decay to 0: the trainer's
     schedule function with the fine-tuning convention (BERT's) plugged in."""
-    return OptimConfig(lr=cfg.lr, min_lr_ratio=0.0, schedule="linear",
-                       warmup_steps=round(cfg.warmup_ratio * total_steps))
+    return OptimConfig(
+        lr=cfg.lr, min_lr_ratio=0.0, schedule="linear", warmup_steps=round(cfg.warmup_ratio * total_steps)
+    )
 
 
 def freeze_unreached(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
@@ -90,18 +93,29 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: list[Encoded],
-                cfg: FinetuneConfig, epoch: int, progress: Progress, total_steps: int, world: World,
-                pad: int, per_token: bool) -> float:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    examples: list[Encoded],
+    cfg: FinetuneConfig,
+    epoch: int,
+    progress: Progress,
+    total_steps: int,
+    world: World,
+    pad: int,
+    per_token: bool,
+) -> float:
     """One pass over the training examples; returns the mean training loss over all ranks and steps."""
     model.train()
     optim_cfg = schedule(cfg, total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = torch.zeros(2, dtype=torch.float64)
-    for indices in rank_batches(epoch_order(len(examples), cfg.seed, epoch), cfg.batch_size, world.rank,
-                                world.size):
-        batch = {k: v.to(world.device) for k, v in collate([examples[i] for i in indices], pad,
-                                                              per_token).items()}
+    for indices in rank_batches(
+        epoch_order(len(examples), cfg.seed, epoch), cfg.batch_size, world.rank, world.size
+    ):
+        batch = {
+            k: v.to(world.device) for k, v in collate([examples[i] for i in indices], pad, per_token).items()
+        }
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress.step, optim_cfg, total_steps)
         with _autocast(world.device, cfg.precision):
@@ -119,8 +133,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, examples: li
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, examples: list[Encoded], num_labels: int, cfg: FinetuneConfig, world: World,
-             pad: int, per_token: bool) -> tuple[torch.Tensor, float]:
+def evaluate(
+    model: nn.Module,
+    examples: list[Encoded],
+    num_labels: int,
+    cfg: FinetuneConfig,
+    world: World,
+    pad: int,
+    per_token: bool,
+) -> tuple[torch.Tensor, float]:
     """(confusion matrix, mean loss per scored label) over all examples, identical on every rank.
     `model` is the bare module, not the DDP wrapper: evaluation must not run DDP's collectives, since
     ranks may hold different numbers of evaluation batches."""
@@ -130,13 +151,14 @@ def evaluate(model: nn.Module, examples: list[Encoded], num_labels: int, cfg: Fi
     loss_sums = torch.zeros(2, dtype=torch.float64)
     mine = list(range(world.rank, len(examples), world.size))
     for start in range(0, len(mine), cfg.batch_size):
-        items = [examples[i] for i in mine[start:start + cfg.batch_size]]
+        items = [examples[i] for i in mine[start : start + cfg.batch_size]]
         batch = {k: v.to(world.device) for k, v in collate(items, pad, per_token).items()}
         with _autocast(world.device, cfg.precision):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         scored = int((batch["labels"] != IGNORE).sum())
-        loss_sums += torch.tensor([classification_loss(logits, batch["labels"]).item() * scored, scored],
-                                  dtype=torch.float64)
+        loss_sums += torch.tensor(
+            [classification_loss(logits, batch["labels"]).item() * scored, scored], dtype=torch.float64
+        )
         matrix += confusion(logits.float(), batch["labels"], num_labels).cpu()
     matrix, loss_sums = _sum_over_ranks(matrix, world), _sum_over_ranks(loss_sums, world)
     model.train(was_training)

@@ -50,8 +50,10 @@ def _macro_f1(matrix: torch.Tensor, classes: list[int]) -> float:
 def sequence_metrics(matrix: torch.Tensor) -> dict[str, float]:
     """accuracy and macro_f1 of a sequence task's confusion matrix."""
     total = float(matrix.sum())
-    return {"accuracy": _ratio(float(matrix.trace()), total),
-            "macro_f1": _macro_f1(matrix, list(range(matrix.shape[0])))}
+    return {
+        "accuracy": _ratio(float(matrix.trace()), total),
+        "macro_f1": _macro_f1(matrix, list(range(matrix.shape[0]))),
+    }
 
 
 def token_metrics(matrix: torch.Tensor, labels: list[str], outside: Optional[str]) -> dict[str, float]:
@@ -60,6 +62,10 @@ def token_metrics(matrix: torch.Tensor, labels: list[str], outside: Optional[str
     tp = float(sum(matrix[c, c] for c in classes))
     predicted = float(matrix[:, classes].sum())
     gold = float(matrix[classes, :].sum())
-    return {"token_accuracy": _ratio(float(matrix.trace()), float(matrix.sum())),
-            "precision": _ratio(tp, predicted), "recall": _ratio(tp, gold),
-            "micro_f1": _f1(tp, predicted, gold), "macro_f1": _macro_f1(matrix, classes)}
+    return {
+        "token_accuracy": _ratio(float(matrix.trace()), float(matrix.sum())),
+        "precision": _ratio(tp, predicted),
+        "recall": _ratio(tp, gold),
+        "micro_f1": _f1(tp, predicted, gold),
+        "macro_f1": _macro_f1(matrix, classes),
+    }

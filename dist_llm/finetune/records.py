@@ -37,11 +37,15 @@ def _jsonl(path: str, fh: io.TextIOBase) -> Iterator[Record]:
         try:
             fields = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
-                            "must be one JSON object") from None
+            raise DataError(
+                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
+                "must be one JSON object"
+            ) from None
         if not isinstance(fields, dict):
-            raise DataError(f"{path}:{number}: a JSON {type(fields).__name__}, not an object; each line must "
-                            'be one object such as {"text": ..., "label": ...}')
+            raise DataError(
+                f"{path}:{number}: a JSON {type(fields).__name__}, not an object; each line must "
+                'be one object such as {"text": ..., "label": ...}'
+            )
         yield Record(f"{path}:{number}", fields)
 
 
@@ -54,8 +58,10 @@ def _csv(path: str, fh: io.TextIOBase) -> Iterator[Record]:
         where = f"{path}:{start}"
         start = reader.line_num + 1  # a quoted field may span lines: the next record starts after
         if None in row:
-            raise DataError(f"{where}: {len(row[None]) + len(reader.fieldnames)} values but the header has "
-                            f"{len(reader.fieldnames)} columns; quote values that contain commas")
+            raise DataError(
+                f"{where}: {len(row[None]) + len(reader.fieldnames)} values but the header has "
+                f"{len(reader.fieldnames)} columns; quote values that contain commas"
+            )
         if not any(value.strip() for value in row.values() if value is not None):
             continue  # a blank line
         yield Record(where, row)
@@ -73,6 +79,8 @@ def read_records(path: str) -> list[Record]:
     except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
         raise DataError(f"{path}: cannot be read as {kind} ({exc})") from None
     if not records:
-        raise DataError(f"{path}: no examples (the file is empty or holds only blank lines"
-                        f"{' and a header' if kind == 'csv' else ''})")
+        raise DataError(
+            f"{path}: no examples (the file is empty or holds only blank lines"
+            f"{' and a header' if kind == 'csv' else ''})"
+        )
     return records

@@ -50,8 +50,10 @@ def read_labelled(cfg: FinetuneConfig) -> tuple[list[Example], list[Example], li
     train = read_examples(cfg.train, cfg)
     labels = build_label_map(train)
     if cfg.task == "seq" and len(labels) < 2:
-        raise DataError(f"{cfg.train}: every example has label {labels[0]!r}; a classifier needs at "
-                        f"least 2 classes in field {cfg.label_field!r}")
+        raise DataError(
+            f"{cfg.train}: every example has label {labels[0]!r}; a classifier needs at "
+            f"least 2 classes in field {cfg.label_field!r}"
+        )
     evaluation = read_examples(cfg.eval, cfg)
     check_labels(evaluation, labels)
     return train, evaluation, labels
@@ -67,24 +69,31 @@ def resolve_tokenizer(cfg: FinetuneConfig, loaded: LoadedModel) -> Tokenizer:
     try:
         return load_tokenizer(tokenizer_path(data))
     except (DistLLMError, OSError, KeyError) as exc:
-        raise DataError(f"{cfg.backbone}: cannot load the tokenizer of its training data {data} ({exc}); "
-                        "pass --tokenizer with the tokenizer the backbone was trained with") from None
+        raise DataError(
+            f"{cfg.backbone}: cannot load the tokenizer of its training data {data} ({exc}); "
+            "pass --tokenizer with the tokenizer the backbone was trained with"
+        ) from None
 
 
 def check_fit(cfg: FinetuneConfig, loaded: LoadedModel, tokenizer: Tokenizer) -> None:
     """Token ids must have embeddings; positions must exist (T5's relative positions have no limit)."""
     model_cfg = loaded.cfg.model
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise DataError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the backbone "
-                        f"{cfg.backbone} has {model_cfg.vocab_size} embeddings; pass --tokenizer with the "
-                        "backbone's own tokenizer")
+        raise DataError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the backbone "
+            f"{cfg.backbone} has {model_cfg.vocab_size} embeddings; pass --tokenizer with the "
+            "backbone's own tokenizer"
+        )
     if model_cfg.arch != "encoder_decoder" and cfg.max_length > model_cfg.max_seq_len:
-        raise ConfigError(f"--max-length {cfg.max_length} exceeds the backbone's {model_cfg.max_seq_len} "
-                          f"positions (model.max_seq_len of {cfg.backbone}); lower --max-length")
+        raise ConfigError(
+            f"--max-length {cfg.max_length} exceeds the backbone's {model_cfg.max_seq_len} "
+            f"positions (model.max_seq_len of {cfg.backbone}); lower --max-length"
+        )
 
 
-def build_classifier(cfg: FinetuneConfig, loaded: LoadedModel, num_labels: int,
-                     device: torch.device) -> Classifier:
+def build_classifier(
+    cfg: FinetuneConfig, loaded: LoadedModel, num_labels: int, device: torch.device
+) -> Classifier:
     """The head on the backbone; its init draws from its own seed, identical on every rank."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "finetune/head"))
@@ -93,7 +102,7 @@ def build_classifier(cfg: FinetuneConfig, loaded: LoadedModel, num_labels: int,
 
 
 def _modules(names: list[str]) -> str:
-    """"backbone.model.decoder (28 tensors)" rather than 28 names: the log line stays readable."""
+    """ "backbone.model.decoder (28 tensors)" rather than 28 names: the log line stays readable."""
     counts: dict[str, int] = {}
     for name in names:
         module = ".".join(name.split(".")[:3])
@@ -110,8 +119,9 @@ def _metrics(cfg: FinetuneConfig, matrix: torch.Tensor, labels: list[str]) -> di
 def _train(cfg: FinetuneConfig, world: World) -> dict[str, Any]:
     train_examples, eval_examples, labels = read_labelled(cfg)
     if cfg.batch_size < world.size:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be at least the "
-                          f"{world.size} ranks")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch and must be at least the {world.size} ranks"
+        )
     loaded = load_trained_model(cfg.backbone)
     tokenizer = resolve_tokenizer(cfg, loaded)
     check_fit(cfg, loaded, tokenizer)
@@ -128,9 +138,18 @@ def _train(cfg: FinetuneConfig, world: World) -> dict[str, Any]:
     total_steps = cfg.epochs * steps_per_epoch(len(train_set), cfg.batch_size)
     # Dropout differs per rank (each sees different examples) but is fixed by the seed.
     torch.manual_seed(derive_seed(cfg.seed, f"finetune/dropout/{world.rank}"))
-    log.info("fine-tuning %s (%s, step %d) for %s: %d train / %d eval examples, %d labels, %d steps; "
-             "frozen: %s", cfg.backbone, arch, loaded.step, cfg.task, len(train_set), len(eval_set),
-             len(labels), total_steps, _modules(frozen))
+    log.info(
+        "fine-tuning %s (%s, step %d) for %s: %d train / %d eval examples, %d labels, %d steps; frozen: %s",
+        cfg.backbone,
+        arch,
+        loaded.step,
+        cfg.task,
+        len(train_set),
+        len(eval_set),
+        len(labels),
+        total_steps,
+        _modules(frozen),
+    )
 
     if world.is_main:
         os.makedirs(cfg.out, exist_ok=True)
@@ -138,14 +157,24 @@ def _train(cfg: FinetuneConfig, world: World) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     progress = Progress()
     for epoch in range(cfg.epochs):
-        train_loss = train_epoch(trained, optimizer, train_set, cfg, epoch, progress, total_steps, world, pad,
-                                 per_token)
+        train_loss = train_epoch(
+            trained, optimizer, train_set, cfg, epoch, progress, total_steps, world, pad, per_token
+        )
         matrix, eval_loss = evaluate(model, eval_set, len(labels), cfg, world, pad, per_token)
-        row = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss, "eval_loss": eval_loss,
-               **_metrics(cfg, matrix, labels)}
+        row = {
+            "epoch": epoch + 1,
+            "step": progress.step,
+            "train_loss": train_loss,
+            "eval_loss": eval_loss,
+            **_metrics(cfg, matrix, labels),
+        }
         history.append(row)
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                 " ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)))
+        log.info(
+            "epoch %d/%d: %s",
+            epoch + 1,
+            cfg.epochs,
+            " ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)),
+        )
         if world.is_main:
             with open(os.path.join(cfg.out, METRICS), "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
@@ -153,8 +182,15 @@ def _train(cfg: FinetuneConfig, world: World) -> dict[str, Any]:
     primary = PRIMARY[cfg.task]
     best = max(history, key=lambda r: r[primary])  # the first epoch among equals
     if world.is_main:
-        summary = {"backbone": cfg.backbone, "backbone_step": loaded.step, "frozen": frozen,
-                   "primary_metric": primary, "epochs": history, "best": best, "final": history[-1]}
+        summary = {
+            "backbone": cfg.backbone,
+            "backbone_step": loaded.step,
+            "frozen": frozen,
+            "primary_metric": primary,
+            "epochs": history,
+            "best": best,
+            "final": history[-1],
+        }
         save_finetuned(cfg.out, model, cfg, labels, loaded.cfg.model, tokenizer, summary)
     return history[-1]
 

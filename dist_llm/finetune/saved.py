@@ -53,16 +53,31 @@ def _copy_tokenizer(tokenizer: Tokenizer, out_dir: str) -> str:
     return name
 
 
-def save_finetuned(out_dir: str, model: Classifier, cfg: FinetuneConfig, labels: list[str],
-                   model_cfg: ModelConfig, tokenizer: Tokenizer, summary: dict[str, Any]) -> None:
+def save_finetuned(
+    out_dir: str,
+    model: Classifier,
+    cfg: FinetuneConfig,
+    labels: list[str],
+    model_cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    summary: dict[str, Any],
+) -> None:
     """Write weights, tokenizer and finetune.json (summary holds the metrics and run facts)."""
     os.makedirs(out_dir, exist_ok=True)
     tensors, aliases = _without_aliases(model.state_dict())
-    save_file(tensors, os.path.join(out_dir, WEIGHTS),
-              metadata={"format": "pt", "aliases": json.dumps(aliases)})
-    record = {"task": cfg.task, "labels": labels, "arch": model_cfg.arch, "model": asdict(model_cfg),
-              "tokenizer": _copy_tokenizer(tokenizer, out_dir), "max_length": cfg.max_length,
-              "config": asdict(cfg), **summary}
+    save_file(
+        tensors, os.path.join(out_dir, WEIGHTS), metadata={"format": "pt", "aliases": json.dumps(aliases)}
+    )
+    record = {
+        "task": cfg.task,
+        "labels": labels,
+        "arch": model_cfg.arch,
+        "model": asdict(model_cfg),
+        "tokenizer": _copy_tokenizer(tokenizer, out_dir),
+        "max_length": cfg.max_length,
+        "config": asdict(cfg),
+        **summary,
+    }
     with open(os.path.join(out_dir, SUMMARY), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
 
@@ -86,8 +101,9 @@ def load_finetuned(out_dir: str, device: str = "cpu") -> Finetuned:
     with open(path, encoding="utf-8") as f:
         summary = json.load(f)
     model_cfg = ModelConfig(**summary["model"])
-    model = HEADS[summary["task"]](make_backbone(build_model(model_cfg)), len(summary["labels"]),
-                                   summary["config"]["dropout"])
+    model = HEADS[summary["task"]](
+        make_backbone(build_model(model_cfg)), len(summary["labels"]), summary["config"]["dropout"]
+    )
     weights = os.path.join(out_dir, WEIGHTS)
     state = load_file(weights)
     with safe_open(weights, "pt") as fh:
@@ -98,6 +114,11 @@ def load_finetuned(out_dir: str, device: str = "cpu") -> Finetuned:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: does not match the model {SUMMARY} describes ({exc})") from None
-    return Finetuned(model=model.to(device).eval(), task=summary["task"], labels=summary["labels"],
-                     tokenizer=load_tokenizer(os.path.join(out_dir, summary["tokenizer"])),
-                     max_length=summary["max_length"], summary=summary)
+    return Finetuned(
+        model=model.to(device).eval(),
+        task=summary["task"],
+        labels=summary["labels"],
+        tokenizer=load_tokenizer(os.path.join(out_dir, summary["tokenizer"])),
+        max_length=summary["max_length"],
+        summary=summary,
+    )

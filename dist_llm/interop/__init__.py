@@ -18,5 +18,15 @@ from dist_llm.interop.hf_llama import from_hf_llama, to_hf_llama
 from dist_llm.interop.hf_t5 import from_hf_t5, to_hf_t5
 from dist_llm.interop.hf_tokenizer import sentencepiece_to_hf
 
-__all__ = ["to_hf_llama", "from_hf_llama", "to_hf_bert", "from_hf_bert", "to_hf_t5", "from_hf_t5",
-           "save_hf_model", "export_hf", "import_hf", "sentencepiece_to_hf"]
+__all__ = [
+    "to_hf_llama",
+    "from_hf_llama",
+    "to_hf_bert",
+    "from_hf_bert",
+    "to_hf_t5",
+    "from_hf_t5",
+    "save_hf_model",
+    "export_hf",
+    "import_hf",
+    "sentencepiece_to_hf",
+]

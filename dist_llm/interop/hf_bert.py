@@ -64,34 +64,48 @@ def body_pairs(n_layers: int) -> list[tuple[str, str]]:
     pairs = list(EMBEDDING_KEYS)
     for i in range(n_layers):
         for ours, theirs in LAYER_KEYS:
-            pairs += [(f"layers.{i}.{ours}.{p}", f"bert.encoder.layer.{i}.{theirs}.{p}")
-                      for p in ("weight", "bias")]
+            pairs += [
+                (f"layers.{i}.{ours}.{p}", f"bert.encoder.layer.{i}.{theirs}.{p}") for p in ("weight", "bias")
+            ]
     return pairs
 
 
-def to_hf_bert(state_dict: dict[str, torch.Tensor],
-               model_cfg: ModelConfig) -> tuple[BertConfig, dict[str, torch.Tensor]]:
+def to_hf_bert(
+    state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig
+) -> tuple[BertConfig, dict[str, torch.Tensor]]:
     """Our encoder's state_dict and config as a `BertConfig` and a `BertForPreTraining` state_dict
     (same tensors, renamed). A tied decoder weight and bias are left out, as HF's own save leaves
     them out (HF re-ties them on load). Token ids (bos/eos/pad) are left None for the caller."""
     from transformers import BertConfig
 
     if model_cfg.arch != "encoder":
-        raise ConfigError(f"model.arch={model_cfg.arch!r} has no BERT equivalent; only 'encoder' exports "
-                          "to a Hugging Face BertForPreTraining")
+        raise ConfigError(
+            f"model.arch={model_cfg.arch!r} has no BERT equivalent; only 'encoder' exports "
+            "to a Hugging Face BertForPreTraining"
+        )
     model_cfg.validate(require_vocab=True)
     pairs = body_pairs(model_cfg.n_layers) + list(MLM_TRANSFORM + POOLER + NSP)
     if not model_cfg.tie_embeddings:
         pairs.append(HEAD_WEIGHT)
     _check_keys(set(state_dict), {ours for ours, _ in pairs}, {HEAD_WEIGHT[0]}, "checkpoint model state")
     config = BertConfig(
-        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.d_model, num_hidden_layers=model_cfg.n_layers,
-        num_attention_heads=model_cfg.n_heads, intermediate_size=model_cfg.ffn_dim, hidden_act=model_cfg.act,
-        hidden_dropout_prob=model_cfg.dropout, attention_probs_dropout_prob=model_cfg.dropout,
-        max_position_embeddings=model_cfg.max_seq_len, type_vocab_size=model_cfg.type_vocab_size,
-        initializer_range=model_cfg.init_std, layer_norm_eps=model_cfg.norm_eps,
-        tie_word_embeddings=model_cfg.tie_embeddings, architectures=["BertForPreTraining"],
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=model_cfg.vocab_size,
+        hidden_size=model_cfg.d_model,
+        num_hidden_layers=model_cfg.n_layers,
+        num_attention_heads=model_cfg.n_heads,
+        intermediate_size=model_cfg.ffn_dim,
+        hidden_act=model_cfg.act,
+        hidden_dropout_prob=model_cfg.dropout,
+        attention_probs_dropout_prob=model_cfg.dropout,
+        max_position_embeddings=model_cfg.max_seq_len,
+        type_vocab_size=model_cfg.type_vocab_size,
+        initializer_range=model_cfg.init_std,
+        layer_norm_eps=model_cfg.norm_eps,
+        tie_word_embeddings=model_cfg.tie_embeddings,
+        architectures=["BertForPreTraining"],
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     hf_state = {theirs: state_dict[ours] for ours, theirs in pairs}
     if not model_cfg.tie_embeddings:  # untied, HF's decoder Linear uses its own bias: the same values
@@ -102,29 +116,45 @@ def to_hf_bert(state_dict: dict[str, torch.Tensor],
 def model_config_from_hf(config: Any) -> ModelConfig:
     """Our ModelConfig for a BERT config; ConfigError naming the config.json key we cannot express."""
     if config.model_type != "bert":
-        raise ConfigError(f"config.json: model_type={config.model_type!r}; only 'bert' imports into our "
-                          "encoder")
+        raise ConfigError(
+            f"config.json: model_type={config.model_type!r}; only 'bert' imports into our encoder"
+        )
     position_type = getattr(config, "position_embedding_type", "absolute")
     if position_type != "absolute":
-        raise ConfigError(f"config.json: position_embedding_type={position_type!r} is not supported by our "
-                          "encoder, which implements learned absolute positions ('absolute')")
+        raise ConfigError(
+            f"config.json: position_embedding_type={position_type!r} is not supported by our "
+            "encoder, which implements learned absolute positions ('absolute')"
+        )
     if config.hidden_act not in ("gelu", "relu"):
-        raise ConfigError(f"config.json: hidden_act={config.hidden_act!r} is not supported by our encoder "
-                          "(it needs 'gelu', the exact erf form, or 'relu')")
+        raise ConfigError(
+            f"config.json: hidden_act={config.hidden_act!r} is not supported by our encoder "
+            "(it needs 'gelu', the exact erf form, or 'relu')"
+        )
     for key in ("is_decoder", "add_cross_attention"):
         if getattr(config, key, False):
-            raise ConfigError(f"config.json: {key}=True is not supported by our encoder (a bidirectional "
-                              f"encoder without cross-attention needs {key}=False)")
+            raise ConfigError(
+                f"config.json: {key}=True is not supported by our encoder (a bidirectional "
+                f"encoder without cross-attention needs {key}=False)"
+            )
     if config.hidden_size % config.num_attention_heads:
-        raise ConfigError(f"config.json: num_attention_heads={config.num_attention_heads} does not divide "
-                          f"hidden_size={config.hidden_size}")
+        raise ConfigError(
+            f"config.json: num_attention_heads={config.num_attention_heads} does not divide "
+            f"hidden_size={config.hidden_size}"
+        )
     cfg = ModelConfig(
-        arch="encoder", vocab_size=config.vocab_size, d_model=config.hidden_size,
-        n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-        ffn_hidden=config.intermediate_size, activation=config.hidden_act,
-        max_seq_len=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
-        norm_eps=config.layer_norm_eps, tie_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-        init_std=config.initializer_range, dropout=config.hidden_dropout_prob,
+        arch="encoder",
+        vocab_size=config.vocab_size,
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        ffn_hidden=config.intermediate_size,
+        activation=config.hidden_act,
+        max_seq_len=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        norm_eps=config.layer_norm_eps,
+        tie_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+        init_std=config.initializer_range,
+        dropout=config.hidden_dropout_prob,
     )
     cfg.validate(require_vocab=True)
     return cfg
@@ -136,8 +166,13 @@ def _fresh_heads(cfg: ModelConfig, groups: list[tuple[tuple[str, str], ...]]) ->
     generator = torch.Generator().manual_seed(INIT_SEED)
     d, out = cfg.d_model, {}
     shapes = {"head_dense.weight": (d, d), "pooler.weight": (d, d), "nsp_head.weight": (2, d)}
-    vectors = {"head_dense.bias": d, "head_norm.bias": d, "output_bias": cfg.vocab_size,
-               "pooler.bias": d, "nsp_head.bias": 2}
+    vectors = {
+        "head_dense.bias": d,
+        "head_norm.bias": d,
+        "output_bias": cfg.vocab_size,
+        "pooler.bias": d,
+        "nsp_head.bias": 2,
+    }
     for group in groups:
         for ours, _ in group:
             if ours in shapes:
@@ -169,8 +204,11 @@ def from_hf_bert(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, d
     _check_keys(set(hf_state), want, derived, where)
     state = {ours: hf_state[theirs] for group in (body, *present.values()) for ours, theirs in group}
     if missing:
-        log.warning("%s has no %s; they start from init values (fine for continued pretraining)",
-                    where, ", ".join(missing))
+        log.warning(
+            "%s has no %s; they start from init values (fine for continued pretraining)",
+            where,
+            ", ".join(missing),
+        )
         state.update(_fresh_heads(model_cfg, [head_groups[name] for name in missing]))
     if HEAD_BIAS in hf_state and not model_cfg.tie_embeddings:
         state["output_bias"] = hf_state[HEAD_BIAS]  # the bias an untied HF model actually adds
@@ -179,6 +217,8 @@ def from_hf_bert(hf_model_or_dir: PreTrainedModel | str) -> tuple[ModelConfig, d
     elif HEAD_WEIGHT[1] in hf_state:
         state[HEAD_WEIGHT[0]] = hf_state[HEAD_WEIGHT[1]]
     else:
-        raise CheckpointError(f"{where}: tie_word_embeddings=False but the weights have no {HEAD_WEIGHT[1]}; "
-                          "set tie_word_embeddings=true in config.json if the head shares the embedding")
+        raise CheckpointError(
+            f"{where}: tie_word_embeddings=False but the weights have no {HEAD_WEIGHT[1]}; "
+            "set tie_word_embeddings=true in config.json if the head shares the embedding"
+        )
     return model_cfg, state

@@ -71,8 +71,14 @@ def save_hf_tokenizer(tokenizer_path: str, out_dir: str, model_max_length: int) 
     sentencepiece_to_hf(tokenizer_path, model_max_length).save_pretrained(out_dir)
 
 
-def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, out_dir: str,
-                  tokenizer_path: str, dtype: str = "fp32", metadata: dict[str, str] | None = None) -> str:
+def save_hf_model(
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    out_dir: str,
+    tokenizer_path: str,
+    dtype: str = "fp32",
+    metadata: dict[str, str] | None = None,
+) -> str:
     """Write a complete HF directory (Llama, BERT or T5 by `model_cfg.arch`) from our model's
     state_dict and config plus the tokenizer it was trained with; returns out_dir.
     Checkpoint-free, so tests and other entry points (e.g. a model in memory) share it with
@@ -85,8 +91,10 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, o
         raise ConfigError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise DataError(f"{tokenizer_path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                        f"{model_cfg.vocab_size}; pass the dataset the model was trained on")
+        raise DataError(
+            f"{tokenizer_path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{model_cfg.vocab_size}; pass the dataset the model was trained on"
+        )
     family = FAMILIES[model_cfg.arch]
     hf_config, hf_state = family.function(family.to_hf)(state_dict, model_cfg)
     hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
@@ -98,12 +106,14 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, o
     save_hf_tokenizer(tokenizer_path, out_dir, model_cfg.max_seq_len)
     tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in hf_state.items()}
     # "format": "pt" is what transformers checks before trusting a safetensors file's layout.
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"),
-              metadata={"format": "pt", **(metadata or {})})
+    save_file(
+        tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt", **(metadata or {})}
+    )
     hf_config.save_pretrained(out_dir)
     start = {"decoder_start_token_id": tokenizer.pad_id} if model_cfg.arch == "encoder_decoder" else {}
-    GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                     pad_token_id=tokenizer.pad_id, **start).save_pretrained(out_dir)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, **start
+    ).save_pretrained(out_dir)
     return out_dir
 
 
@@ -117,10 +127,18 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str
     try:
         tok_path = tokenizer_path(data)
     except DataError as exc:
-        raise DataError(f"{exc}; the export needs the run's tokenizer: pass --data with the dataset "
-                        "directory the model was trained on") from exc
-    return save_hf_model(load_model_state(uri, cfg.model.tie_embeddings), cfg.model, out_dir, tok_path, dtype,
-                         metadata={"step": str(trainer_state["step"]), "source": uri})
+        raise DataError(
+            f"{exc}; the export needs the run's tokenizer: pass --data with the dataset "
+            "directory the model was trained on"
+        ) from exc
+    return save_hf_model(
+        load_model_state(uri, cfg.model.tie_embeddings),
+        cfg.model,
+        out_dir,
+        tok_path,
+        dtype,
+        metadata={"step": str(trainer_state["step"]), "source": uri},
+    )
 
 
 def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -132,12 +150,15 @@ def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelCon
         with open(config_file, encoding="utf-8") as f:
             model_type = json.load(f).get("model_type")
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_file}: cannot read ({exc}); model.init_from must be a local "
-                              "directory written by save_pretrained()") from exc
+        raise CheckpointError(
+            f"{config_file}: cannot read ({exc}); model.init_from must be a local "
+            "directory written by save_pretrained()"
+        ) from exc
     families = {f.model_type: f for f in FAMILIES.values()}
     if model_type not in families:
-        raise ConfigError(f"{config_file}: model_type={model_type!r} cannot be imported; "
-                          f"supported: {sorted(families)}")
+        raise ConfigError(
+            f"{config_file}: model_type={model_type!r} cannot be imported; supported: {sorted(families)}"
+        )
     family = families[model_type]
     model_cfg, state = family.function(family.from_hf)(hf_dir)
     cast = {id(t): t.to(dtype) for t in state.values()}  # by identity: a tied head stays tied

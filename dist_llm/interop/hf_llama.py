@@ -42,39 +42,58 @@ def key_pairs(n_layers: int, tied: bool) -> list[tuple[str, str]]:
     """(our key, HF key) for every stored tensor. A tied head is not stored on the HF side: HF
     re-ties `lm_head` to the embedding from `tie_word_embeddings`."""
     pairs = [EMBEDDING, ("norm.weight", "model.norm.weight")]
-    pairs += [(f"layers.{i}.{ours}", f"model.layers.{i}.{theirs}")
-              for i in range(n_layers) for ours, theirs in LAYER_KEYS]
+    pairs += [
+        (f"layers.{i}.{ours}", f"model.layers.{i}.{theirs}")
+        for i in range(n_layers)
+        for ours, theirs in LAYER_KEYS
+    ]
     return pairs if tied else pairs + [HEAD]
 
 
 def _check_keys(have: set[str], want: set[str], optional: set[str], where: str) -> None:
     missing, unexpected = sorted(want - have), sorted(have - want - optional)
     if missing or unexpected:
-        raise CheckpointError(f"{where}: weights do not match the config (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}); the weights and their config.json come from "
-                              "different models")
+        raise CheckpointError(
+            f"{where}: weights do not match the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}); the weights and their config.json come from "
+            "different models"
+        )
 
 
-def to_hf_llama(state_dict: dict[str, torch.Tensor],
-                model_cfg: ModelConfig) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+def to_hf_llama(
+    state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig
+) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """Our decoder's state_dict and config as a `LlamaConfig` and a `LlamaForCausalLM` state_dict
     (same tensors, renamed). Token ids (bos/eos/pad) are left None for the caller to set."""
     from transformers import LlamaConfig
 
     if model_cfg.arch != "decoder":
-        raise ConfigError(f"model.arch={model_cfg.arch!r} has no Llama equivalent; only 'decoder' exports "
-                          "to a Hugging Face LlamaForCausalLM")
+        raise ConfigError(
+            f"model.arch={model_cfg.arch!r} has no Llama equivalent; only 'decoder' exports "
+            "to a Hugging Face LlamaForCausalLM"
+        )
     model_cfg.validate(require_vocab=True)
     pairs = key_pairs(model_cfg.n_layers, model_cfg.tie_embeddings)
     _check_keys(set(state_dict), {ours for ours, _ in pairs}, {HEAD[0]}, "checkpoint model state")
     config = LlamaConfig(
-        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.d_model, intermediate_size=model_cfg.ffn_dim,
-        num_hidden_layers=model_cfg.n_layers, num_attention_heads=model_cfg.n_heads,
-        num_key_value_heads=model_cfg.kv_heads, head_dim=model_cfg.head_dim,
-        max_position_embeddings=model_cfg.max_seq_len, rms_norm_eps=model_cfg.norm_eps,
-        rope_theta=model_cfg.rope_theta, tie_word_embeddings=model_cfg.tie_embeddings,
-        initializer_range=model_cfg.init_std, hidden_act="silu", attention_bias=False, mlp_bias=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=model_cfg.vocab_size,
+        hidden_size=model_cfg.d_model,
+        intermediate_size=model_cfg.ffn_dim,
+        num_hidden_layers=model_cfg.n_layers,
+        num_attention_heads=model_cfg.n_heads,
+        num_key_value_heads=model_cfg.kv_heads,
+        head_dim=model_cfg.head_dim,
+        max_position_embeddings=model_cfg.max_seq_len,
+        rms_norm_eps=model_cfg.norm_eps,
+        rope_theta=model_cfg.rope_theta,
+        tie_word_embeddings=model_cfg.tie_embeddings,
+        initializer_range=model_cfg.init_std,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     return config, {theirs: state_dict[ours] for ours, theirs in pairs}
 
@@ -85,33 +104,46 @@ def rope_theta(config: Any) -> float:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
-        raise ConfigError(f"config.json: rope type {rope_type!r} (rope scaling) is not supported by our "
-                          "decoder, which implements plain RoPE; import a model without rope scaling")
+        raise ConfigError(
+            f"config.json: rope type {rope_type!r} (rope scaling) is not supported by our "
+            "decoder, which implements plain RoPE; import a model without rope scaling"
+        )
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
 def model_config_from_hf(config: Any) -> ModelConfig:
     """Our ModelConfig for a Llama config; ConfigError naming the config.json key we cannot express."""
     if config.model_type != "llama":
-        raise ConfigError(f"config.json: model_type={config.model_type!r}; only 'llama' imports into "
-                          "our decoder")
+        raise ConfigError(
+            f"config.json: model_type={config.model_type!r}; only 'llama' imports into our decoder"
+        )
     unsupported = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
     for key, value in unsupported.items():
         if getattr(config, key, value) != value:
-            raise ConfigError(f"config.json: {key}={getattr(config, key)!r} is not supported by our decoder "
-                              f"(it needs {key}={value!r})")
+            raise ConfigError(
+                f"config.json: {key}={getattr(config, key)!r} is not supported by our decoder "
+                f"(it needs {key}={value!r})"
+            )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim * config.num_attention_heads != config.hidden_size:
-        raise ConfigError(f"config.json: head_dim={head_dim} * num_attention_heads="
-                          f"{config.num_attention_heads} != hidden_size={config.hidden_size}; our decoder "
-                          "derives head_dim from them")
+        raise ConfigError(
+            f"config.json: head_dim={head_dim} * num_attention_heads="
+            f"{config.num_attention_heads} != hidden_size={config.hidden_size}; our decoder "
+            "derives head_dim from them"
+        )
     cfg = ModelConfig(
-        arch="decoder", vocab_size=config.vocab_size, d_model=config.hidden_size,
-        n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
+        arch="decoder",
+        vocab_size=config.vocab_size,
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
         n_kv_heads=config.num_key_value_heads or config.num_attention_heads,
-        ffn_hidden=config.intermediate_size, max_seq_len=config.max_position_embeddings,
-        rope_theta=rope_theta(config), norm_eps=config.rms_norm_eps,
-        tie_embeddings=bool(config.tie_word_embeddings), init_std=config.initializer_range,
+        ffn_hidden=config.intermediate_size,
+        max_seq_len=config.max_position_embeddings,
+        rope_theta=rope_theta(config),
+        norm_eps=config.rms_norm_eps,
+        tie_embeddings=bool(config.tie_word_embeddings),
+        init_std=config.initializer_range,
     )
     cfg.validate(require_vocab=True)
     return cfg
@@ -130,12 +162,15 @@ def read_safetensors_dir(hf_dir: str) -> dict[str, torch.Tensor]:
         with open(index, encoding="utf-8") as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         return {k: v for shard in shards for k, v in load_file(os.path.join(hf_dir, shard)).items()}
-    raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json; re-save the "
-                          "model with save_pretrained(dir) (safetensors is its default format)")
+    raise CheckpointError(
+        f"{hf_dir}: no model.safetensors or model.safetensors.index.json; re-save the "
+        "model with save_pretrained(dir) (safetensors is its default format)"
+    )
 
 
-def read_hf_source(hf_model_or_dir: PreTrainedModel | str,
-                   check_config: Callable[[Any], Any]) -> tuple[Any, dict[str, torch.Tensor], str]:
+def read_hf_source(
+    hf_model_or_dir: PreTrainedModel | str, check_config: Callable[[Any], Any]
+) -> tuple[Any, dict[str, torch.Tensor], str]:
     """(HF config, HF state_dict, a name for messages) of a model in memory or a local
     `save_pretrained` directory. `check_config(config)` runs first, so a config we cannot express
     fails before gigabytes of weights are read."""

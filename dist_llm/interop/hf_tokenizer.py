@@ -67,8 +67,12 @@ def bpe_merges(proto: sp_pb2.ModelProto) -> list[tuple[str, str]]:
     vocabulary pieces is a merge, ranked by the joined piece's score (ties: vocabulary order)."""
     vocab = {p.piece for p in proto.pieces}
     ranked = sorted((p for p in proto.pieces if p.type == PIECE.NORMAL), key=lambda p: -p.score)
-    return [(p.piece[:k], p.piece[k:]) for p in ranked for k in range(1, len(p.piece))
-            if p.piece[:k] in vocab and p.piece[k:] in vocab]
+    return [
+        (p.piece[:k], p.piece[k:])
+        for p in ranked
+        for k in range(1, len(p.piece))
+        if p.piece[:k] in vocab and p.piece[k:] in vocab
+    ]
 
 
 def _normalizer(proto: sp_pb2.ModelProto):
@@ -114,11 +118,14 @@ def sentencepiece_to_hf(path: str, model_max_length: int):
     if trainer.model_type == TRAINER.BPE:
         model = _bpe_model(proto, ignore_merges=bool(user_symbols))
     elif trainer.model_type == TRAINER.UNIGRAM:
-        model = models.Unigram([(p.piece, p.score) for p in pieces], unk_id=trainer.unk_id,
-                               byte_fallback=trainer.byte_fallback)
+        model = models.Unigram(
+            [(p.piece, p.score) for p in pieces], unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback
+        )
     else:
-        raise DataError(f"{path}: sentencepiece model_type {TRAINER.ModelType.Name(trainer.model_type)} "
-                        "cannot be exported; only BPE and Unigram models have a Hugging Face equivalent")
+        raise DataError(
+            f"{path}: sentencepiece model_type {TRAINER.ModelType.Name(trainer.model_type)} "
+            "cannot be exported; only BPE and Unigram models have a Hugging Face equivalent"
+        )
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = _normalizer(proto)
     if user_symbols:
@@ -127,17 +134,24 @@ def sentencepiece_to_hf(path: str, model_max_length: int):
     tokenizer.decoder = _decoder(proto)
     # Registered (never matched: split_special_tokens) so transformers knows them as special.
     specials = (PIECE.CONTROL, PIECE.UNKNOWN, PIECE.USER_DEFINED)
-    tokenizer.add_special_tokens([AddedToken(p.piece, normalized=False, special=True) for p in pieces
-                                  if p.type in specials])
+    tokenizer.add_special_tokens(
+        [AddedToken(p.piece, normalized=False, special=True) for p in pieces if p.type in specials]
+    )
 
     def piece(index: int) -> str | None:
         return pieces[index].piece if 0 <= index < len(pieces) else None  # -1: disabled
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=model_max_length, split_special_tokens=True,
-        bos_token=piece(trainer.bos_id), eos_token=piece(trainer.eos_id),
-        pad_token=piece(trainer.pad_id), unk_token=piece(trainer.unk_id),
-        add_bos_token=False, add_eos_token=False, clean_up_tokenization_spaces=False,
+        tokenizer_object=tokenizer,
+        model_max_length=model_max_length,
+        split_special_tokens=True,
+        bos_token=piece(trainer.bos_id),
+        eos_token=piece(trainer.eos_id),
+        pad_token=piece(trainer.pad_id),
+        unk_token=piece(trainer.unk_id),
+        add_bos_token=False,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
         **{role: s for s, role in ROLES.items() if s in user_symbols},
         extra_special_tokens=[s for s in user_symbols if SENTINEL.fullmatch(s)],
     )
@@ -153,17 +167,28 @@ def _bpe_model(proto: sp_pb2.ModelProto, ignore_merges: bool):
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
 
     def build(ignore: bool) -> models.BPE:
-        return models.BPE(vocab, bpe_merges(proto), unk_token=trainer.unk_piece, fuse_unk=True,
-                          byte_fallback=trainer.byte_fallback, ignore_merges=ignore)
+        return models.BPE(
+            vocab,
+            bpe_merges(proto),
+            unk_token=trainer.unk_piece,
+            fuse_unk=True,
+            byte_fallback=trainer.byte_fallback,
+            ignore_merges=ignore,
+        )
 
     if not ignore_merges:
         return build(False)
     plain = build(False)
-    stuck = [p.piece for p in proto.pieces if p.type == PIECE.NORMAL
-             and [t.value for t in plain.tokenize(p.piece)] != [p.piece]]
+    stuck = [
+        p.piece
+        for p in proto.pieces
+        if p.type == PIECE.NORMAL and [t.value for t in plain.tokenize(p.piece)] != [p.piece]
+    ]
     if stuck:
-        log.warning("sentencepiece BPE pieces %s do not merge back into themselves; the exported "
-                    "tokenizer encodes literal user-defined symbols (<mask>, ...) in text as characters",
-                    stuck[:5])
+        log.warning(
+            "sentencepiece BPE pieces %s do not merge back into themselves; the exported "
+            "tokenizer encodes literal user-defined symbols (<mask>, ...) in text as characters",
+            stuck[:5],
+        )
         return plain
     return build(True)

@@ -58,14 +58,18 @@ class SbatchSpec:
         if self.gpus_per_node < 0 or self.nproc_per_node < 0:
             raise ConfigError("--gpus-per-node and --nproc-per-node must be >= 0")
         if self.ranks_per_node < 1:
-            raise ConfigError("no ranks per node: give --gpus-per-node G (one rank per GPU) or, on a CPU "
-                              "partition, --nproc-per-node N")
+            raise ConfigError(
+                "no ranks per node: give --gpus-per-node G (one rank per GPU) or, on a CPU "
+                "partition, --nproc-per-node N"
+            )
         if self.time and not _TIME.match(self.time):
             raise ConfigError(f"--time {self.time!r} is not sbatch syntax (MM, HH:MM:SS or D-HH:MM:SS)")
         if self.signal_before_s < 60:
-            raise ConfigError(f"--signal-before {self.signal_before_s}s is too short: "
-                              "SLURM checks signal times about once a minute; "
-                              "give at least 60 s plus the time to save a checkpoint")
+            raise ConfigError(
+                f"--signal-before {self.signal_before_s}s is too short: "
+                "SLURM checks signal times about once a minute; "
+                "give at least 60 s plus the time to save a checkpoint"
+            )
 
 
 def _word(arg: str) -> str:
@@ -81,14 +85,25 @@ def node_command(spec: SbatchSpec) -> list[str]:
     """What each node's srun task runs: torchrun for this node's ranks, resuming the run from its
     latest committed checkpoint (so a requeued job continues instead of starting over). The
     rendezvous address and id come from the job's shell (`${MASTER_ADDR}`, `${SLURM_JOB_ID}`)."""
-    args = ["train", spec.config, *spec.overrides, f"launch.nnodes={spec.nodes}",
-            f"launch.nproc_per_node={spec.ranks_per_node}", f"logging.run_dir={spec.run_dir}",
-            "checkpoint.resume=auto"]
+    args = [
+        "train",
+        spec.config,
+        *spec.overrides,
+        f"launch.nnodes={spec.nodes}",
+        f"launch.nproc_per_node={spec.ranks_per_node}",
+        f"logging.run_dir={spec.run_dir}",
+        "checkpoint.resume=auto",
+    ]
     # Ranks get all but ~30 s of the signal lead to commit their checkpoint before torchrun kills them.
-    return torchrun_command(args, spec.ranks_per_node, spec.nodes,
-                            rdzv_endpoint="${MASTER_ADDR}:${MASTER_PORT}", rdzv_id="${SLURM_JOB_ID}",
-                            shutdown_timeout_s=max(30, spec.signal_before_s - 30),
-                            python=spec.python)
+    return torchrun_command(
+        args,
+        spec.ranks_per_node,
+        spec.nodes,
+        rdzv_endpoint="${MASTER_ADDR}:${MASTER_PORT}",
+        rdzv_id="${SLURM_JOB_ID}",
+        shutdown_timeout_s=max(30, spec.signal_before_s - 30),
+        python=spec.python,
+    )
 
 
 def shell_join(words: list[str], width: int = 100, indent: str = "  ") -> str:
@@ -107,22 +122,30 @@ def render_sbatch(spec: SbatchSpec) -> str:
     options = [f"--job-name={name}", f"--nodes={spec.nodes}", "--ntasks-per-node=1"]
     if spec.gpus_per_node:
         options.append(f"--gpus-per-node={spec.gpus_per_node}")
-    for flag, value in (("cpus-per-task", spec.cpus_per_task), ("partition", spec.partition),
-                        ("time", spec.time), ("account", spec.account)):
+    for flag, value in (
+        ("cpus-per-task", spec.cpus_per_task),
+        ("partition", spec.partition),
+        ("time", spec.time),
+        ("account", spec.account),
+    ):
         if value:
             options.append(f"--{flag}={value}")
-    options += [f"--output={spec.run_dir}/slurm/%x-%j.out", "--open-mode=append", "--requeue",
-                f"--signal=B:USR1@{spec.signal_before_s}",
-                f"--comment=dist-llm:{os.path.join(spec.workdir, spec.run_dir)}",
-                f"--chdir={spec.workdir}", *spec.sbatch_args]
+    options += [
+        f"--output={spec.run_dir}/slurm/%x-%j.out",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{spec.signal_before_s}",
+        f"--comment=dist-llm:{os.path.join(spec.workdir, spec.run_dir)}",
+        f"--chdir={spec.workdir}",
+        *spec.sbatch_args,
+    ]
     header = "\n".join(f"#SBATCH {shlex.quote(o)}" for o in options)
     # Since SLURM 22.05 srun no longer inherits the job's --cpus-per-task: without it again, the task
     # (torchrun and all its ranks) would be bound to one CPU where the cluster binds tasks to cores.
     cpus = [f"--cpus-per-task={spec.cpus_per_task}"] if spec.cpus_per_task else []
     srun = shell_join(["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", *cpus, *spec.srun_args])
     port = spec.rdzv_port or "$((20000 + SLURM_JOB_ID % 10000))"
-    return _TEMPLATE.format(header=header, port=port,
-                            srun=f"{srun} \\\n  {shell_join(node_command(spec))}")
+    return _TEMPLATE.format(header=header, port=port, srun=f"{srun} \\\n  {shell_join(node_command(spec))}")
 
 
 _TEMPLATE = """#!/bin/bash

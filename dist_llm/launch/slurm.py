@@ -19,12 +19,14 @@ _SQUEUE_FORMAT = "%i|%j|%T|%M|%l|%D|%R|%k"
 
 def _slurm(*cmd: str) -> str:
     if shutil.which(cmd[0]) is None:
-        raise ConfigError(f"{cmd[0]} not found on PATH: "
-                          "run this on a SLURM login node (or install slurm-client)")
+        raise ConfigError(
+            f"{cmd[0]} not found on PATH: run this on a SLURM login node (or install slurm-client)"
+        )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise ConfigError(f"{' '.join(cmd)} failed ({proc.returncode}): "
-                          f"{(proc.stderr or proc.stdout).strip()}")
+        raise ConfigError(
+            f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+        )
     return proc.stdout
 
 
@@ -65,7 +67,7 @@ def list_jobs(job_ids: list[str]) -> list[JobRow]:
         if len(fields) < 8:
             continue
         comment = fields[7]
-        run_dir = comment[len(COMMENT_PREFIX):] if comment.startswith(COMMENT_PREFIX) else ""
+        run_dir = comment[len(COMMENT_PREFIX) :] if comment.startswith(COMMENT_PREFIX) else ""
         rows.append(JobRow(*fields[:7], run_dir=run_dir))
     return rows
 

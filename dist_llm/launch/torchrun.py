@@ -15,10 +15,16 @@ def in_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def torchrun_command(args: list[str], nproc_per_node: int, nnodes: int = 1,
-                     rdzv_endpoint: str = "127.0.0.1:29500", rdzv_id: str = "dist-llm",
-                     max_restarts: int = 0, shutdown_timeout_s: int | None = None,
-                     python: str = sys.executable) -> list[str]:
+def torchrun_command(
+    args: list[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    rdzv_endpoint: str = "127.0.0.1:29500",
+    rdzv_id: str = "dist-llm",
+    max_restarts: int = 0,
+    shutdown_timeout_s: int | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """`python -m torch.distributed.run ... -m dist_llm.cli <args>`.
 
     One node: `--standalone` (a private rendezvous on a free port). Several nodes: the c10d
@@ -28,13 +34,23 @@ def torchrun_command(args: list[str], nproc_per_node: int, nnodes: int = 1,
     checkpoint after a stop signal before torchrun kills them. The module form works without a
     `torchrun` script on PATH and uses the same interpreter as the caller.
     """
-    cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
-           f"--max_restarts={max_restarts}", f"--signals_to_handle={SIGNALS_TO_FORWARD}"]
+    cmd = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--max_restarts={max_restarts}",
+        f"--signals_to_handle={SIGNALS_TO_FORWARD}",
+    ]
     if shutdown_timeout_s is not None:
         cmd.append(f"--shutdown_timeout={shutdown_timeout_s}")
     if nnodes == 1:
         cmd.append("--standalone")
     else:
-        cmd += [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}",
-                f"--rdzv_id={rdzv_id}"]
+        cmd += [
+            f"--nnodes={nnodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={rdzv_endpoint}",
+            f"--rdzv_id={rdzv_id}",
+        ]
     return cmd + ["-m", "dist_llm.cli", *args]

@@ -66,8 +66,9 @@ def step_breakdowns(markers: list[Span], comm: list[Span]) -> list[dict[str, flo
     out = []
     for s in steps:
         inside = [m for m in markers if m.name in PHASES and s.start <= m.start < s.end]
-        comm_union = _union([(max(c.start, s.start), min(c.end, s.end)) for c in comm
-                             if c.end > s.start and c.start < s.end])
+        comm_union = _union(
+            [(max(c.start, s.start), min(c.end, s.end)) for c in comm if c.end > s.start and c.start < s.end]
+        )
         row = {"step": (s.end - s.start) / 1e6, "comm": _length(comm_union) / 1e6}
         in_phases, comm_inside = 0.0, 0.0
         for name in PHASES:

@@ -34,15 +34,24 @@ class ConsoleSink:
         if "checkpoint_blocked_s" in m:
             if m["checkpoint_skipped"]:
                 return  # the writer already warned
-            log.info("step %d | checkpoint snapshot blocked training %.3fs", m["step"],
-                     m["checkpoint_blocked_s"])
+            log.info(
+                "step %d | checkpoint snapshot blocked training %.3fs", m["step"], m["checkpoint_blocked_s"]
+            )
             return
         if "checkpoint_committed" in m or "checkpoint_failed" in m:
             return  # the writer already logged the outcome
         eta = m.get("eta_s")
-        log.info("step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
-                 m["step"], self.max_steps, m["loss"], m["lr"], m["grad_norm"],
-                 f"{m['tokens_per_s']:,.0f}", 100 * m["mfu"], format_eta(eta))
+        log.info(
+            "step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
+            m["step"],
+            self.max_steps,
+            m["loss"],
+            m["lr"],
+            m["grad_norm"],
+            f"{m['tokens_per_s']:,.0f}",
+            100 * m["mfu"],
+            format_eta(eta),
+        )
 
     def close(self, failed: bool = False) -> None:
         pass

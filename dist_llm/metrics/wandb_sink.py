@@ -58,20 +58,33 @@ class WandbSink:
         )
         try:
             self.run = wandb.init(
-                dir=run_dir, mode=w.mode, project=w.project, entity=w.entity or None,
+                dir=run_dir,
+                mode=w.mode,
+                project=w.project,
+                entity=w.entity or None,
                 name=w.name or os.path.basename(os.path.abspath(run_dir)),
-                tags=[t.strip() for t in w.tags.split(",") if t.strip()], config=cfg.to_dict(),
-                id=run_id, resume="allow" if run_id else None,
+                tags=[t.strip() for t in w.tags.split(",") if t.strip()],
+                config=cfg.to_dict(),
+                id=run_id,
+                resume="allow" if run_id else None,
                 reinit="create_new",  # independent of any run the calling program has open
-                settings=settings)
+                settings=settings,
+            )
         except wandb.errors.UsageError as e:  # e.g. online without an API key; raised, never prompted
-            raise ConfigError(f"logging.wandb.mode={w.mode}: W&B could not start ({e}). Run `wandb login` "
-                              "or set WANDB_API_KEY, or use logging.wandb.mode=offline") from e
+            raise ConfigError(
+                f"logging.wandb.mode={w.mode}: W&B could not start ({e}). Run `wandb login` "
+                "or set WANDB_API_KEY, or use logging.wandb.mode=offline"
+            ) from e
         with open(os.path.join(run_dir, RUN_ID_FILE), "w", encoding="utf-8") as f:
             f.write(self.run.id)
         if w.mode == "offline":
-            log.info("W&B run %s%s written offline to %s; upload with `wandb sync %s`", self.run.id,
-                     " (resumed)" if run_id else "", self.run.settings.sync_dir, self.run.settings.sync_dir)
+            log.info(
+                "W&B run %s%s written offline to %s; upload with `wandb sync %s`",
+                self.run.id,
+                " (resumed)" if run_id else "",
+                self.run.settings.sync_dir,
+                self.run.settings.sync_dir,
+            )
         else:
             log.info("W&B run %s%s: %s", self.run.id, " (resumed)" if run_id else "", self.run.url)
 

@@ -19,8 +19,15 @@ from dist_llm.models.config import ModelConfig
 from dist_llm.models.decoder import DecoderLM
 from dist_llm.models.sampling import generate
 
-__all__ = ["ModelConfig", "DecoderLM", "build_model", "count_params", "dense_flops_per_token",
-           "flops_per_token", "generate"]
+__all__ = [
+    "ModelConfig",
+    "DecoderLM",
+    "build_model",
+    "count_params",
+    "dense_flops_per_token",
+    "flops_per_token",
+    "generate",
+]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -102,14 +109,18 @@ def dense_flops_per_token(matmul_params: int, n_layers: int, attention_width: in
 def _encoder_decoder_flops(cfg: ModelConfig, seq_len: int, target_len: int | None) -> float:
     """`flops_per_token` for T5: encoder + decoder FLOPs of one sample, divided by its input tokens."""
     if not target_len or target_len <= 0:
-        raise ConfigError(f"target_len={target_len}: an encoder-decoder's FLOPs depend on its decoder "
-                          "length; pass the objective's target length")
+        raise ConfigError(
+            f"target_len={target_len}: an encoder-decoder's FLOPs depend on its decoder "
+            "length; pass the objective's target length"
+        )
     d, inner = cfg.d_model, cfg.n_heads * cfg.head_dim
     mlp = (3 if cfg.act == "gated-gelu" else 2) * d * cfg.ffn_dim
     encoder_layer = 4 * d * inner + mlp
     decoder_layer = 8 * d * inner + mlp  # self- and cross-attention
     attention = 12 * cfg.n_heads * cfg.head_dim
     encoder = seq_len * (6.0 * cfg.n_layers * encoder_layer + attention * cfg.n_layers * seq_len)
-    decoder = target_len * (6.0 * (cfg.decoder_layers * decoder_layer + cfg.vocab_size * d)
-                            + attention * cfg.decoder_layers * (target_len + seq_len))
+    decoder = target_len * (
+        6.0 * (cfg.decoder_layers * decoder_layer + cfg.vocab_size * d)
+        + attention * cfg.decoder_layers * (target_len + seq_len)
+    )
     return (encoder + decoder) / seq_len

@@ -11,8 +11,7 @@ from typing import Optional
 from dist_llm.errors import ConfigError
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
-ACTIVATIONS = {"decoder": ("swiglu",), "encoder": ("gelu", "relu"),
-               "encoder_decoder": ("relu", "gated-gelu")}
+ACTIVATIONS = {"decoder": ("swiglu",), "encoder": ("gelu", "relu"), "encoder_decoder": ("relu", "gated-gelu")}
 DEFAULT_ACTIVATION = {"decoder": "swiglu", "encoder": "gelu", "encoder_decoder": "relu"}
 
 
@@ -104,8 +103,10 @@ class ModelConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
         if self.act not in ACTIVATIONS[self.arch]:
-            raise ConfigError(f"model.activation={self.activation!r} is not available for "
-                              f"model.arch={self.arch!r}; choose one of {list(ACTIVATIONS[self.arch])}")
+            raise ConfigError(
+                f"model.activation={self.activation!r} is not available for "
+                f"model.arch={self.arch!r}; choose one of {list(ACTIVATIONS[self.arch])}"
+            )
         for key in ("type_vocab_size", "rel_pos_buckets", "rel_pos_max_distance"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
@@ -117,9 +118,7 @@ class ModelConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
         if self.vocab_size < 0:
-            raise ConfigError(
-                f"model.vocab_size={self.vocab_size} must be >= 0 (0 = from the tokenizer)"
-            )
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 0 (0 = from the tokenizer)")
         if require_vocab and self.vocab_size == 0:
             raise ConfigError(
                 "model.vocab_size=0 must be set before building the model "
@@ -128,13 +127,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}"
-            )
+            raise ConfigError(f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}")
         if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
-            )
+            raise ConfigError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
         if self.arch == "decoder" and self.head_dim % 2:
             raise ConfigError(
                 f"model.d_model={self.d_model} / model.n_heads={self.n_heads} = {self.head_dim} "

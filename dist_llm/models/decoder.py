@@ -50,9 +50,7 @@ class DecoderLM(nn.Module):
             layer.init_weights(self.cfg.init_std, resid_std)
         self.norm.reset_parameters()
 
-    def forward(
-        self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids: [B, T] token ids. Returns logits [B, T, V] if labels is None, else the mean
         cross-entropy over positions whose label is not -100. Labels arrive already shifted by the
         data loader: position t is scored against labels[:, t]."""
@@ -60,7 +58,6 @@ class DecoderLM(nn.Module):
         if labels is None:
             return logits
         return lm_loss(logits, labels)
-
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states [B, T, D]: what the LM head (or a fine-tuning head) reads."""

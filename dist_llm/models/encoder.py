@@ -47,10 +47,12 @@ class EncoderAttention(nn.Module):
     def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
         """x: [B, T, D]; keep: bool [B, 1, 1, T], True where a key may be attended to, or None."""
         batch, seq_len, _ = x.shape
-        q, k, v = (w(x).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
-                   for w in (self.wq, self.wk, self.wv))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = (
+            w(x).view(batch, seq_len, -1, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv)
+        )
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.wo(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
 
@@ -136,17 +138,23 @@ class EncoderLM(nn.Module):
                 module.reset_parameters()
         nn.init.zeros_(self.output_bias)
 
-    def hidden_states(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
-                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Final encoder states [B, T, D] (post-norm: the last block's output is already normalized).
         token_type_ids: [B, T] segment ids, None = all segment 0; attention_mask: [B, T], 1 for real
         tokens and 0 for padding, None = no padding. Padded positions still get states (they attend
         to the real tokens) but no real position attends to them."""
         seq_len = input_ids.shape[1]
         if seq_len > self.cfg.max_seq_len:
-            raise ConfigError(f"input length {seq_len} > model.max_seq_len={self.cfg.max_seq_len}: BERT "
-                              "has one learned embedding per position; lower data.seq_len or raise "
-                              "model.max_seq_len")
+            raise ConfigError(
+                f"input length {seq_len} > model.max_seq_len={self.cfg.max_seq_len}: BERT "
+                "has one learned embedding per position; lower data.seq_len or raise "
+                "model.max_seq_len"
+            )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(seq_len, device=input_ids.device)
@@ -174,9 +182,14 @@ class EncoderLM(nn.Module):
         """Sentence-pair logits [B, 2] (class 0 = B follows A / in order, 1 = random / swapped)."""
         return self.nsp_head(self.pooled(hidden))
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                next_sentence_label: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        next_sentence_label: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """MLM logits [B, T, V] when neither label is given; otherwise a scalar loss: the mean MLM
         cross-entropy over positions whose label is not -100, plus the sentence-pair cross-entropy
         when `next_sentence_label` [B] is given (their sum, as BERT's pretraining loss)."""

@@ -36,8 +36,9 @@ PAD_ID = 0
 """Decoder start token: T5 starts decoding from the pad id, which is 0 in T5 and in our tokenizers."""
 
 
-def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> torch.Tensor:
+def relative_position_bucket(
+    relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
     """Bucket of each (key position - query position). Half the buckets (per direction when
     bidirectional) hold exact distances 0..n-1; the rest split [n, max_distance) on a log scale, so
     nearby tokens are told apart and far ones share a bucket. A causal decoder never attends
@@ -51,8 +52,11 @@ def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_bu
         distance = (-relative).clamp_min(0)
     exact = num_buckets // 2
     # clamp_min keeps log() finite where the exact bucket is chosen anyway (log(0) = -inf).
-    scaled = (torch.log(distance.clamp_min(exact).float() / exact) / math.log(max_distance / exact)
-              * (num_buckets - exact))
+    scaled = (
+        torch.log(distance.clamp_min(exact).float() / exact)
+        / math.log(max_distance / exact)
+        * (num_buckets - exact)
+    )
     log_bucket = (exact + scaled.long()).clamp_max(num_buckets - 1)
     return offset + torch.where(distance < exact, distance, log_bucket)
 
@@ -99,8 +103,9 @@ class BiasedAttention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, inner, bias=False)
         self.wo = nn.Linear(inner, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
-                memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: Optional[torch.Tensor], memory: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         batch, q_len, _ = x.shape
         source = x if memory is None else memory
         q = self.wq(x).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
@@ -111,7 +116,8 @@ class BiasedAttention(nn.Module):
             # so clamp it back to a finite minimum (see padding_bias).
             bias = bias.to(q.dtype).clamp_min(torch.finfo(q.dtype).min)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0)
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
+        )
         return self.wo(out.transpose(1, 2).reshape(batch, q_len, -1))
 
 
@@ -162,8 +168,13 @@ class EncoderDecoderBlock(nn.Module):
             return [self.attention, self.cross_attention]
         return [self.attention]
 
-    def forward(self, x: torch.Tensor, self_bias: torch.Tensor, memory: Optional[torch.Tensor] = None,
-                memory_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_bias: torch.Tensor,
+        memory: Optional[torch.Tensor] = None,
+        memory_bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), self_bias))
         if memory is not None:
             x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), memory_bias, memory))
@@ -196,9 +207,13 @@ class Stack(nn.Module):
             bias = bias.masked_fill(keep[:, None, None, :] == 0, minimum)
         return bias
 
-    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None,
-                memory: Optional[torch.Tensor] = None,
-                memory_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
+        memory_keep: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """x: embedded tokens [B, T, D]; keep: [B, T] attention mask (1 = real token);
         memory/memory_keep: the encoder output and its mask (decoder only)."""
         bias = self.self_bias(x, keep)
@@ -220,9 +235,11 @@ class EncoderDecoderLM(nn.Module):
         if cfg.arch != "encoder_decoder":
             raise ConfigError(f"model.arch={cfg.arch!r}: EncoderDecoderLM needs model.arch='encoder_decoder'")
         if cfg.kv_heads != cfg.n_heads:
-            raise ConfigError(f"model.n_kv_heads={cfg.n_kv_heads} is not supported by "
-                              "model.arch='encoder_decoder' (T5 attention has as many key/value heads as "
-                              "query heads); set it to null")
+            raise ConfigError(
+                f"model.n_kv_heads={cfg.n_kv_heads} is not supported by "
+                "model.arch='encoder_decoder' (T5 attention has as many key/value heads as "
+                "query heads); set it to null"
+            )
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Stack(cfg, cfg.n_layers, is_decoder=False)
@@ -249,17 +266,17 @@ class EncoderDecoderLM(nn.Module):
         if not cfg.tie_embeddings:
             nn.init.normal_(self.output.weight, mean=0.0, std=factor)
         for stack in (self.encoder, self.decoder):
-            nn.init.normal_(stack.position_bias.table.weight, mean=0.0, std=factor * d ** -0.5)
+            nn.init.normal_(stack.position_bias.table.weight, mean=0.0, std=factor * d**-0.5)
             stack.norm.reset_parameters()
             for layer in stack.layers.values():
                 for attention in layer.attentions():
                     nn.init.normal_(attention.wq.weight, mean=0.0, std=factor * (d * cfg.head_dim) ** -0.5)
-                    nn.init.normal_(attention.wk.weight, mean=0.0, std=factor * d ** -0.5)
-                    nn.init.normal_(attention.wv.weight, mean=0.0, std=factor * d ** -0.5)
-                    nn.init.normal_(attention.wo.weight, mean=0.0, std=factor * inner ** -0.5)
+                    nn.init.normal_(attention.wk.weight, mean=0.0, std=factor * d**-0.5)
+                    nn.init.normal_(attention.wv.weight, mean=0.0, std=factor * d**-0.5)
+                    nn.init.normal_(attention.wo.weight, mean=0.0, std=factor * inner**-0.5)
                 for linear in layer.feed_forward.inputs():
-                    nn.init.normal_(linear.weight, mean=0.0, std=factor * d ** -0.5)
-                nn.init.normal_(layer.feed_forward.wo.weight, mean=0.0, std=factor * cfg.ffn_dim ** -0.5)
+                    nn.init.normal_(linear.weight, mean=0.0, std=factor * d**-0.5)
+                nn.init.normal_(layer.feed_forward.wo.weight, mean=0.0, std=factor * cfg.ffn_dim**-0.5)
                 for module in layer.modules():
                     if isinstance(module, RMSNorm):
                         module.reset_parameters()
@@ -268,34 +285,45 @@ class EncoderDecoderLM(nn.Module):
         """Final encoder states [B, T, D]; attention_mask [B, T] marks real tokens with 1."""
         return self.encoder(self.tok_embeddings(input_ids), attention_mask)
 
-    def hidden_states(self, input_ids: torch.Tensor,
-                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Final encoder states [B, T, D]: what a fine-tuning head (classification, tagging) reads."""
         return self.encode(input_ids, attention_mask)
 
-    def decode(self, decoder_input_ids: torch.Tensor, encoder_states: torch.Tensor,
-               attention_mask: Optional[torch.Tensor] = None,
-               decoder_attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Logits [B, T_dec, V] of the decoder over `encoder_states` (attention_mask is the
         encoder's, decoder_attention_mask the decoder inputs')."""
-        h = self.decoder(self.tok_embeddings(decoder_input_ids), decoder_attention_mask,
-                         encoder_states, attention_mask)
+        h = self.decoder(
+            self.tok_embeddings(decoder_input_ids), decoder_attention_mask, encoder_states, attention_mask
+        )
         if self.cfg.tie_embeddings:
-            h = h * self.cfg.d_model ** -0.5
+            h = h * self.cfg.d_model**-0.5
         return self.output(h)
 
-    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None,
-                decoder_input_ids: Optional[torch.Tensor] = None,
-                decoder_attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Logits [B, T_dec, V] if labels is None, else the mean cross-entropy over labels != -100.
         Without decoder_input_ids the decoder reads the labels shifted right (teacher forcing)."""
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("EncoderDecoderLM.forward needs labels or decoder_input_ids")
             decoder_input_ids = shift_right(labels)
-        logits = self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask,
-                             decoder_attention_mask)
+        logits = self.decode(
+            decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask, decoder_attention_mask
+        )
         return logits if labels is None else lm_loss(logits, labels)
 
 

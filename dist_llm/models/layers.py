@@ -141,8 +141,13 @@ class Block(nn.Module):
     def init_weights(self, std: float, resid_std: float) -> None:
         """normal(0, std) for input projections, normal(0, resid_std) for the two projections that
         write into the residual stream (see DecoderLM.init_weights for why)."""
-        for linear in (self.attention.wq, self.attention.wk, self.attention.wv,
-                       self.feed_forward.w1, self.feed_forward.w3):
+        for linear in (
+            self.attention.wq,
+            self.attention.wk,
+            self.attention.wv,
+            self.feed_forward.w1,
+            self.feed_forward.w3,
+        ):
             nn.init.normal_(linear.weight, mean=0.0, std=std)
         for linear in (self.attention.wo, self.feed_forward.w2):
             nn.init.normal_(linear.weight, mean=0.0, std=resid_std)

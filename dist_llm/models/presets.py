@@ -38,9 +38,7 @@ def load_preset(name_or_path: str) -> ModelConfig:
     presets = list_presets()
     path = presets.get(name_or_path, name_or_path)
     if not Path(path).is_file():
-        raise ConfigError(
-            f"model preset {name_or_path!r} not found; known presets: {sorted(presets)}"
-        )
+        raise ConfigError(f"model preset {name_or_path!r} not found; known presets: {sorted(presets)}")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
     section = doc.get("model")

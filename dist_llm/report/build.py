@@ -19,8 +19,10 @@ SUMMARY = "summary.md"
 def write_report(run_dir: str, out_dir: str | None = None) -> list[str]:
     """Write the plots and summary.md to out_dir (default <run_dir>/report); the paths written."""
     if not os.path.isdir(run_dir):
-        raise DataError(f"{run_dir}: no such run directory; pass the directory training wrote "
-                        "metrics.jsonl to (its logging.run_dir)")
+        raise DataError(
+            f"{run_dir}: no such run directory; pass the directory training wrote "
+            "metrics.jsonl to (its logging.run_dir)"
+        )
     history = read_history(run_dir)
     facts = read_facts(run_dir)
     out_dir = out_dir or os.path.join(run_dir, "report")
@@ -30,6 +32,11 @@ def write_report(run_dir: str, out_dir: str | None = None) -> list[str]:
     summary = os.path.join(out_dir, SUMMARY)
     with open(summary, "w", encoding="utf-8") as f:
         f.write(format_summary(history, facts, plots, out_dir))
-    log.info("report of %s (%d train steps, %d resumes) written to %s", run_dir, len(history.train),
-             len(history.resumed_at), out_dir)
+    log.info(
+        "report of %s (%d train steps, %d resumes) written to %s",
+        run_dir,
+        len(history.train),
+        len(history.resumed_at),
+        out_dir,
+    )
     return [*plots.values(), summary]

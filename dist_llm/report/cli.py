@@ -6,8 +6,11 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="PNG plots (loss, throughput, lr, memory) and a markdown summary "
-                                      "of a training run, from its metrics.jsonl, config and checkpoints")
+    p = sub.add_parser(
+        "report",
+        help="PNG plots (loss, throughput, lr, memory) and a markdown summary "
+        "of a training run, from its metrics.jsonl, config and checkpoints",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (logging.run_dir)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
 

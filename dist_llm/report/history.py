@@ -55,8 +55,13 @@ class RunHistory:
 
 # What identifies a record of each kind: outcome records name the checkpoint they are about, and
 # two of them can arrive at the same training step.
-_KEYS = {"train": "step", "val": "step", "saves": "step", "committed": "checkpoint_committed",
-         "failed": "checkpoint_failed"}
+_KEYS = {
+    "train": "step",
+    "val": "step",
+    "saves": "step",
+    "committed": "checkpoint_committed",
+    "failed": "checkpoint_failed",
+}
 
 
 def _kind(record: dict[str, Any]) -> str | None:
@@ -82,17 +87,23 @@ def _parse(path: str, number: int, line: str) -> tuple[str, dict[str, Any]] | No
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); a line cut "
-                        "short by a killed process? Delete or repair that line and run the report "
-                        "again") from None
+        raise DataError(
+            f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); a line cut "
+            "short by a killed process? Delete or repair that line and run the report "
+            "again"
+        ) from None
     if not isinstance(record, dict):
-        raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object; every line of "
-                        "metrics.jsonl is one record such as {\"step\": 1, \"loss\": ...}")
+        raise DataError(
+            f"{path}:{number}: a JSON {type(record).__name__}, not an object; every line of "
+            'metrics.jsonl is one record such as {"step": 1, "loss": ...}'
+        )
     kind = _kind(record)
     for key in dict.fromkeys(("step", _KEYS.get(kind, "step"))):
         if not _is_step(record.get(key)):
-            raise DataError(f"{path}:{number}: {key}={record.get(key)!r}, expected a step number >= 0; "
-                            "every record names the step it belongs to. Delete or repair that line")
+            raise DataError(
+                f"{path}:{number}: {key}={record.get(key)!r}, expected a step number >= 0; "
+                "every record names the step it belongs to. Delete or repair that line"
+            )
     return None if kind is None else (kind, record)
 
 
@@ -100,8 +111,10 @@ def read_history(run_dir: str) -> RunHistory:
     """Read <run_dir>/metrics.jsonl; DataError naming file:line on a line that is not a record."""
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; a run directory holds the metrics.jsonl training writes "
-                        "(logging.jsonl=true). Pass the run's logging.run_dir")
+        raise DataError(
+            f"{path}: not found; a run directory holds the metrics.jsonl training writes "
+            "(logging.jsonl=true). Pass the run's logging.run_dir"
+        )
     kept: list[tuple[str, dict[str, Any]]] = []
     history = RunHistory()
     last_train_step: int | None = None
@@ -121,12 +134,13 @@ def read_history(run_dir: str) -> RunHistory:
                 last_train_step = step
             kept.append((kind, record))
     if not any(kind == "train" for kind, _ in kept):
-        raise DataError(f"{path}: no training step records; the run stopped before its first logged "
-                        "step (train.log_interval), or this is not a training run's metrics file")
+        raise DataError(
+            f"{path}: no training step records; the run stopped before its first logged "
+            "step (train.log_interval), or this is not a training run's metrics file"
+        )
     for kind, record in kept:
         getattr(history, kind).append(record)
     for kind, key in _KEYS.items():
         by_key = {r[key]: r for r in getattr(history, kind)}  # a repeated step: the later wins
         setattr(history, kind, [by_key[k] for k in sorted(by_key)])
     return history
-

@@ -46,7 +46,7 @@ def _rolling_median(x: list[float], y: list[float]) -> tuple[np.ndarray, list[fl
     centres = np.unique(np.linspace(0, len(a) - 1, min(len(a), 600)).round().astype(int))
     with warnings.catch_warnings():  # a window of only non-finite values is NaN: a gap, as it should be
         warnings.simplefilter("ignore", RuntimeWarning)
-        medians = [float(np.nanmedian(a[max(0, c - half):c + half + 1])) for c in centres]
+        medians = [float(np.nanmedian(a[max(0, c - half) : c + half + 1])) for c in centres]
     return np.asarray(x, dtype=float)[centres], medians
 
 
@@ -84,15 +84,23 @@ def plot_loss(h: RunHistory, path: str) -> str:
     train_steps, train_loss = h.series("loss")
     val_steps, val_loss = h.series("val_loss", h.val)
     sources = sorted({k for r in h.val for k in r if k.startswith("val_loss/")})
-    for ax, to_x, xlabel in ((fig.add_subplot(1, 2, 1), lambda s: s, "step"),
-                             (fig.add_subplot(1, 2, 2), h.tokens_for, "tokens seen")):
+    for ax, to_x, xlabel in (
+        (fig.add_subplot(1, 2, 1), lambda s: s, "step"),
+        (fig.add_subplot(1, 2, 2), h.tokens_for, "tokens seen"),
+    ):
         _raw_and_smoothed(ax, to_x(train_steps), train_loss, "train loss", _TRAIN_COLOR)
         if val_steps:
             ax.plot(to_x(val_steps), val_loss, "o-", color=_VAL_COLOR, ms=4, lw=1.4, label="validation loss")
         for i, key in enumerate(sources):
             steps, values = h.series(key, h.val)
-            ax.plot(to_x(steps), values, "--", color=_SOURCE_COLORS[i % len(_SOURCE_COLORS)], lw=1.0,
-                    label=key.replace("val_loss/", "validation: "))
+            ax.plot(
+                to_x(steps),
+                values,
+                "--",
+                color=_SOURCE_COLORS[i % len(_SOURCE_COLORS)],
+                lw=1.0,
+                label=key.replace("val_loss/", "validation: "),
+            )
         _mark_resumes(ax, to_x(h.resumed_at))
         _finish(ax, f"Loss vs {xlabel}", xlabel, "cross-entropy loss (nats/token)")
     fig.axes[1].xaxis.set_major_formatter(EngFormatter())
@@ -147,8 +155,13 @@ def plot_memory(h: RunHistory, path: str) -> str:
     reports = [r for r in h.train if all(k in r for k in STATE_KEYS)]
     if reports:  # the newest attempt's engine report
         state = sum(reports[-1][k] for k in STATE_KEYS)
-        ax.axhline(state / GIB, color="0.3", ls="--", lw=1.0,
-                   label=f"params + grads + optimizer state ({fmt_bytes(state)})")
+        ax.axhline(
+            state / GIB,
+            color="0.3",
+            ls="--",
+            lw=1.0,
+            label=f"params + grads + optimizer state ({fmt_bytes(state)})",
+        )
     _mark_resumes(ax, h.resumed_at)
     ax.set_ylim(bottom=0)
     _finish(ax, "Memory per rank (rank 0)", "step", "GiB")
@@ -166,8 +179,7 @@ PLOTS: dict[str, tuple[str, Callable[[RunHistory, str], str], str | None]] = {
 
 def _why_not(h: RunHistory, name: str, needs: str | None) -> str | None:
     if name == "memory.png" and not has_memory(h):
-        return (f"no memory fields ({', '.join(MEMORY_SERIES)}) in the train records: the run "
-                "predates them")
+        return f"no memory fields ({', '.join(MEMORY_SERIES)}) in the train records: the run predates them"
     if needs and not h.series(needs)[0]:
         return f"no {needs} in the train records"
     return None

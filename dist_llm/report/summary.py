@@ -50,8 +50,10 @@ def _model_line(cfg: Config) -> str:
     size = f"{_fmt_count(count_params(m, non_embedding=True))} non-embedding parameters"
     if m.vocab_size:
         size = f"{_fmt_count(count_params(m))} parameters, {size}"
-    return (f"{m.arch}: {m.n_layers} layers, d_model {m.d_model}, {heads}, vocab {m.vocab_size:,}, "
-            f"sequence {cfg.data.seq_len}; {size}")
+    return (
+        f"{m.arch}: {m.n_layers} layers, d_model {m.d_model}, {heads}, vocab {m.vocab_size:,}, "
+        f"sequence {cfg.data.seq_len}; {size}"
+    )
 
 
 def _engine_line(cfg: Config) -> str:
@@ -59,8 +61,11 @@ def _engine_line(cfg: Config) -> str:
     parts = [e.type]
     if e.type == "deepspeed":
         parts.append(f"ZeRO-{e.zero_stage}")
-        parts += [f"{what} offload to {where}" for what, where in
-                  (("optimizer", e.offload_optimizer), ("parameter", e.offload_params)) if where != "none"]
+        parts += [
+            f"{what} offload to {where}"
+            for what, where in (("optimizer", e.offload_optimizer), ("parameter", e.offload_params))
+            if where != "none"
+        ]
     parts += [f"{name} {n}" for name, n in (("TP", e.tp), ("PP", e.pp)) if n > 1]
     if e.activation_checkpointing:
         parts.append("activation checkpointing")
@@ -80,9 +85,12 @@ def _step_seconds(h: RunHistory) -> float:
 
 
 def _checkpoint_line(h: RunHistory, facts: RunFacts) -> str:
-    on_storage = (f"{len(facts.committed_steps)} on storage (steps "
-                  f"{', '.join(str(s) for s in sorted(facts.committed_steps))})"
-                  if facts.committed_steps else f"none on storage under {facts.checkpoint_root}")
+    on_storage = (
+        f"{len(facts.committed_steps)} on storage (steps "
+        f"{', '.join(str(s) for s in sorted(facts.committed_steps))})"
+        if facts.committed_steps
+        else f"none on storage under {facts.checkpoint_root}"
+    )
     saves = [r for r in h.saves if not r.get("checkpoint_skipped")]
     parts = [on_storage, f"{len(saves)} saves during the run"]
     if h.committed:
@@ -110,16 +118,27 @@ def _run_rows(h: RunHistory, facts: RunFacts) -> list[tuple[str, str]]:
     cfg, last = facts.cfg, h.train[-1]
     rows: list[tuple[str, str]] = []
     if cfg is not None:
-        rows += [("Model", _model_line(cfg)), ("Engine", _engine_line(cfg)),
-                 ("Optimizer", f"AdamW, peak lr {cfg.optim.lr:g}, {cfg.optim.schedule} schedule, "
-                               f"{cfg.optim.warmup_steps} warmup steps"),
-                 ("Batch", f"{cfg.train.global_batch_size} sequences x {cfg.data.seq_len} tokens per step")]
+        rows += [
+            ("Model", _model_line(cfg)),
+            ("Engine", _engine_line(cfg)),
+            (
+                "Optimizer",
+                f"AdamW, peak lr {cfg.optim.lr:g}, {cfg.optim.schedule} schedule, "
+                f"{cfg.optim.warmup_steps} warmup steps",
+            ),
+            ("Batch", f"{cfg.train.global_batch_size} sequences x {cfg.data.seq_len} tokens per step"),
+        ]
     planned = f" of {cfg.train.max_steps} planned" if cfg is not None else ""
     rows.append(("Steps", f"{last['step']}{planned}"))
     if "consumed_tokens" in last:
         rows.append(("Tokens seen", f"{last['consumed_tokens']:,} ({_fmt_count(last['consumed_tokens'])})"))
-    rows.append(("Time in training steps", f"{_fmt_seconds(_step_seconds(h))} (sum of step times; leaves "
-                                           "out start-up, evaluation and checkpoint waits)"))
+    rows.append(
+        (
+            "Time in training steps",
+            f"{_fmt_seconds(_step_seconds(h))} (sum of step times; leaves "
+            "out start-up, evaluation and checkpoint waits)",
+        )
+    )
     resumed = ", ".join(f"step {s}" for s in h.resumed_at)
     rows.append(("Resumes", f"{len(h.resumed_at)}" + (f" (continued at {resumed})" if resumed else "")))
     rows.append(("Checkpoints", _checkpoint_line(h, facts)))
@@ -127,24 +146,33 @@ def _run_rows(h: RunHistory, facts: RunFacts) -> list[tuple[str, str]]:
 
 
 def _loss_rows(h: RunHistory) -> list[tuple[str, str]]:
-    rows = [("First train loss", _fmt_loss(h.train[0], "loss")),
-            ("Last train loss", _fmt_loss(h.train[-1], "loss")),
-            ("Best train loss", _fmt_loss(_best(h.train, "loss"), "loss"))]
+    rows = [
+        ("First train loss", _fmt_loss(h.train[0], "loss")),
+        ("Last train loss", _fmt_loss(h.train[-1], "loss")),
+        ("Best train loss", _fmt_loss(_best(h.train, "loss"), "loss")),
+    ]
     if not h.val:
-        return rows + [("Validation", "no validation records (train.eval_interval=0 and the run has not "
-                                      "reached its end)")]
+        return rows + [
+            (
+                "Validation",
+                "no validation records (train.eval_interval=0 and the run has not reached its end)",
+            )
+        ]
     final = h.val[-1]
-    return rows + [("Final validation loss", f"{_fmt_loss(final, 'val_loss')}, "
-                                             f"perplexity {final['val_ppl']:.2f}"),
-                   ("Best validation loss", _fmt_loss(_best(h.val, "val_loss"), "val_loss"))]
+    return rows + [
+        ("Final validation loss", f"{_fmt_loss(final, 'val_loss')}, perplexity {final['val_ppl']:.2f}"),
+        ("Best validation loss", _fmt_loss(_best(h.val, "val_loss"), "val_loss")),
+    ]
 
 
 def _speed_rows(h: RunHistory) -> list[tuple[str, str]]:
     rows = []
-    for label, key, fmt in (("Median tokens/s (all ranks)", "tokens_per_s", "{:,.0f}"),
-                            ("Median MFU", "mfu", "{:.2%}"),
-                            ("Median step time", "step_time_s", "{:.3f} s"),
-                            ("Median data wait per step", "data_time_s", "{:.4f} s")):
+    for label, key, fmt in (
+        ("Median tokens/s (all ranks)", "tokens_per_s", "{:,.0f}"),
+        ("Median MFU", "mfu", "{:.2%}"),
+        ("Median step time", "step_time_s", "{:.3f} s"),
+        ("Median data wait per step", "data_time_s", "{:.4f} s"),
+    ):
         value = _median(h.train, key)
         if value is not None:
             rows.append((label, fmt.format(value)))
@@ -152,8 +180,11 @@ def _speed_rows(h: RunHistory) -> list[tuple[str, str]]:
 
 
 def _memory_rows(h: RunHistory) -> list[tuple[str, str]]:
-    rows = [(f"Peak {label} (rank 0)", fmt_bytes(max(values)))
-            for key, label in MEMORY_SERIES.items() if (values := h.series(key)[1])]
+    rows = [
+        (f"Peak {label} (rank 0)", fmt_bytes(max(values)))
+        for key, label in MEMORY_SERIES.items()
+        if (values := h.series(key)[1])
+    ]
     reports = [r for r in h.train if all(k in r for k in STATE_KEYS)]
     if reports:
         parts = ", ".join(f"{k.removesuffix('_bytes')} {fmt_bytes(reports[-1][k])}" for k in STATE_KEYS)
@@ -164,9 +195,21 @@ def _memory_rows(h: RunHistory) -> list[tuple[str, str]]:
 def format_summary(h: RunHistory, facts: RunFacts, plots: dict[str, str], out_dir: str) -> str:
     """The markdown page; `plots` maps titles to the PNGs written (embedded relative to out_dir)."""
     name = os.path.basename(os.path.normpath(facts.run_dir))
-    lines = [f"# Run report: {name}", "", f"Run directory: `{facts.run_dir}`", "",
-             "## Run", "", *_table(_run_rows(h, facts)), "## Loss", "", *_table(_loss_rows(h)),
-             "## Speed", "", *_table(_speed_rows(h))]
+    lines = [
+        f"# Run report: {name}",
+        "",
+        f"Run directory: `{facts.run_dir}`",
+        "",
+        "## Run",
+        "",
+        *_table(_run_rows(h, facts)),
+        "## Loss",
+        "",
+        *_table(_loss_rows(h)),
+        "## Speed",
+        "",
+        *_table(_speed_rows(h)),
+    ]
     memory = _memory_rows(h)
     if memory:
         lines += ["## Memory", "", *_table(memory)]

@@ -35,8 +35,9 @@ def test_parquet_is_planned_from_the_footer_and_read_by_row_groups(tmp_path):
     meta = pq.read_metadata(path)
     text_leaf = meta.schema.names.index("text")
     assert file.rows == 95 and file.kind == "parquet"
-    assert file.row_group_bytes == tuple(meta.row_group(g).column(text_leaf).total_compressed_size
-                                         for g in range(10))
+    assert file.row_group_bytes == tuple(
+        meta.row_group(g).column(text_leaf).total_compressed_size for g in range(10)
+    )
     assert len(units) > 2 and all(s.kind == "parquet" for u in units for s in u.segments)
     assert [(d.text, d.offset) for d in docs] == [(t, i) for i, t in enumerate(texts)]
 
@@ -50,8 +51,9 @@ def test_parquet_null_and_blank_values_are_named_by_row(tmp_path):
     assert policy.counts == {"null_field": 1, "blank_document": 1}
 
 
-@pytest.mark.parametrize("field,problem", [("body", "no column 'body'"),
-                                           ("id", "column 'id' is int64, not a string")])
+@pytest.mark.parametrize(
+    "field,problem", [("body", "no column 'body'"), ("id", "column 'id' is int64, not a string")]
+)
 def test_parquet_with_the_wrong_schema_names_file_column_and_columns(tmp_path, field, problem):
     path = write_parquet(tmp_path / "t.parquet", ["a", "b"])
     with pytest.raises(DataError) as info:
@@ -63,9 +65,14 @@ def test_parquet_with_the_wrong_schema_names_file_column_and_columns(tmp_path, f
     assert docs == [] and files == [] and policy.counts == {"bad_schema": 1}
 
 
-@pytest.mark.parametrize("name,data,reason", [("empty.parquet", None, "empty_file"),
-                                              ("zero.parquet", b"", "empty_file"),
-                                              ("junk.parquet", b"not parquet at all", "corrupt_file")])
+@pytest.mark.parametrize(
+    "name,data,reason",
+    [
+        ("empty.parquet", None, "empty_file"),
+        ("zero.parquet", b"", "empty_file"),
+        ("junk.parquet", b"not parquet at all", "corrupt_file"),
+    ],
+)
 def test_empty_and_corrupt_parquet(tmp_path, name, data, reason):
     path = tmp_path / name
     if data is None:
@@ -86,11 +93,14 @@ def saved_datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     texts = [f"hf row {i} é" for i in range(300)]
     datasets.Dataset.from_dict({"text": texts, "n": list(range(300))}).save_to_disk(
-        str(root / "corpus" / "b_single"), num_shards=2)
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": ["train one", "train two"]}),
-        "test": datasets.Dataset.from_dict({"text": ["test one"]}),
-    }).save_to_disk(str(root / "corpus" / "c_dict"))
+        str(root / "corpus" / "b_single"), num_shards=2
+    )
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["train one", "train two"]}),
+            "test": datasets.Dataset.from_dict({"text": ["test one"]}),
+        }
+    ).save_to_disk(str(root / "corpus" / "c_dict"))
     (root / "corpus" / "a.txt").write_text("plain file first")
     return root / "corpus", texts
 
@@ -100,8 +110,10 @@ def test_saved_hf_datasets_in_a_directory_are_read_by_row_ranges(saved_datasets)
     docs, _, files, units = read_all([corpus], unit_bytes=2000)
     assert [f.kind for f in files] == ["text", "hf", "hf", "hf"]
     assert [f.uri.split("/corpus/")[1] for f in files[1:]] == [
-        "b_single/data-00000-of-00002.arrow", "b_single/data-00001-of-00002.arrow",
-        "c_dict/train/data-00000-of-00001.arrow"]
+        "b_single/data-00000-of-00002.arrow",
+        "b_single/data-00001-of-00002.arrow",
+        "c_dict/train/data-00000-of-00001.arrow",
+    ]
     assert [f.rows for f in files[1:]] == [150, 150, 2]
     assert sum(1 for u in units for s in u.segments if s.kind == "hf") > 4  # row ranges
     assert [d.text for d in docs] == ["plain file first", *texts, "train one", "train two"]
@@ -123,7 +135,11 @@ def test_format_hf_loads_plain_files_with_datasets(tmp_path):
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "json b"}) + "\n")
     (tmp_path / "c.txt").write_text("line one\nline two\n")
     cache = tmp_path / "cache"
-    docs, _, files, _ = read_all([tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.txt"],
-                                 format="hf", hf_cache_dir=str(cache), unit_bytes=1)
+    docs, _, files, _ = read_all(
+        [tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.txt"],
+        format="hf",
+        hf_cache_dir=str(cache),
+        unit_bytes=1,
+    )
     assert all(f.kind == "hf" and f.uri.startswith(str(cache)) for f in files)
     assert [d.text for d in docs] == [*(f"json {i}" for i in range(5)), "json b", "line one", "line two"]

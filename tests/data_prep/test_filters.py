@@ -21,10 +21,15 @@ def test_document_filter_counts_each_removal():
     assert DocumentFilter(FilterConfig(dedup="none")).text("a") is not None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"normalize": "NFX"}, "--normalize 'NFX'"), ({"dedup": "fuzzy"}, "--dedup 'fuzzy'"),
-    ({"min_chars": -1}, "--min-chars -1"), ({"min_tokens": 9, "max_tokens": 3}, "--min-tokens 9 is larger"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"normalize": "NFX"}, "--normalize 'NFX'"),
+        ({"dedup": "fuzzy"}, "--dedup 'fuzzy'"),
+        ({"min_chars": -1}, "--min-chars -1"),
+        ({"min_tokens": 9, "max_tokens": 3}, "--min-tokens 9 is larger"),
+    ],
+)
 def test_filter_config_errors_name_the_flag(kwargs, message):
     with pytest.raises(DataError, match=message):
         FilterConfig(**kwargs).validate()
@@ -48,8 +53,13 @@ def test_first_occurrences_across_shards_keeps_the_first_copy_in_corpus_order():
 def test_part_comes_from_flags_then_slurm_array_then_torchrun():
     assert resolve_part(None, None, {}) == (1, 0)
     assert resolve_part(4, 3, {"RANK": "1", "WORLD_SIZE": "2"}) == (4, 3)
-    env = {"SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10",
-           "RANK": "1", "WORLD_SIZE": "2"}
+    env = {
+        "SLURM_ARRAY_TASK_COUNT": "8",
+        "SLURM_ARRAY_TASK_ID": "12",
+        "SLURM_ARRAY_TASK_MIN": "10",
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+    }
     assert resolve_part(None, None, env) == (8, 2)
     assert resolve_part(None, None, {"RANK": "1", "WORLD_SIZE": "2"}) == (2, 1)
     with pytest.raises(DataError, match="SLURM_ARRAY_TASK_COUNT=2, SLURM_ARRAY_TASK_ID=5"):

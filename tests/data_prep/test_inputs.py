@@ -16,8 +16,20 @@ def resolve(paths, on_error="raise", **options):
 
 
 def make_tree(root):
-    for name in ["b/z.txt", "a.jsonl", "a/x.txt", ".hidden.txt", ".git/x.txt", "b/.cache/y.txt", "c/d.txt.gz",
-                 "data", "e.jsonl.zst", "f.json", "g.jsonl.ZSTD", "a-b/h.md"]:
+    for name in [
+        "b/z.txt",
+        "a.jsonl",
+        "a/x.txt",
+        ".hidden.txt",
+        ".git/x.txt",
+        "b/.cache/y.txt",
+        "c/d.txt.gz",
+        "data",
+        "e.jsonl.zst",
+        "f.json",
+        "g.jsonl.ZSTD",
+        "a-b/h.md",
+    ]:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * len(name))
@@ -52,7 +64,13 @@ def test_arguments_keep_their_order_and_globs_expand(tmp_path):
     make_tree(tmp_path)
     files, _ = resolve([tmp_path / "f.json", f"{tmp_path}/*.jsonl*", f"{tmp_path}/**/*.txt"])
     assert [os.path.relpath(f.uri, tmp_path) for f in files] == [
-        "f.json", "a.jsonl", "e.jsonl.zst", "g.jsonl.ZSTD", "a/x.txt", "b/z.txt"]  # no hidden entries
+        "f.json",
+        "a.jsonl",
+        "e.jsonl.zst",
+        "g.jsonl.ZSTD",
+        "a/x.txt",
+        "b/z.txt",
+    ]  # no hidden entries
 
 
 def test_identity_is_size_and_mtime_ns_and_changes_with_the_file(tmp_path):
@@ -76,8 +94,9 @@ def test_missing_paths_and_empty_globs(tmp_path):
     assert policy.counts == {"missing_path": 2}
 
 
-@pytest.mark.parametrize("options,flag", [({"format": "csv"}, "--format"),
-                                          ({"text_split": "word"}, "--text-split")])
+@pytest.mark.parametrize(
+    "options,flag", [({"format": "csv"}, "--format"), ({"text_split": "word"}, "--text-split")]
+)
 def test_bad_options_are_named(tmp_path, options, flag):
     with pytest.raises(DataError, match=flag):
         resolve([tmp_path], **options)

@@ -42,8 +42,20 @@ def val(doc: str, fraction: float = 0.01) -> bool:
 
 def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jsonl, corpus_docs):
     out = tmp_path / "data"
-    manifest = prep(out, corpus_jsonl, "--vocab-size", 512, "--shard-tokens", 2000,
-                    "--val-fraction", 0.1, "--workers", 2, "--unit-mb", 0.01)
+    manifest = prep(
+        out,
+        corpus_jsonl,
+        "--vocab-size",
+        512,
+        "--shard-tokens",
+        2000,
+        "--val-fraction",
+        0.1,
+        "--workers",
+        2,
+        "--unit-mb",
+        0.01,
+    )
     assert manifest["format"] == "dist_llm.shards/1" and manifest["token_dtype"] == "int32"
     assert manifest["units"] > 2  # ~30 KB of JSONL in 10 KB units
     tok_meta = manifest["tokenizer"]
@@ -55,8 +67,10 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
     assert manifest["filters"]["docs_read"] == 300 and manifest["filters"]["removed"] == {"duplicate": 0}
     tok = load_tokenizer(str(out / tok_meta["path"]))
 
-    expected = {"train": [d for d in corpus_docs if not val(d, 0.1)],
-                "validation": [d for d in corpus_docs if val(d, 0.1)]}
+    expected = {
+        "train": [d for d in corpus_docs if not val(d, 0.1)],
+        "validation": [d for d in corpus_docs if val(d, 0.1)],
+    }
     assert expected["validation"] and expected["train"]
     for split, block in manifest["splits"].items():
         for shard in block["shards"]:
@@ -81,8 +95,18 @@ def test_token_stream_is_identical_for_any_worker_count_and_unit_size(tmp_path, 
     streams = {}
     for workers, unit_mb in ((1, 0), (2, 0), (2, 0.004), (1, 0.02)):
         out = tmp_path / f"w{workers}-{unit_mb}"
-        manifest = prep(out, corpus_jsonl, "--tokenizer", sp_model, "--shard-tokens", 1500,
-                        "--workers", workers, "--unit-mb", unit_mb)
+        manifest = prep(
+            out,
+            corpus_jsonl,
+            "--tokenizer",
+            sp_model,
+            "--shard-tokens",
+            1500,
+            "--workers",
+            workers,
+            "--unit-mb",
+            unit_mb,
+        )
         streams[workers, unit_mb] = {s: shard_rows(out, b) for s, b in manifest["splits"].items()}
     first = streams[1, 0]
     assert all(stream == first for stream in streams.values())
@@ -123,8 +147,13 @@ def test_skip_counts_bad_input_in_manifest(tmp_path, corpus_docs, sp_model):
     manifest = prep(tmp_path / "out", *inputs, "--tokenizer", sp_model, "--on-error", "skip")
     assert manifest["skipped"] == {
         "total": 5,
-        "by_reason": {"bad_json": 1, "empty_file": 1, "invalid_utf8": 1, "missing_field": 1,
-                      "missing_path": 1},
+        "by_reason": {
+            "bad_json": 1,
+            "empty_file": 1,
+            "invalid_utf8": 1,
+            "missing_field": 1,
+            "missing_path": 1,
+        },
     }
     docs = sum(block["docs"] for block in manifest["splits"].values())
     assert docs == 51  # 50 good docs + "ok doc"
@@ -139,8 +168,20 @@ def test_skip_counts_bad_input_in_manifest(tmp_path, corpus_docs, sp_model):
 def test_filters_remove_and_count(tmp_path, sp_model, jsonl_file):
     docs = ["short", "a" * 50, "Ｆｕｌｌｗｉｄｔｈ text here", "b" * 50, "a" * 50, "c" * 5000]
     out = tmp_path / "f"
-    manifest = prep(out, jsonl_file("f.jsonl", docs), "--tokenizer", sp_model, "--val-fraction", 0,
-                    "--min-chars", 10, "--max-chars", 1000, "--normalize", "NFKC")
+    manifest = prep(
+        out,
+        jsonl_file("f.jsonl", docs),
+        "--tokenizer",
+        sp_model,
+        "--val-fraction",
+        0,
+        "--min-chars",
+        10,
+        "--max-chars",
+        1000,
+        "--normalize",
+        "NFKC",
+    )
     assert manifest["filters"]["removed"] == {"duplicate": 1, "max_chars": 1, "min_chars": 1}
     assert manifest["filters"]["docs_read"] == 6 and manifest["filters"]["normalize"] == "NFKC"
     tok = load_tokenizer(sp_model)
@@ -149,10 +190,25 @@ def test_filters_remove_and_count(tmp_path, sp_model, jsonl_file):
 
     counts = [len(ids) for ids in tok.encode_batch(docs)]
     low, high = sorted(counts)[1], sorted(counts)[-2]
-    manifest = prep(tmp_path / "t", jsonl_file("t.jsonl", docs), "--tokenizer", sp_model,
-                    "--val-fraction", 0, "--min-tokens", low, "--max-tokens", high, "--dedup", "none")
-    assert manifest["filters"]["removed"] == {"duplicate": 0, "min_tokens": sum(c < low for c in counts),
-                                              "max_tokens": sum(c > high for c in counts)}
+    manifest = prep(
+        tmp_path / "t",
+        jsonl_file("t.jsonl", docs),
+        "--tokenizer",
+        sp_model,
+        "--val-fraction",
+        0,
+        "--min-tokens",
+        low,
+        "--max-tokens",
+        high,
+        "--dedup",
+        "none",
+    )
+    assert manifest["filters"]["removed"] == {
+        "duplicate": 0,
+        "min_tokens": sum(c < low for c in counts),
+        "max_tokens": sum(c > high for c in counts),
+    }
     assert manifest["splits"]["train"]["docs"] == sum(low <= c <= high for c in counts)
 
 
@@ -165,8 +221,9 @@ def test_dedup_across_units_keeps_the_first_copy(tmp_path, sp_model, corpus_docs
     streams = []
     for unit_mb in (0, 0.002):
         out = tmp_path / f"d{unit_mb}"
-        manifest = prep(out, a, b, c, "--tokenizer", sp_model, "--unit-mb", unit_mb, "--workers", 2,
-                        "--val-fraction", 0)
+        manifest = prep(
+            out, a, b, c, "--tokenizer", sp_model, "--unit-mb", unit_mb, "--workers", 2, "--val-fraction", 0
+        )
         assert manifest["filters"]["removed"]["duplicate"] == 5 + 30 + 60
         streams.append({s: shard_rows(out, blk) for s, blk in manifest["splits"].items()})
     assert streams[0] == streams[1]
@@ -203,7 +260,10 @@ def test_read_manifest_names_file_and_key(tmp_path, corpus_jsonl, sp_model):
 def test_module_entry_point_reports_errors_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.txt'}: input path")
@@ -219,8 +279,17 @@ def test_progress_in_a_log_file_has_an_eta(tmp_path, corpus_jsonl, sp_model, mon
     warnings_log.set_level(logging.INFO, logger="dist_llm")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = [str(corpus_jsonl), "--tokenizer", sp_model, "--unit-mb", "0.005", "--workers", "1",
-            "--out", str(tmp_path / "data")]
+    args = [
+        str(corpus_jsonl),
+        "--tokenizer",
+        sp_model,
+        "--unit-mb",
+        "0.005",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "data"),
+    ]
     assert run(parser.parse_args(args)) == 0
     lines = [r.getMessage() for r in warnings_log.records if "ETA" in r.getMessage()]
     line = re.compile(r"prep: \d+% of [\d.]+ MB \| [\d.]+ MB/s \| ETA \d+m\d\ds$")

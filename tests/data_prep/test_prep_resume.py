@@ -33,8 +33,10 @@ def rows(path: Path) -> list[list[int]]:
 
 
 def stream(out: Path, manifest: dict) -> dict[str, list]:
-    return {split: [row for shard in block["shards"] for row in rows(out / shard["path"])]
-            for split, block in manifest["splits"].items()}
+    return {
+        split: [row for shard in block["shards"] for row in rows(out / shard["path"])]
+        for split, block in manifest["splits"].items()
+    }
 
 
 def mtimes(out: Path) -> dict[str, int]:
@@ -43,7 +45,7 @@ def mtimes(out: Path) -> dict[str, int]:
 
 @pytest.fixture
 def corpus(tmp_path, corpus_docs, jsonl_file) -> list[Path]:
-    return [jsonl_file(f"part{i}.jsonl", corpus_docs[i * 100:(i + 1) * 100]) for i in range(3)]
+    return [jsonl_file(f"part{i}.jsonl", corpus_docs[i * 100 : (i + 1) * 100]) for i in range(3)]
 
 
 def test_rerun_reuses_finished_units_and_redoes_corrupt_ones(tmp_path, corpus, sp_model):
@@ -91,8 +93,11 @@ def test_sigkill_mid_run_leaves_no_manifest_and_the_rerun_finishes(tmp_path, cor
     out, clean = tmp_path / "out", tmp_path / "clean"
     args = [*map(str, corpus), "--tokenizer", sp_model, "--unit-mb", "0.002", "--workers", "1"]
     reference = prep(clean, *args)
-    proc = subprocess.Popen([sys.executable, "-m", "data_prep", *args, "--out", str(out), "--quiet"],
-                            cwd=REPO, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep", *args, "--out", str(out), "--quiet"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while len(list((out / "units").glob("u-*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -115,10 +120,19 @@ def test_parts_on_several_machines_merge_into_the_single_machine_stream(tmp_path
     with pytest.raises(DataError, match=r"units are not finished \(units 0, 1, 3, 4"):
         prep(out, "merge")
     # Part 0 through a SLURM array's environment, in a real subprocess.
-    env = {**os.environ, "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "10",
-           "SLURM_ARRAY_TASK_MIN": "10"}
-    subprocess.run([sys.executable, "-m", "data_prep", *map(str, common), "--out", str(out), "--quiet"],
-                   cwd=REPO, env=env, check=True, timeout=120)
+    env = {
+        **os.environ,
+        "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_ID": "10",
+        "SLURM_ARRAY_TASK_MIN": "10",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "data_prep", *map(str, common), "--out", str(out), "--quiet"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        timeout=120,
+    )
     assert not (out / "manifest.json").exists()
     merged = prep(out, *common, "--num-parts", 3, "--part", 1)  # the last part merges
     assert stream(out, merged) == stream(single, reference)

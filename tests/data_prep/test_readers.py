@@ -58,7 +58,7 @@ def messy_text(rng: random.Random, pieces: int) -> bytes:
 def messy_jsonl(rng: random.Random, records: int) -> bytes:
     lines = []
     for i in range(records):
-        text = rng.choice(["plain", "multi\nline", "ünï €😀", "quote\"s", " spaced "]) + str(i)
+        text = rng.choice(["plain", "multi\nline", "ünï €😀", 'quote"s', " spaced "]) + str(i)
         lines.append(json.dumps({"id": i, "text": text}, ensure_ascii=rng.random() < 0.5))
         lines.append(rng.choice(["\n", "\r\n", "\n\n", "\n  \n"]))
     return "".join(lines).rstrip("\n").encode()
@@ -90,10 +90,17 @@ def test_text_splits_offsets_and_crlf(tmp_path):
     assert docs == [Document(data.decode(), str(path), 0)]  # text_split=file: verbatim
     docs, _ = read_all([path], text_split="line")
     assert [(d.text, d.offset) for d in docs] == [
-        ("first para", 0), ("still first", 11), ("second para", 25), ("third", 39)]
+        ("first para", 0),
+        ("still first", 11),
+        ("second para", 25),
+        ("third", 39),
+    ]
     docs, _ = read_all([path], text_split="paragraph", unit_bytes=4)
     assert [(d.text, d.offset) for d in docs] == [
-        ("first para\nstill first", 0), ("second para", 25), ("third", 39)]
+        ("first para\nstill first", 0),
+        ("second para", 25),
+        ("third", 39),
+    ]
 
 
 def test_custom_text_field_and_bom(tmp_path):

@@ -59,4 +59,3 @@ def test_hf_tokenizer_directory(hf_tokenizer_dir, corpus_docs):
     assert tok.vocab_size >= 300
     assert tok.decode(tok.encode(corpus_docs[0])) == corpus_docs[0]
     assert len(tok.sha256) == 64
-

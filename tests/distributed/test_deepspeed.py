@@ -29,8 +29,12 @@ VARIANTS = {
     "zero1": ["engine.type=deepspeed", "engine.zero_stage=1"],
     "zero2": ["engine.type=deepspeed", "engine.zero_stage=2"],
     "zero3": ["engine.type=deepspeed", "engine.zero_stage=3"],
-    "zero3_offload": ["engine.type=deepspeed", "engine.zero_stage=3", "engine.offload_optimizer=cpu",
-                      "engine.offload_params=cpu"],
+    "zero3_offload": [
+        "engine.type=deepspeed",
+        "engine.zero_stage=3",
+        "engine.offload_optimizer=cpu",
+        "engine.offload_params=cpu",
+    ],
 }
 # Measured: ZeRO-1/2/3 (torch AdamW on flat partitions) and ZeRO-3 + CPU offload (DeepSpeedCPUAdam)
 # differ from DDP by at most ~5e-7 per step over 20 steps; the differences come from the order of
@@ -83,8 +87,14 @@ def test_eval_reads_the_zero3_partitions(runs):
     weights keyed like the bare model from them and scores what the torch engine's checkpoint scores."""
     results = {}
     for name in ("zero3", "dp"):
-        out = subprocess.run([sys.executable, "-m", "dist_llm.cli", "eval", runs(name), "--max-batches", "2"],
-                             cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "dist_llm.cli", "eval", runs(name), "--max-batches", "2"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     assert results["zero3"]["step"] == STEPS
     assert results["zero3"]["val_loss"] == pytest.approx(results["dp"]["val_loss"], abs=LOSS_TOLERANCE)
@@ -137,10 +147,25 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, dataset
     steps (ZeRO: its own overflow check; stage 0: our fused AdamW's found_inf), they are counted,
     and after train.max_bad_steps in a row the run stops with the torch engine's clear error."""
     run = str(tmp_path / "run")
-    proc = subprocess.run(train_command(run, dataset, [*COMMON, "engine.type=deepspeed", f"engine.zero_stage={stage}",
-                                                       "optim.lr=1e6", "optim.warmup_steps=0",
-                                                       "train.max_bad_steps=3"], nproc=2),
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        train_command(
+            run,
+            dataset,
+            [
+                *COMMON,
+                "engine.type=deepspeed",
+                f"engine.zero_stage={stage}",
+                "optim.lr=1e6",
+                "optim.warmup_steps=0",
+                "train.max_bad_steps=3",
+            ],
+            nproc=2,
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "3 consecutive steps with non-finite loss/gradients" in proc.stderr, proc.stderr[-3000:]
     assert "step skipped (1 in a row" in proc.stderr

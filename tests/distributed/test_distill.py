@@ -12,8 +12,13 @@ from tests.conftest import make_trainer, read_metrics, run_train, train_losses
 
 STEPS = 10
 TEACHER = ["model.d_model=96", "model.n_heads=4", "model.n_kv_heads=2", "train.max_steps=20"]
-COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.interval=0",
-          "distill.temperature=2.0", "distill.alpha=0.5"]
+COMMON = [
+    f"train.max_steps={STEPS}",
+    "train.precision=fp32",
+    "checkpoint.interval=0",
+    "distill.temperature=2.0",
+    "distill.alpha=0.5",
+]
 SHARDED = ["engine.type=deepspeed", "engine.zero_stage=2", "distill.teacher_shard=true"]
 VARIANTS = {  # name -> (ranks, overrides)
     "one_rank": (1, []),
@@ -41,8 +46,9 @@ def runs(tmp_path_factory, dataset):
         if name not in done:
             nproc, overrides = VARIANTS[name]
             run_dir = str(root / name)
-            proc = run_train(run_dir, dataset, [*COMMON, f"distill.teacher={teacher}", *overrides],
-                             nproc=nproc)
+            proc = run_train(
+                run_dir, dataset, [*COMMON, f"distill.teacher={teacher}", *overrides], nproc=nproc
+            )
             line = TEACHER_LINE.search(proc.stdout + proc.stderr)
             assert line, f"{name}: no teacher log line"
             done[name] = (run_dir, line.groups())
@@ -52,8 +58,9 @@ def runs(tmp_path_factory, dataset):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("variant", ["fsdp2", "zero2_sharded_teacher", "zero2_offloaded_teacher",
-                                     "zero3_sharded_teacher"])
+@pytest.mark.parametrize(
+    "variant", ["fsdp2", "zero2_sharded_teacher", "zero2_offloaded_teacher", "zero3_sharded_teacher"]
+)
 def test_two_ranks_distill_like_one(runs, variant):
     (reference, _), (run_dir, _) = runs("one_rank"), runs(variant)
     one, two = train_losses(reference), train_losses(run_dir)

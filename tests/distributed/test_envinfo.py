@@ -23,10 +23,28 @@ def test_two_nodes_report_to_rank_0_and_share_the_verdict():
     node_env = [env, {**env, "NCCL_SOCKET_IFNAME": "doesnotexist"}]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-             "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-             "-m", "dist_llm.cli", "env", "--json", "--timeout", "60"],
-            cwd=REPO, env=node_env[rank], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "dist_llm.cli",
+                "env",
+                "--json",
+                "--timeout",
+                "60",
+            ],
+            cwd=REPO,
+            env=node_env[rank],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [node.communicate(timeout=180) for node in nodes]
@@ -38,8 +56,11 @@ def test_two_nodes_report_to_rank_0_and_share_the_verdict():
     assert report["facts"]["launch"]["nnodes"] == 2
     assert ("ranks", "OK") in checks and "2 ranks" in checks[("ranks", "OK")]["message"]
     assert ("same_versions", "OK") in checks, report["checks"]
-    assert not [c for c in report["checks"] if c["name"].startswith("same_") and c["name"] != "same_nccl_env"
-                and c["status"] != "OK"]
+    assert not [
+        c
+        for c in report["checks"]
+        if c["name"].startswith("same_") and c["name"] != "same_nccl_env" and c["status"] != "OK"
+    ]
     assert checks[("master_port", "OK")]["ranks"] == [0, 1], "the store answers from both nodes"
     assert checks[("nccl_socket_ifname", "FAIL")]["ranks"] == [1]
     assert "NCCL_SOCKET_IFNAME=doesnotexist on ranks 1" in checks[("same_nccl_env", "WARN")]["message"]

@@ -14,8 +14,13 @@ import torch
 from tests.conftest import REPO, run_train, train_losses
 
 STEPS = 8
-COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.interval=0",
-          "model.n_kv_heads=null", "optim.lr=0.001"]
+COMMON = [
+    f"train.max_steps={STEPS}",
+    "train.precision=fp32",
+    "checkpoint.interval=0",
+    "model.n_kv_heads=null",
+    "optim.lr=0.001",
+]
 FAMILIES = {
     "encoder": ["model.arch=encoder", "data.objective=mlm", "data.sentence_task=nsp"],
     "encoder_decoder": ["model.arch=encoder_decoder", "data.objective=span_corruption"],
@@ -35,8 +40,12 @@ def runs(tmp_path_factory, dataset):
     def get(family: str, engine: str) -> str:
         if (family, engine) not in done:
             run_dir = str(root / f"{family}-{engine}")
-            run_train(run_dir, dataset, [*COMMON, *FAMILIES[family], *ENGINES[engine]],
-                      nproc=1 if engine == "single" else 2)
+            run_train(
+                run_dir,
+                dataset,
+                [*COMMON, *FAMILIES[family], *ENGINES[engine]],
+                nproc=1 if engine == "single" else 2,
+            )
             done[family, engine] = run_dir
         return done[family, engine]
 
@@ -56,8 +65,9 @@ def test_sharded_engines_train_the_curve_of_one_process(runs, family, engine):
 
 
 def cli(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dist_llm.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_llm.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout.strip().splitlines()[-1]
 
@@ -92,6 +102,13 @@ def test_checkpoint_evaluates_and_exports_to_transformers(tmp_path, runs, datase
             diff = (model(input_ids=ids) - theirs(input_ids=ids).logits).abs().max().item()
         else:
             labels = ids[:, :8]
-            diff = (model(input_ids=ids, decoder_input_ids=labels)
-                    - theirs(input_ids=ids, decoder_input_ids=labels).logits).abs().max().item()
+            diff = (
+                (
+                    model(input_ids=ids, decoder_input_ids=labels)
+                    - theirs(input_ids=ids, decoder_input_ids=labels).logits
+                )
+                .abs()
+                .max()
+                .item()
+            )
     assert diff < 1e-4, f"{family}: exported logits differ by {diff}"

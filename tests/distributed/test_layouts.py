@@ -20,8 +20,12 @@ from tests.conftest import assert_weights_equal, final_weights, run_train, train
 
 STEPS = 20
 STOP = 8  # every run saves here, the point the resume tests continue from
-COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", f"checkpoint.interval={STOP}",
-          "checkpoint.keep_last=5"]
+COMMON = [
+    f"train.max_steps={STEPS}",
+    "train.precision=fp32",
+    f"checkpoint.interval={STOP}",
+    "checkpoint.keep_last=5",
+]
 LAYOUTS = {  # name -> (ranks, overrides)
     "dp2": (2, ["engine.dp_shard=1", "engine.dp_replicate=-1"]),
     "fsdp2": (2, []),
@@ -39,13 +43,17 @@ NAMES = list(LAYOUTS)
 def assert_close_losses(reference: dict[int, float], losses: dict[int, float], steps: range) -> None:
     assert sorted(losses) == list(steps)
     for step in steps:
-        assert losses[step] == pytest.approx(reference[step], rel=1e-5), f"step {step}: {losses[step]} vs {reference[step]}"
+        assert losses[step] == pytest.approx(reference[step], rel=1e-5), (
+            f"step {step}: {losses[step]} vs {reference[step]}"
+        )
 
 
 def from_checkpoint(source: str, run_dir: str) -> str:
     """A fresh run directory holding only `source`'s checkpoint at STOP, to resume from."""
     step_dir = layout.step_dir_name(STOP)
-    shutil.copytree(os.path.join(source, "checkpoints", step_dir), os.path.join(run_dir, "checkpoints", step_dir))
+    shutil.copytree(
+        os.path.join(source, "checkpoints", step_dir), os.path.join(run_dir, "checkpoints", step_dir)
+    )
     with open(os.path.join(run_dir, "checkpoints", layout.LATEST), "w") as f:
         f.write(step_dir)
     return run_dir

@@ -22,8 +22,19 @@ def sbatch_node(spec: SbatchSpec, port: int) -> list[str]:
 
 
 def launch_node(config: str, overrides: list[str], port: int) -> list[str]:
-    return [sys.executable, "-m", "dist_llm.cli", "launch", config, *overrides, "--nnodes=2",
-            "--nproc-per-node=1", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test-job", "--resume=none"]
+    return [
+        sys.executable,
+        "-m",
+        "dist_llm.cli",
+        "launch",
+        config,
+        *overrides,
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=test-job",
+        "--resume=none",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +55,17 @@ def test_two_nodes_match_one_node_two_ranks(tmp_path, dataset, one_node_losses, 
     config = str(REPO / "configs" / "tiny.yaml")
     port = free_port()
     if how == "sbatch":
-        spec = SbatchSpec(config=config, overrides=overrides, nodes=2, nproc_per_node=1, run_dir=multi,
-                          workdir=str(REPO))
+        spec = SbatchSpec(
+            config=config, overrides=overrides, nodes=2, nproc_per_node=1, run_dir=multi, workdir=str(REPO)
+        )
         commands = [sbatch_node(spec, port)] * 2
     else:
         commands = [launch_node(config, [*overrides, f"logging.run_dir={multi}"], port)] * 2
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-             for cmd in commands]
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in commands
+    ]
     logs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [n.returncode for n in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
     assert train_losses(multi) == one_node_losses

@@ -34,9 +34,15 @@ def _wait_for_steps(run_dir: str, proc: subprocess.Popen, count: int, timeout: f
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_commits_exits_and_resumes_exactly(tmp_path, dataset, sig):
     run = str(tmp_path / "preempted")
-    proc = subprocess.Popen(train_command(run, dataset, COMMON, nproc=2), cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        train_command(run, dataset, COMMON, nproc=2),
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     _wait_for_steps(run, proc, 5)
     if sig == signal.SIGTERM:
         os.kill(proc.pid, sig)  # torchrun's agent forwards SIGTERM to its workers

@@ -32,15 +32,20 @@ class S3Server:
     @property
     def env(self) -> dict[str, str]:
         """The standard variables botocore/s3fs read; how users point dist_llm at any S3 store."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def new_bucket(self) -> str:
         import s3fs
 
         name = f"test-{uuid.uuid4().hex[:10]}"
-        fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY,
-                               client_kwargs={"endpoint_url": self.endpoint})
+        fs = s3fs.S3FileSystem(
+            key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"endpoint_url": self.endpoint}
+        )
         fs.mkdir(name)
         return name
 
@@ -56,30 +61,56 @@ class SeaweedFS:
         data = root / "data"
         data.mkdir()
         config = root / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "test",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         s3_port = free_port()
         self.log_path = str(root / "weed.log")
         # Every service also opens a gRPC port (default: its port + 10000, which can overflow): name them.
-        ports = [f"-{svc}.port{kind}={free_port()}" for svc in ("master", "volume", "filer")
-                 for kind in ("", ".grpc")]
-        self.cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
-                    "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}",
-                    # Every bucket is a collection that grows 7 volumes on its first write; 20
-                    # slots ran out at the third bucket ("Not enough data nodes found!") and
-                    # writes then failed. Volume files are created small and grow with data.
-                    "-volume.max=300", *_disabled_fixed_ports(weed),
-                    # A restarted master waits one election timeout (default 10 s) before it
-                    # leads again, and a stopping volume server lingers preStopSeconds (10 s).
-                    "-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
+        ports = [
+            f"-{svc}.port{kind}={free_port()}"
+            for svc in ("master", "volume", "filer")
+            for kind in ("", ".grpc")
+        ]
+        self.cmd = [
+            weed,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            *ports,
+            "-s3",
+            f"-s3.port={s3_port}",
+            f"-s3.port.grpc={free_port()}",
+            f"-s3.config={config}",
+            # Every bucket is a collection that grows 7 volumes on its first write; 20
+            # slots ran out at the third bucket ("Not enough data nodes found!") and
+            # writes then failed. Volume files are created small and grow with data.
+            "-volume.max=300",
+            *_disabled_fixed_ports(weed),
+            # A restarted master waits one election timeout (default 10 s) before it
+            # leads again, and a stopping volume server lingers preStopSeconds (10 s).
+            "-master.electionTimeout=1s",
+            "-volume.preStopSeconds=0",
+        ]
         self.endpoint = f"http://127.0.0.1:{s3_port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> S3Server:
         with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             _wait_ready(self.endpoint, self.process, self.log_path)
         except BaseException:

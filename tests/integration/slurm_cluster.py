@@ -69,8 +69,21 @@ from tests.conftest import REPO, free_port
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("munge", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo")
 # JobState values after which a job never runs again by itself (a requeue makes it PENDING again).
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-                          "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+        "REVOKED",
+    }
+)
 # Every daemon and job process carries this variable (value: "<pid>:<start time>" of the pytest
 # process that owns the cluster): how teardown, and the next session after a crash, find them.
 OWNER_VAR = "DIST_LLM_TEST_SLURM_OWNER"
@@ -103,8 +116,15 @@ class SlurmCluster:
     `debug`: SlurmctldDebug/SlurmdDebug level of the logs in `log_dir`.
     """
 
-    def __init__(self, root: Path | str, *, kill_wait: int = 30, cred_expire: int = 5,
-                 min_job_age: int = 3600, debug: str = "debug") -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        kill_wait: int = 30,
+        cred_expire: int = 5,
+        min_job_age: int = 3600,
+        debug: str = "debug",
+    ) -> None:
         if cred_expire < 5:
             raise ValueError("slurmctld rejects AuthInfo=cred_expire below 5 (and silently uses 120)")
         self.root = Path(root)
@@ -161,8 +181,15 @@ class SlurmCluster:
         """Run one job with one srun step to completion: proves munge credentials, job launch and
         step launch work, and waits out slurmctld's first scheduling pass (about 3 s after it
         starts, whatever SchedulerParameters say), so the tests' first job starts as fast as later ones."""
-        out = self.run("sbatch", "--parsable", f"--chdir={self.jobs_dir}", "--job-name=probe",
-                       f"--output={self.jobs_dir}/probe-%j.out", "--wrap", "srun true").stdout
+        out = self.run(
+            "sbatch",
+            "--parsable",
+            f"--chdir={self.jobs_dir}",
+            "--job-name=probe",
+            f"--output={self.jobs_dir}/probe-%j.out",
+            "--wrap",
+            "srun true",
+        ).stdout
         self.wait_for(out.strip().split(";")[0], "COMPLETED", timeout=timeout, poll=0.1)
 
     def stop(self) -> None:
@@ -191,27 +218,33 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             for name in ("munged", "slurmctld", "slurmd"):
                 if not self.alive(name):
-                    raise SlurmError(f"{name} exited ({self.procs[name].returncode}) while the "
-                                     f"cluster was starting\n{self.diagnostics()}")
+                    raise SlurmError(
+                        f"{name} exited ({self.procs[name].returncode}) while the "
+                        f"cluster was starting\n{self.diagnostics()}"
+                    )
             proc = self.run("sinfo", "-h", "-n", self.node, "-o", "%T", check=False)
             state = proc.stdout.strip()
             if proc.returncode == 0 and state == "idle":
                 return
             time.sleep(0.1)
-        raise SlurmError(f"node {self.node} not idle after {timeout}s (state {state!r})\n"
-                         f"{self.diagnostics()}")
+        raise SlurmError(
+            f"node {self.node} not idle after {timeout}s (state {state!r})\n{self.diagnostics()}"
+        )
 
     # -- commands ----------------------------------------------------------------------------
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 30,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 30, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a SLURM client command (sinfo, squeue, scontrol, ...) against this cluster, with
         `env` added to `self.env`; raises SlurmError (with the daemons' logs) if it fails."""
-        proc = subprocess.run(list(cmd), env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            list(cmd), env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise SlurmError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}\n"
-                             f"{self.diagnostics()}")
+            raise SlurmError(
+                f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}\n{self.diagnostics()}"
+            )
         return proc
 
     def scontrol(self, *args: str) -> str:
@@ -224,8 +257,14 @@ class SlurmCluster:
         path.chmod(0o755)
         return path
 
-    def sbatch(self, script: Path | str, *options: str, script_args: Iterable[str] = (),
-               chdir: Path | str = REPO, env: Mapping[str, str] | None = None) -> int:
+    def sbatch(
+        self,
+        script: Path | str,
+        *options: str,
+        script_args: Iterable[str] = (),
+        chdir: Path | str = REPO,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
         """`sbatch --parsable [options] script [script_args]`; returns the job id.
 
         `options` are sbatch options ("--time=1", "--signal=B:USR1@30", "--cpus-per-task=2", ...).
@@ -245,8 +284,9 @@ class SlurmCluster:
         ("code:signal"), StartTime, EndTime, TimeLimit, NodeList, StdOut, ..."""
         return parse_record(self.scontrol("show", "job", "-o", str(job_id)))
 
-    def wait_for(self, job_id: int | str, states: str | Iterable[str], timeout: float = 60,
-                 poll: float = 0.2) -> dict[str, str]:
+    def wait_for(
+        self, job_id: int | str, states: str | Iterable[str], timeout: float = 60, poll: float = 0.2
+    ) -> dict[str, str]:
         """Wait until the job's JobState is one of `states`; return its record. Raises SlurmError
         (with the job's output and daemon logs) on timeout, or at once if the job reaches a final
         state that is not awaited (waiting for COMPLETED on a job that FAILED)."""
@@ -257,12 +297,16 @@ class SlurmCluster:
             if job["JobState"] in wanted:
                 return job
             if job["JobState"] in FINAL_STATES:
-                raise SlurmError(f"job {job_id} ended {job['JobState']} (ExitCode={job.get('ExitCode')}, "
-                                 f"Reason={job.get('Reason')}) while waiting for {sorted(wanted)}\n"
-                                 f"{self.diagnostics(job_id)}")
+                raise SlurmError(
+                    f"job {job_id} ended {job['JobState']} (ExitCode={job.get('ExitCode')}, "
+                    f"Reason={job.get('Reason')}) while waiting for {sorted(wanted)}\n"
+                    f"{self.diagnostics(job_id)}"
+                )
             if time.monotonic() > deadline:
-                raise SlurmError(f"job {job_id} still {job['JobState']} (Reason={job.get('Reason')}) after "
-                                 f"{timeout}s waiting for {sorted(wanted)}\n{self.diagnostics(job_id)}")
+                raise SlurmError(
+                    f"job {job_id} still {job['JobState']} (Reason={job.get('Reason')}) after "
+                    f"{timeout}s waiting for {sorted(wanted)}\n{self.diagnostics(job_id)}"
+                )
             time.sleep(poll)
 
     def requeue(self, job_id: int | str) -> None:
@@ -326,8 +370,14 @@ class SlurmCluster:
         if job_id is not None:
             try:
                 job = self.job_state(job_id)
-                parts.append(f"--- job {job_id}: " + " ".join(f"{k}={job[k]}" for k in (
-                    "JobState", "Reason", "ExitCode", "Restarts", "StartTime", "EndTime") if k in job))
+                parts.append(
+                    f"--- job {job_id}: "
+                    + " ".join(
+                        f"{k}={job[k]}"
+                        for k in ("JobState", "Reason", "ExitCode", "Restarts", "StartTime", "EndTime")
+                        if k in job
+                    )
+                )
                 for key in ("StdOut", "StdErr"):
                     if key in job and (key == "StdOut" or job[key] != job["StdOut"]):
                         parts.append(f"--- {key} {job[key]}:\n{_tail(Path(job[key]), lines)}")
@@ -349,9 +399,15 @@ class SlurmCluster:
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         with open(self.log_dir / f"{name}.out", "ab") as out:
-            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                                preexec_fn=_die_with_parent)
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
     def _start_munge(self, timeout: float) -> None:
         """A private munged: its own key (root's, mode 0400: munged wants the key owned by the user
@@ -369,18 +425,30 @@ class SlurmCluster:
         # -F: foreground, logs to stderr (the .out file); runs as root without --force here.
         with open(self.log_dir / "munged.log", "ab") as out:
             self.procs["munged"] = subprocess.Popen(
-                ["munged", "-F", f"--socket={self.munge_socket}", f"--key-file={key}",
-                 f"--pid-file={self.root / 'run' / 'munged.pid'}",
-                 f"--seed-file={self.root / 'state' / 'munged.seed'}"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                [
+                    "munged",
+                    "-F",
+                    f"--socket={self.munge_socket}",
+                    f"--key-file={key}",
+                    f"--pid-file={self.root / 'run' / 'munged.pid'}",
+                    f"--seed-file={self.root / 'state' / 'munged.seed'}",
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive("munged"):
-                raise SlurmError(f"munged exited ({self.procs['munged'].returncode}):\n"
-                                 f"{self.log_tail('munged')}")
-            probe = subprocess.run(["munge", "-n", f"--socket={self.munge_socket}"],
-                                   capture_output=True, env=self.env)
+                raise SlurmError(
+                    f"munged exited ({self.procs['munged'].returncode}):\n{self.log_tail('munged')}"
+                )
+            probe = subprocess.run(
+                ["munge", "-n", f"--socket={self.munge_socket}"], capture_output=True, env=self.env
+            )
             if probe.returncode == 0:
                 return
             if time.monotonic() > deadline:
@@ -390,8 +458,9 @@ class SlurmCluster:
     def _detect_hardware(self) -> dict[str, str]:
         """What `slurmd -C` detects (CPUs, sockets, cores, threads, memory): a node configured with
         more than that is drained at registration."""
-        out = subprocess.run(["slurmd", "-C"], env=self.env, capture_output=True, text=True,
-                             check=True, timeout=30).stdout
+        out = subprocess.run(
+            ["slurmd", "-C"], env=self.env, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
         record = parse_record(out.splitlines()[0])
         keep = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory")
         return {k: record[k] for k in keep if k in record}
@@ -411,15 +480,15 @@ AuthType=auth/munge
 CredType=cred/munge
 # cred_expire: how long a requeued job waits before it may start again (default 120 s, min 5 s).
 AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire}
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={r / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={r / 'run' / 'slurmd.pid'}
-SlurmctldLogFile={self.log_dir / 'slurmctld.log'}
-SlurmdLogFile={self.log_dir / 'slurmd.log'}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={r / "run" / "slurmctld.pid"}
+SlurmdPidFile={r / "run" / "slurmd.pid"}
+SlurmctldLogFile={self.log_dir / "slurmctld.log"}
+SlurmdLogFile={self.log_dir / "slurmd.log"}
 SlurmctldDebug={self.debug}
 SlurmdDebug={self.debug}
-PlugStackConfig={r / 'plugstack.conf'}
+PlugStackConfig={r / "plugstack.conf"}
 MailProg=/bin/true
 # No systemd and no cgroup delegation in the container: track job processes through /proc.
 ProctrackType=proctrack/linuxproc
@@ -451,8 +520,10 @@ def parse_record(line: str) -> dict[str, str]:
     ` Key=`, so values with spaces survive."""
     keys = list(re.finditer(r"(?:^|\s)([A-Za-z][\w:/]*)=", line.strip()))
     text = line.strip()
-    return {m.group(1): text[m.end():keys[i + 1].start() if i + 1 < len(keys) else len(text)]
-            for i, m in enumerate(keys)}
+    return {
+        m.group(1): text[m.end() : keys[i + 1].start() if i + 1 < len(keys) else len(text)]
+        for i, m in enumerate(keys)
+    }
 
 
 def sweep_stale() -> None:
@@ -572,10 +643,13 @@ if __name__ == "__main__":
     # The same cluster by hand, to try `dist-llm slurm` on this machine (as root):
     #   python -m tests.integration.slurm_cluster     then, in another shell, the printed export.
     cluster = SlurmCluster(tempfile.mkdtemp(prefix="dist-llm-slurm-")).start()
-    print(f"SLURM is up (node {cluster.node}, {cluster.cpus} CPUs, partition debug). In another shell:\n"
-          f"  export SLURM_CONF={cluster.conf_path}\n"
-          "  dist-llm slurm submit configs/tiny.yaml --nproc-per-node 2 --cpus-per-task 2 --time 30\n"
-          "Ctrl-C (or SIGTERM) stops the cluster and its jobs.", flush=True)
+    print(
+        f"SLURM is up (node {cluster.node}, {cluster.cpus} CPUs, partition debug). In another shell:\n"
+        f"  export SLURM_CONF={cluster.conf_path}\n"
+        "  dist-llm slurm submit configs/tiny.yaml --nproc-per-node 2 --cpus-per-task 2 --time 30\n"
+        "Ctrl-C (or SIGTERM) stops the cluster and its jobs.",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         signal.pause()

@@ -22,25 +22,36 @@ from dist_llm.checkpoint.offline import model_tensors
 from tests.conftest import REPO, read_metrics, run_train, train_command, train_losses, verify_checkpoint
 
 STEPS = 6
-COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.interval=2",
-          "checkpoint.keep_last=20"]
+COMMON = [
+    f"train.max_steps={STEPS}",
+    "train.precision=fp32",
+    "checkpoint.interval=2",
+    "checkpoint.keep_last=20",
+]
 # One checkpoint of SMALL_MODEL is ~2.0 MB (model 0.66 MB + optimizer 1.33 MB): room for one.
 TMPFS_SIZE = "3m"
 
 
-def _train(run: str, dataset: str, overrides: list[str], prefix: tuple[str, ...] = ()) -> \
-        subprocess.CompletedProcess:
-    return subprocess.run([*prefix, *train_command(run, dataset, overrides)], cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+def _train(
+    run: str, dataset: str, overrides: list[str], prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, *train_command(run, dataset, overrides)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
     mount = str(tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}")
     os.makedirs(mount)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", mount],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", mount], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
     try:
@@ -69,8 +80,10 @@ def test_disk_full_keeps_last_commit_and_fails_final_clearly(tmp_path, dataset, 
     assert done.returncode == 2, output[-4000:]
     assert f"dist-llm train: error: the final checkpoint (step {STEPS}) failed to commit" in done.stderr
     step4 = layout.step_uri(ckpt, 4)
-    assert (f"checkpoint step 4 failed, not committed (cannot write {step4}/" in output
-            and "No space left on device; free space on that filesystem" in output), output[-4000:]
+    assert (
+        f"checkpoint step 4 failed, not committed (cannot write {step4}/" in output
+        and "No space left on device; free space on that filesystem" in output
+    ), output[-4000:]
     # Training went on after the failed checkpoint, undisturbed.
     assert train_losses(run) == clean_losses
     assert any(r.get("checkpoint_blocked_s") is not None and r["step"] == 6 for r in read_metrics(run))
@@ -96,15 +109,20 @@ def test_permission_denied_names_path_and_fix(tmp_path, dataset):
     readonly.chmod(0o555)
     ckpt = str(readonly / "ckpt")
     run = str(tmp_path / "run")
-    done = _train(run, dataset, ["train.max_steps=2", "train.precision=fp32", "checkpoint.interval=1",
-                                 f"checkpoint.dir={ckpt}"],
-                  prefix=(setpriv, "--bounding-set=-dac_override,-dac_read_search"))
+    done = _train(
+        run,
+        dataset,
+        ["train.max_steps=2", "train.precision=fp32", "checkpoint.interval=1", f"checkpoint.dir={ckpt}"],
+        prefix=(setpriv, "--bounding-set=-dac_override,-dac_read_search"),
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-4000:]
     assert "dist-llm train: error: the final checkpoint (step 2) failed to commit" in done.stderr
     for step in (1, 2):
-        assert (f"checkpoint step {step} failed, not committed (cannot write {layout.step_uri(ckpt, step)}/"
-                in output), output[-4000:]
+        assert (
+            f"checkpoint step {step} failed, not committed (cannot write {layout.step_uri(ckpt, step)}/"
+            in output
+        ), output[-4000:]
     assert f"Permission denied: '{ckpt}'; make that directory writable for uid 0" in output, output[-4000:]
     assert sorted(train_losses(run)) == [1, 2]
     assert not os.path.exists(ckpt)

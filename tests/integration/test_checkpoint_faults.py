@@ -98,8 +98,13 @@ class ThrottledLink:
 @pytest.fixture
 def bucket_fs(s3_env) -> s3fs.S3FileSystem:
     """A direct client that never answers from a listing cache: the tests poll the bucket."""
-    return s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, skip_instance_cache=True,
-                             use_listings_cache=False, client_kwargs={"endpoint_url": s3_env.endpoint})
+    return s3fs.S3FileSystem(
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        client_kwargs={"endpoint_url": s3_env.endpoint},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +115,27 @@ def uninterrupted(tmp_path_factory, dataset) -> str:
     return run
 
 
-def start_job(run: str, dataset: str, overrides: list[str], env: dict[str, str],
-              torchrun_args: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_job(
+    run: str, dataset: str, overrides: list[str], env: dict[str, str], torchrun_args: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """A 2-rank job in its own session (so the test can signal the whole process group)."""
     cmd = train_command(run, dataset, overrides, nproc=2)
     cmd[3:3] = list(torchrun_args)  # after `python -m torch.distributed.run`
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **JOB_ENV, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, **JOB_ENV, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(what: str, condition, proc: subprocess.Popen, timeout: float = 120) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (value := condition()):
+        if value := condition():
             return value
         if proc.poll() is not None:
             output = proc.communicate()[0]
@@ -147,7 +160,7 @@ def bucket_steps(fs: s3fs.S3FileSystem, prefix: str) -> dict[int, set[str]]:
     """Object names in each step directory under prefix, straight from the store."""
     steps: dict[int, set[str]] = {}
     for path in fs.find(prefix):
-        parts = path[len(prefix):].strip("/").split("/")
+        parts = path[len(prefix) :].strip("/").split("/")
         if len(parts) == 2 and (step := layout.step_of(parts[0])) is not None:
             steps.setdefault(step, set()).add(parts[1])
     return steps
@@ -159,8 +172,13 @@ def in_flight_after_commit(fs: s3fs.S3FileSystem, prefix: str) -> tuple[int, int
     committed = [s for s, names in steps.items() if layout.COMMITTED in names]
     if not committed:
         return None
-    partial = [s for s, names in steps.items() if s > max(committed) and layout.COMMITTED not in names
-               and any(n.startswith(("rng-", "model", "optimizer", "rank-done")) for n in names)]
+    partial = [
+        s
+        for s, names in steps.items()
+        if s > max(committed)
+        and layout.COMMITTED not in names
+        and any(n.startswith(("rng-", "model", "optimizer", "rank-done")) for n in names)
+    ]
     return (max(committed), min(partial)) if partial else None
 
 
@@ -170,18 +188,24 @@ def fresh_view(uri: str) -> None:
 
 
 @pytest.mark.distributed
-def test_sigkill_during_s3_upload_resumes_from_last_commit(tmp_path, dataset, s3_env, bucket_fs,
-                                                          uninterrupted):
+def test_sigkill_during_s3_upload_resumes_from_last_commit(
+    tmp_path, dataset, s3_env, bucket_fs, uninterrupted
+):
     bucket = s3_env.new_bucket()
     prefix = f"{bucket}/ckpt"
     remote = f"s3://{prefix}"
     link = ThrottledLink(s3_env.endpoint, rate=1_000_000)  # ~2 s per 2 MB checkpoint
     run = str(tmp_path / "killed")
     try:
-        proc = start_job(run, dataset, [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}"],
-                         {"AWS_ENDPOINT_URL": link.endpoint})
-        committed, partial = wait_for("an upload in flight after a commit",
-                                      lambda: in_flight_after_commit(bucket_fs, prefix), proc)
+        proc = start_job(
+            run,
+            dataset,
+            [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}"],
+            {"AWS_ENDPOINT_URL": link.endpoint},
+        )
+        committed, partial = wait_for(
+            "an upload in flight after a commit", lambda: in_flight_after_commit(bucket_fs, prefix), proc
+        )
         kill_job(proc)
     finally:
         link.close()
@@ -195,8 +219,12 @@ def test_sigkill_during_s3_upload_resumes_from_last_commit(tmp_path, dataset, s3
     verify_checkpoint(layout.step_uri(remote, committed))
     assert dict(model_tensors(layout.step_uri(remote, committed)))
 
-    resumed = run_train(run, dataset, [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}",
-                                       "checkpoint.resume=auto"], nproc=2)
+    resumed = run_train(
+        run,
+        dataset,
+        [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}", "checkpoint.resume=auto"],
+        nproc=2,
+    )
     assert train_losses(run) == train_losses(uninterrupted)
     fresh_view(remote)
     assert_weights_equal(dict(model_tensors(find_resumable(remote))), final_weights(uninterrupted))
@@ -210,16 +238,28 @@ def test_object_store_restart_during_upload(tmp_path, dataset, restartable_s3):
     bucket = s3.new_bucket()
     prefix = f"{bucket}/ckpt"
     remote = f"s3://{prefix}"
-    fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, skip_instance_cache=True,
-                           use_listings_cache=False, client_kwargs={"endpoint_url": s3.endpoint})
+    fs = s3fs.S3FileSystem(
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        client_kwargs={"endpoint_url": s3.endpoint},
+    )
     link = ThrottledLink(s3.endpoint, rate=1_000_000)
     run = str(tmp_path / "run")
     try:
-        proc = start_job(run, dataset, [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}"],
-                         {"AWS_ENDPOINT_URL": link.endpoint})
-        committed, partial = wait_for("an upload in flight after a commit",
-                                      lambda: in_flight_after_commit(fs, prefix), proc)
-        before = {s: verify_checkpoint(layout.step_uri(remote, s)) for s in committed_steps_direct(fs, prefix)}
+        proc = start_job(
+            run,
+            dataset,
+            [*COMMON, "checkpoint.interval=2", f"checkpoint.dir={remote}"],
+            {"AWS_ENDPOINT_URL": link.endpoint},
+        )
+        committed, partial = wait_for(
+            "an upload in flight after a commit", lambda: in_flight_after_commit(fs, prefix), proc
+        )
+        before = {
+            s: verify_checkpoint(layout.step_uri(remote, s)) for s in committed_steps_direct(fs, prefix)
+        }
         # Killed outright (no grace), so the upload in flight cannot finish before the outage.
         server.stop(grace_s=0)
         down_at = time.time()
@@ -259,10 +299,16 @@ def test_rank_killed_under_torchrun_restart_resumes_exactly(tmp_path, dataset, u
     # attempt can then read the previous attempt's gloo/NCCL addresses ("connectFullMesh failed:
     # Connection refused", pytorch/pytorch#135712, still so in torch 2.13): the documented
     # workaround gives each attempt a store of its own.
-    proc = start_job(run, dataset, [*COMMON, "checkpoint.interval=3", "checkpoint.resume=auto"],
-                     {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}, torchrun_args=("--max-restarts=1",))
-    wait_for("a committed checkpoint", lambda: os.path.exists(checkpoints) and committed_steps(checkpoints),
-             proc)
+    proc = start_job(
+        run,
+        dataset,
+        [*COMMON, "checkpoint.interval=3", "checkpoint.resume=auto"],
+        {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+        torchrun_args=("--max-restarts=1",),
+    )
+    wait_for(
+        "a committed checkpoint", lambda: os.path.exists(checkpoints) and committed_steps(checkpoints), proc
+    )
     workers = psutil.Process(proc.pid).children()
     victim = next(w for w in workers if w.environ().get("RANK") == "1")
     victim.kill()
@@ -275,8 +321,13 @@ def test_rank_killed_under_torchrun_restart_resumes_exactly(tmp_path, dataset, u
     assert_weights_equal(final_weights(run), final_weights(uninterrupted))
 
 
-def assert_no_secrets(log: str, run_dir: str, fs: s3fs.S3FileSystem, bucket: str,
-                      secrets: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY)) -> None:
+def assert_no_secrets(
+    log: str,
+    run_dir: str,
+    fs: s3fs.S3FileSystem,
+    bucket: str,
+    secrets: tuple[str, ...] = (ACCESS_KEY, SECRET_KEY),
+) -> None:
     """No secret in the job's output, any file of the run directory, or any object in the bucket."""
     texts = {"job output": log.encode()}
     for root, _, files in os.walk(run_dir):
@@ -299,10 +350,14 @@ def test_credentials_never_leak_on_errors(tmp_path, dataset, s3_env, bucket_fs):
     bucket = s3_env.new_bucket()
     wrong = "wrong-secret-0123456789"
     failed_run = str(tmp_path / "failed")
-    failed = subprocess.run(train_command(failed_run, dataset, ["train.max_steps=1",
-                                                                f"checkpoint.dir=s3://{bucket}/denied"]),
-                            cwd=REPO, env={**os.environ, **JOB_ENV, "AWS_SECRET_ACCESS_KEY": wrong},
-                            capture_output=True, text=True, timeout=300)
+    failed = subprocess.run(
+        train_command(failed_run, dataset, ["train.max_steps=1", f"checkpoint.dir=s3://{bucket}/denied"]),
+        cwd=REPO,
+        env={**os.environ, **JOB_ENV, "AWS_SECRET_ACCESS_KEY": wrong},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = failed.stdout + failed.stderr
     assert failed.returncode == 2 and "final checkpoint (step 1) failed" in output, output[-3000:]
     assert f"s3://{bucket}/denied/step-00000001" in output and "Traceback" not in output, output[-3000:]

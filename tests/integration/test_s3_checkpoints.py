@@ -18,8 +18,9 @@ from tests.conftest import assert_weights_equal, run_train, train_losses
 def test_commit_protocol_on_s3(s3_env):
     root = f"s3://{s3_env.new_bucket()}/ckpt"
     for step in (1, 2):
-        records = write_parts(layout.step_uri(root, step), {layout.state_file(0): b"w" * 1000,
-                                                            "trainer.json": b"{}"})
+        records = write_parts(
+            layout.step_uri(root, step), {layout.state_file(0): b"w" * 1000, "trainer.json": b"{}"}
+        )
         commit(root, step, records)
     write_parts(layout.step_uri(root, 3), {layout.state_file(0): b"partial"})  # never committed
     assert list_dirs(root) == ["latest", "step-00000001", "step-00000002", "step-00000003"]
@@ -36,17 +37,27 @@ def test_train_resume_from_s3_is_bitwise(tmp_path, dataset, s3_env):
     run_train(resumed, dataset, [*common, "train.exit_at_step=3", f"checkpoint.dir={remote}"], nproc=2)
     fs = s3fs.S3FileSystem()
     prefix = f"{bucket}/runs/resumed/step-00000003/"
-    names = {p[len(prefix):] for p in fs.find(prefix)}
+    names = {p[len(prefix) :] for p in fs.find(prefix)}
     # Each rank uploaded its own shard file; no object holds the whole model.
-    assert {layout.state_file(0), layout.state_file(1), layout.STATE_METADATA, "trainer.json",
-            "manifest.json", "COMMITTED", "rng-rank00000.pt", "rng-rank00001.pt"} <= names
+    assert {
+        layout.state_file(0),
+        layout.state_file(1),
+        layout.STATE_METADATA,
+        "trainer.json",
+        "manifest.json",
+        "COMMITTED",
+        "rng-rank00000.pt",
+        "rng-rank00001.pt",
+    } <= names
     run_train(resumed, dataset, [*common, f"checkpoint.dir={remote}", "checkpoint.resume=auto"], nproc=2)
 
     two_rank = str(tmp_path / "two_rank")
     run_train(two_rank, dataset, common, nproc=2)
     assert train_losses(resumed) == train_losses(two_rank)
-    assert_weights_equal(dict(model_tensors(find_resumable(remote))),
-                         dict(model_tensors(find_resumable(f"{two_rank}/checkpoints"))))
+    assert_weights_equal(
+        dict(model_tensors(find_resumable(remote))),
+        dict(model_tensors(find_resumable(f"{two_rank}/checkpoints"))),
+    )
 
 
 def test_large_shard_goes_up_as_a_multipart_upload_and_reads_back_by_range(s3_env, monkeypatch):

@@ -25,8 +25,11 @@ from tests.unit.shard_data import counting_docs, make_dataset
 def upload_dataset(local: str, bucket: str, prefix: str = "ds") -> str:
     """Copy what training reads (manifest, shards, tokenizer) to s3://bucket/prefix."""
     manifest = read_manifest(local)
-    files = ["manifest.json", manifest["tokenizer"]["path"],
-             *(s["path"] for split in manifest["splits"].values() for s in split["shards"])]
+    files = [
+        "manifest.json",
+        manifest["tokenizer"]["path"],
+        *(s["path"] for split in manifest["splits"].values() for s in split["shards"]),
+    ]
     fs = s3fs.S3FileSystem()
     for rel in files:
         if os.path.exists(os.path.join(local, rel)):
@@ -35,8 +38,11 @@ def upload_dataset(local: str, bucket: str, prefix: str = "ds") -> str:
 
 
 def cache_entries(cache_root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(root, f), cache_root)
-                  for root, _, files in os.walk(cache_root) for f in files)
+    return sorted(
+        os.path.relpath(os.path.join(root, f), cache_root)
+        for root, _, files in os.walk(cache_root)
+        for f in files
+    )
 
 
 @pytest.mark.distributed
@@ -51,8 +57,9 @@ def test_two_ranks_training_from_s3_equals_local_bitwise(tmp_path, dataset, s3_e
 
     def records(run_dir: str) -> list[dict]:
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            return [{k: v for k, v in json.loads(line).items() if "loss" in k}
-                    for line in f if "loss" in line]
+            return [
+                {k: v for k, v in json.loads(line).items() if "loss" in k} for line in f if "loss" in line
+            ]
 
     assert train_losses(s3_run) == train_losses(local_run) and len(train_losses(s3_run)) == 4
     assert records(s3_run) == records(local_run)  # train and validation losses
@@ -67,8 +74,9 @@ def test_two_ranks_training_from_s3_equals_local_bitwise(tmp_path, dataset, s3_e
 
 
 def test_opening_an_s3_split_downloads_only_the_shards_read(tmp_path, s3_env):
-    local = make_dataset(str(tmp_path / "ds"), {"train": counting_docs(80), "validation": counting_docs(6)},
-                         shard_tokens=60)
+    local = make_dataset(
+        str(tmp_path / "ds"), {"train": counting_docs(80), "validation": counting_docs(6)}, shard_tokens=60
+    )
     remote = upload_dataset(local, s3_env.new_bucket())
     cache_root = str(tmp_path / "cache")
     shards = TokenShards(remote, "train", cache_dir=cache_root)
@@ -81,8 +89,9 @@ def test_opening_an_s3_split_downloads_only_the_shards_read(tmp_path, s3_env):
 
 
 def test_a_corrupt_object_is_refused_after_retries(tmp_path, s3_env, monkeypatch):
-    local = make_dataset(str(tmp_path / "ds"), {"train": counting_docs(30), "validation": counting_docs(6)},
-                         shard_tokens=60)
+    local = make_dataset(
+        str(tmp_path / "ds"), {"train": counting_docs(30), "validation": counting_docs(6)}, shard_tokens=60
+    )
     bucket = s3_env.new_bucket()
     remote = upload_dataset(local, bucket)
     entry = read_manifest(local)["splits"]["train"]["shards"][0]
@@ -95,15 +104,21 @@ def test_a_corrupt_object_is_refused_after_retries(tmp_path, s3_env, monkeypatch
 
 
 def test_unreachable_endpoint_is_a_data_error_naming_the_uri(monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-                       "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-                       "AWS_MAX_ATTEMPTS": "1"}.items():  # botocore's own retries only slow the test
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():  # botocore's own retries only slow the test
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()
     start = time.monotonic()
-    with pytest.raises(DataError, match=r"s3://no-such-store/ds/manifest\.json: cannot read "
-                                        r"\(EndpointConnectionError.*AWS_ENDPOINT_URL"):
+    with pytest.raises(
+        DataError,
+        match=r"s3://no-such-store/ds/manifest\.json: cannot read "
+        r"\(EndpointConnectionError.*AWS_ENDPOINT_URL",
+    ):
         TokenShards("s3://no-such-store/ds", "train")
     assert time.monotonic() - start < 30
     s3fs.S3FileSystem.clear_instance_cache()

@@ -55,9 +55,11 @@ def test_s3_inputs_read_exactly_like_local_files(s3_env, corpus):
     local_docs, local_files, _ = read_all([str(corpus)], unit_bytes=1500)
     docs, files, _ = read_all([remote], unit_bytes=1500)
     assert [f.uri.removeprefix(remote) for f in files] == [
-        f.uri.removeprefix(str(corpus)) for f in local_files]
+        f.uri.removeprefix(str(corpus)) for f in local_files
+    ]
     assert [(f.kind, f.compression, f.size) for f in files] == [
-        (f.kind, f.compression, f.size) for f in local_files]
+        (f.kind, f.compression, f.size) for f in local_files
+    ]
     assert [d.text for d in docs] == [d.text for d in local_docs] and len(docs) == 782
     size, etag = files[0].identity.split(":")
     assert int(size) == files[0].size and len(etag) == 32  # size:ETag (an MD5 for single-part uploads)
@@ -98,8 +100,12 @@ def test_wrong_credentials_fail_with_a_clear_error(s3_env, monkeypatch):
 
 def test_unreachable_endpoint_fails_fast_even_when_skipping(monkeypatch):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k",
-                       "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()
     started = time.monotonic()

@@ -46,21 +46,30 @@ def _wait_lines(path: Path, count: int, timeout: float = 30, what: str = "") -> 
 
 
 def test_batch_job_runs_srun_and_the_tests_python(slurm):
-    script = slurm.script('srun hostname\npython -c "import sys; print(sys.executable)"\npwd\n'
-                          'echo "restarts=${SLURM_RESTART_COUNT:-none}"\necho "$DIST_LLM_SMOKE"\n')
+    script = slurm.script(
+        'srun hostname\npython -c "import sys; print(sys.executable)"\npwd\n'
+        'echo "restarts=${SLURM_RESTART_COUNT:-none}"\necho "$DIST_LLM_SMOKE"\n'
+    )
     job_id = slurm.sbatch(script, env={"DIST_LLM_SMOKE": "from the test"})
     job = slurm.wait_for(job_id, "COMPLETED", timeout=30)
     assert job["ExitCode"] == "0:0"
     assert slurm.output(job_id).splitlines() == [
-        slurm.node, sys.executable, str(REPO), "restarts=none", "from the test"]
+        slurm.node,
+        sys.executable,
+        str(REPO),
+        "restarts=none",
+        "from the test",
+    ]
 
 
 def test_a_job_gets_every_cpu_as_one_task(slurm):
     """How a training job asks for the node: one srun task (torchrun) with all CPUs for its ranks.
     Since 22.05 srun no longer reads SLURM_CPUS_PER_TASK (release notes): pass --cpus-per-task
     to srun again (or export SRUN_CPUS_PER_TASK), as this script does."""
-    script = slurm.script('srun --cpus-per-task="$SLURM_CPUS_PER_TASK" python -c "import os; '
-                          'print(os.environ[\'SLURM_CPUS_PER_TASK\'], len(os.sched_getaffinity(0)))"\n')
+    script = slurm.script(
+        'srun --cpus-per-task="$SLURM_CPUS_PER_TASK" python -c "import os; '
+        "print(os.environ['SLURM_CPUS_PER_TASK'], len(os.sched_getaffinity(0)))\"\n"
+    )
     job_id = slurm.sbatch(script, "--nodes=1", "--ntasks-per-node=1", f"--cpus-per-task={slurm.cpus}")
     job = slurm.wait_for(job_id, "COMPLETED", timeout=30)
     assert job["NumCPUs"] == str(slurm.cpus)
@@ -131,10 +140,14 @@ STEP_PROCS = {"step-bash", "step-child", "step-setsid", "step-grandchild"}
 BATCH_PROCS = {"batch", "batch-child"}
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({}, STEP_PROCS),
-    ({"batch": True}, {"batch"}),
-], ids=["steps", "batch"])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({}, STEP_PROCS),
+        ({"batch": True}, {"batch"}),
+    ],
+    ids=["steps", "batch"],
+)
 def test_scancel_signal_reaches(slurm, tmp_path, flags, expected):
     child, step, log = tmp_path / "child.py", tmp_path / "step.sh", tmp_path / "log"
     child.write_text(STEP_CHILD)
@@ -142,8 +155,7 @@ def test_scancel_signal_reaches(slurm, tmp_path, flags, expected):
     step.chmod(0o755)
     job_id = slurm.sbatch(slurm.script(BATCH), script_args=[str(log), str(child), str(step)])
     slurm.wait_for(job_id, "RUNNING")
-    up = {line.split()[0]: int(line.split()[2]) for line in
-          _wait_lines(log, 7, what="(every process up) ")}
+    up = {line.split()[0]: int(line.split()[2]) for line in _wait_lines(log, 7, what="(every process up) ")}
     assert set(up) == STEP_PROCS | BATCH_PROCS | {"step-default"}
 
     slurm.signal(job_id, "USR1", **flags)

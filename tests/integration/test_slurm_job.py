@@ -27,8 +27,14 @@ MAX_STEPS = 300
 
 
 def dist_llm(slurm, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dist_llm.cli", *args], cwd=REPO, env=slurm.env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_llm.cli", *args],
+        cwd=REPO,
+        env=slurm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -39,8 +45,9 @@ def wait_for_checkpoint_after(slurm, job: str, checkpoints: str, step: int, time
         steps = committed_steps(checkpoints) if Path(checkpoints).exists() else []
         if steps and steps[0] > step:
             return steps[0]
-        assert slurm.job_state(job)["JobState"] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING"), \
+        assert slurm.job_state(job)["JobState"] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING"), (
             slurm.diagnostics(job)
+        )
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint after step {step} within {timeout}s\n{slurm.diagnostics(job)}")
 
@@ -52,18 +59,31 @@ def wait_for_attempt(slurm, job: str, restarts: int, timeout: float = 120) -> No
         if record["JobState"] == "RUNNING" and record["Restarts"] == str(restarts):
             return
         time.sleep(0.1)
-    raise AssertionError(f"attempt {restarts} of job {job} not running within {timeout}s\n"
-                         f"{slurm.diagnostics(job)}")
+    raise AssertionError(
+        f"attempt {restarts} of job {job} not running within {timeout}s\n{slurm.diagnostics(job)}"
+    )
 
 
 @pytest.mark.distributed
 def test_job_checkpoints_before_time_limit_and_resumes_after_requeue(tmp_path, dataset, slurm):
     run = str(tmp_path / "run")
     checkpoints = f"{run}/checkpoints"
-    job = dist_llm(slurm, "slurm", "submit", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}",
-                   f"logging.run_dir={run}", f"train.max_steps={MAX_STEPS}", "checkpoint.interval=10",
-                   "train.precision=fp32", *SMALL_MODEL, "--nproc-per-node=2", "--cpus-per-task=2",
-                   "--time=10", "--signal-before=120").strip()
+    job = dist_llm(
+        slurm,
+        "slurm",
+        "submit",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"data.path={dataset}",
+        f"logging.run_dir={run}",
+        f"train.max_steps={MAX_STEPS}",
+        "checkpoint.interval=10",
+        "train.precision=fp32",
+        *SMALL_MODEL,
+        "--nproc-per-node=2",
+        "--cpus-per-task=2",
+        "--time=10",
+        "--signal-before=120",
+    ).strip()
 
     first = wait_for_checkpoint_after(slurm, job, checkpoints, 0)
     status = dist_llm(slurm, "slurm", "status", job)

@@ -22,12 +22,17 @@ def _write_shard(path: str, docs: list[np.ndarray]) -> dict:
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as ipc:
         ipc.write_batch(pa.record_batch([column], schema=SCHEMA))
     data = open(path, "rb").read()
-    return {"docs": len(docs), "tokens": int(offsets[-1]), "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "docs": len(docs),
+        "tokens": int(offsets[-1]),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
-def make_dataset(data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_tokens: int,
-                 tokenizer_sha: str = "0" * 64) -> str:
+def make_dataset(
+    data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_tokens: int, tokenizer_sha: str = "0" * 64
+) -> str:
     """Write `split_docs` as Arrow shards of about `shard_tokens` tokens (a document is never split)
     plus a manifest; a split without documents has no shards."""
     splits = {}
@@ -40,14 +45,28 @@ def make_dataset(data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_t
                 rel = f"units/u-{len(shards) // 2:06d}/{split}-{len(shards) % 2:03d}.arrow"
                 shards.append({"path": rel, **_write_shard(os.path.join(data_dir, rel), pending)})
                 pending = []
-        splits[split] = {"docs": sum(s["docs"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-                         "shards": shards}
+        splits[split] = {
+            "docs": sum(s["docs"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "shards": shards,
+        }
     manifest = {
-        "format": "dist_llm.shards/1", "token_dtype": "int32",
-        "tokenizer": {"kind": "sentencepiece", "path": "tokenizer.model", "sha256": tokenizer_sha,
-                      "vocab_size": 100_000, "bos_id": 1, "eos_id": 2, "pad_id": None, "unk_id": 0,
-                      "mask_id": None},
-        "splits": splits, "skipped": {"total": 0, "by_reason": {}}, "args": {"test": True},
+        "format": "dist_llm.shards/1",
+        "token_dtype": "int32",
+        "tokenizer": {
+            "kind": "sentencepiece",
+            "path": "tokenizer.model",
+            "sha256": tokenizer_sha,
+            "vocab_size": 100_000,
+            "bos_id": 1,
+            "eos_id": 2,
+            "pad_id": None,
+            "unk_id": 0,
+            "mask_id": None,
+        },
+        "splits": splits,
+        "skipped": {"total": 0, "by_reason": {}},
+        "args": {"test": True},
         "created_unix": 0.0,
     }
     with open(os.path.join(data_dir, "manifest.json"), "w") as f:

@@ -20,8 +20,16 @@ PARTS = ("data", "forward", "backward", "optimizer", "comm_exposed", "other")
 
 def test_communication_is_split_by_the_phase_it_ran_inside():
     ms = 1_000_000  # profiler spans are in nanoseconds
-    markers = [Span(name, a * ms, b * ms) for name, a, b in
-               ((STEP, 0, 100), (DATA, 0, 10), (FORWARD, 10, 40), (BACKWARD, 40, 80), (OPTIMIZER, 85, 95))]
+    markers = [
+        Span(name, a * ms, b * ms)
+        for name, a, b in (
+            (STEP, 0, 100),
+            (DATA, 0, 10),
+            (FORWARD, 10, 40),
+            (BACKWARD, 40, 80),
+            (OPTIMIZER, 85, 95),
+        )
+    ]
     # All-reduces overlapping the end of backward and the gap after it; one outside the step
     # (a metrics all-reduce) is left out.
     comm = [Span("gloo:all_reduce", a * ms, b * ms) for a, b in ((70, 84), (75, 78), (120, 130))]
@@ -33,8 +41,10 @@ def test_communication_is_split_by_the_phase_it_ran_inside():
 
 
 def test_means_add_up_to_the_mean_step():
-    rows = [{"step": 10.0, "forward": 4.0, "comm_exposed": 1.0, "other": 5.0},
-            {"step": 20.0, "forward": 6.0, "comm_exposed": 0.0, "other": 14.0}]
+    rows = [
+        {"step": 10.0, "forward": 4.0, "comm_exposed": 1.0, "other": 5.0},
+        {"step": 20.0, "forward": 6.0, "comm_exposed": 0.0, "other": 14.0},
+    ]
     mean = mean_breakdown(rows)
     assert mean == {"step": 15.0, "forward": 5.0, "comm_exposed": 0.5, "other": 9.5}
 
@@ -57,8 +67,9 @@ def test_profiled_run_breaks_steps_down_and_trains_the_same_bits(tmp_path, datas
 
     assert not os.path.exists(os.path.dirname(breakdown_path(str(tmp_path / "default"), 0)))
     assert [sorted(r) for r in default] == [sorted(r) for r in profiled]
-    assert [(r.get("loss"), r.get("grad_norm")) for r in default] == \
-        [(r.get("loss"), r.get("grad_norm")) for r in profiled]
+    assert [(r.get("loss"), r.get("grad_norm")) for r in default] == [
+        (r.get("loss"), r.get("grad_norm")) for r in profiled
+    ]
 
     report = _read(tmp_path / "profiled")
     assert len(report["steps_ms"]) == 4
@@ -74,8 +85,12 @@ def test_profiled_run_breaks_steps_down_and_trains_the_same_bits(tmp_path, datas
 
 @pytest.mark.distributed
 def test_two_ranks_report_ddp_all_reduce_inside_backward(tmp_path, dataset):
-    run_train(str(tmp_path), dataset, ["train.max_steps=5", "train.precision=fp32", "checkpoint.interval=0",
-                                       "logging.profile_steps=2-5"], nproc=2)
+    run_train(
+        str(tmp_path),
+        dataset,
+        ["train.max_steps=5", "train.precision=fp32", "checkpoint.interval=0", "logging.profile_steps=2-5"],
+        nproc=2,
+    )
     for rank in (0, 1):
         b = _read(tmp_path, rank)["phases_ms"]
         assert b["comm"] > 0 and b["comm_in_backward"] > 0
@@ -83,14 +98,35 @@ def test_two_ranks_report_ddp_all_reduce_inside_backward(tmp_path, dataset):
 
 
 def test_table_has_the_breakdown_columns():
-    breakdown = {"step": 10.0, "data": 1.0, "forward_backward": 6.0, "comm_in_forward_backward": 2.0,
-                 "optimizer": 1.0, "comm": 2.5, "comm_exposed": 0.5, "other": 1.5}
+    breakdown = {
+        "step": 10.0,
+        "data": 1.0,
+        "forward_backward": 6.0,
+        "comm_in_forward_backward": 2.0,
+        "optimizer": 1.0,
+        "comm": 2.5,
+        "comm_exposed": 0.5,
+        "other": 1.5,
+    }
     result = TrainBenchResult(
-        name="pp2", ranks=2, threads_per_rank=1, tokens_per_s=100.0, tokens_per_s_per_thread=50.0,
-        step_time_s=0.01, profiled_step_time_s=0.0102, precision="fp32", achieved_tflops=0.01, mfu=0.25,
-        peak_tflops={"bf16": 0.001, "fp32": 0.04}, memory={}, rank_memory=[{"memory_rss_bytes": 2**20}] * 2,
-        breakdown_ms=breakdown, rank_breakdowns=[])
+        name="pp2",
+        ranks=2,
+        threads_per_rank=1,
+        tokens_per_s=100.0,
+        tokens_per_s_per_thread=50.0,
+        step_time_s=0.01,
+        profiled_step_time_s=0.0102,
+        precision="fp32",
+        achieved_tflops=0.01,
+        mfu=0.25,
+        peak_tflops={"bf16": 0.001, "fp32": 0.04},
+        memory={},
+        rank_memory=[{"memory_rss_bytes": 2**20}] * 2,
+        breakdown_ms=breakdown,
+        rank_breakdowns=[],
+    )
     table = format_table([result])
     assert "25.0% (fp32 0.04)" in table and "0.001 / 0.04" in table
-    assert ("pp2 | 10.0 (+2%) | 1.0 | - | 6.0 (fwd+bwd) | 1.0 | 0.5 | 1.5 | 2.5 (forward_backward 2.0)"
-            in table)
+    assert (
+        "pp2 | 10.0 (+2%) | 1.0 | - | 6.0 (fwd+bwd) | 1.0 | 0.5 | 1.5 | 2.5 (forward_backward 2.0)" in table
+    )

@@ -50,8 +50,9 @@ class GPT(nn.Module):
 @pytest.mark.parametrize("bias", [False, True])
 def test_parameter_count_is_gpt2s(bias):
     V, T, L, d = 100, 16, 2, 32
-    model = nanogpt.GPT(nanogpt.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=4, n_embd=d,
-                                          bias=bias))
+    model = nanogpt.GPT(
+        nanogpt.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=4, n_embd=d, bias=bias)
+    )
     # Per block: qkv 3d^2, attention out d^2, MLP 8d^2, two LayerNorm gains; plus the final gain.
     # Biases: 3d + d + 4d + d in the Linears and two LayerNorm biases per block, one final.
     expected = V * d + T * d + L * (12 * d * d + 2 * d) + d
@@ -63,12 +64,15 @@ def test_parameter_count_is_gpt2s(bias):
 
 def test_a_step_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = nanogpt.GPT(nanogpt.GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32,
-                                          bias=False))
+    model = nanogpt.GPT(
+        nanogpt.GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32, bias=False)
+    )
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
     tokens = torch.randint(0, 64, (4, 17))
-    micro_batches = [{"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
-                     for rows in tokens.split(2)]
+    micro_batches = [
+        {"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
+        for rows in tokens.split(2)
+    ]
     cpu = torch.device("cpu")
     first = nanogpt.train_step(model, optimizer, micro_batches, 1e-2, 1.0, cpu)
     second = nanogpt.train_step(model, optimizer, micro_batches, 1e-2, 1.0, cpu)
@@ -76,8 +80,24 @@ def test_a_step_lowers_the_loss_on_a_fixed_batch():
 
 
 def _bench(dataset: str, out: str, *extra: str) -> dict:
-    assert main(["bench", "peer", "--config", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}",
-                 *SMALL_MODEL, "--threads", "1", "--json", out, *extra]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "peer",
+                "--config",
+                str(REPO / "configs" / "tiny.yaml"),
+                f"data.path={dataset}",
+                *SMALL_MODEL,
+                "--threads",
+                "1",
+                "--json",
+                out,
+                *extra,
+            ]
+        )
+        == 0
+    )
     with open(out) as f:
         return json.load(f)[0]
 
@@ -112,8 +132,9 @@ def test_bench_peer_imports_a_checkout(dataset, tmp_path):
     checkout = tmp_path / "nanoGPT"
     checkout.mkdir()
     (checkout / "model.py").write_text(textwrap.dedent(FAKE_MODEL_PY))
-    result = _bench(dataset, str(tmp_path / "peer.json"), "--steps", "3", "--warmup", "1",
-                    "--nanogpt-dir", str(checkout))
+    result = _bench(
+        dataset, str(tmp_path / "peer.json"), "--steps", "3", "--warmup", "1", "--nanogpt-dir", str(checkout)
+    )
     assert str(checkout) in result["nanogpt"]["name"]
     assert result["nanogpt"]["params"] == 2 * 1024 * 64  # the bigram model: untied embedding + head
     assert result["nanogpt"]["tokens_per_s"] > 0

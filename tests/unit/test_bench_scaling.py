@@ -61,8 +61,25 @@ def test_cli_from_a_measured_single_gpu_throughput(tmp_path, capsys):
     from dist_llm.cli import main
 
     out = tmp_path / "scaling.json"
-    assert main(["bench", "scaling", "--config", str(REPO / "configs" / "models" / "125m.yaml"),
-                 "--tokens-per-s", "400000", "--gpus", "8,64", "--layouts", "zero1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "scaling",
+                "--config",
+                str(REPO / "configs" / "models" / "125m.yaml"),
+                "--tokens-per-s",
+                "400000",
+                "--gpus",
+                "8,64",
+                "--layouts",
+                "zero1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "measured 400,000 tokens/s on one GPU" in capsys.readouterr().out
     report = json.loads(out.read_text())[0]
     assert [r["gpus"] for r in report["rows"]] == [8, 64] and report["seq_len"] == 2048

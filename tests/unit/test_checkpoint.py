@@ -30,10 +30,13 @@ SHARD = layout.state_file(0)
 
 
 def parts_for(step: int) -> dict[str, bytes]:
-    return {SHARD: f"model and optimizer shard of step {step}".encode() * 50,
-            layout.STATE_METADATA: f"metadata of step {step}".encode() * 30,
-            layout.TRAINER: json.dumps({"step": step}).encode(),
-            layout.rng_name(0): b"rng0-%d" % step, layout.rng_name(1): b"rng1-%d" % step}
+    return {
+        SHARD: f"model and optimizer shard of step {step}".encode() * 50,
+        layout.STATE_METADATA: f"metadata of step {step}".encode() * 30,
+        layout.TRAINER: json.dumps({"step": step}).encode(),
+        layout.rng_name(0): b"rng0-%d" % step,
+        layout.rng_name(1): b"rng1-%d" % step,
+    }
 
 
 def save_committed(root: str, step: int) -> str:
@@ -53,6 +56,7 @@ def root(tmp_path) -> str:
 
 
 # --- commit protocol ---------------------------------------------------------------------------
+
 
 def test_parts_without_marker_are_never_used(root):
     save_committed(root, 10)
@@ -79,8 +83,11 @@ def test_commit_writes_manifest_then_marker_then_latest(root, monkeypatch):
     monkeypatch.setattr(commit_module, "write_bytes", recording_write)
     save_committed(root, 7)
     step_uri = layout.step_uri(root, 7)
-    assert written[-3:] == [join(step_uri, layout.MANIFEST), join(step_uri, layout.COMMITTED),
-                            join(root, layout.LATEST)]
+    assert written[-3:] == [
+        join(step_uri, layout.MANIFEST),
+        join(step_uri, layout.COMMITTED),
+        join(root, layout.LATEST),
+    ]
     assert set(written[:-3]) == {join(step_uri, name) for name in parts_for(7)}
     assert latest_of(root) == layout.step_dir_name(7)
     manifest = check_manifest(step_uri)
@@ -110,6 +117,7 @@ def test_crash_during_commit_leaves_previous_checkpoint_newest(root, monkeypatch
 
 
 # --- discovery ---------------------------------------------------------------------------------
+
 
 def _flip_byte(path: str, pos: int) -> None:
     with open(path, "r+b") as f:
@@ -198,6 +206,7 @@ def test_resume_candidates(root):
 
 # --- retention ---------------------------------------------------------------------------------
 
+
 def test_retention_keeps_newest_and_in_flight_and_drops_stale_partials(root):
     for step in (10, 20, 30, 40, 50):
         save_committed(root, step)
@@ -244,6 +253,7 @@ def test_retention_without_any_commit_removes_nothing(root):
 
 # --- storage -----------------------------------------------------------------------------------
 
+
 def test_write_bytes_roundtrip_and_file_uri(tmp_path):
     uri = join(str(tmp_path), "a", "b", "blob")
     write_bytes(uri, b"one")
@@ -287,8 +297,17 @@ def save_checkpoint(root, step, engine, trainer_state, world, keep_last):
     assert writer.committed_steps == [step]
     return layout.step_uri(root, step)
 
-TINY = ["model.vocab_size=64", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
-        "model.max_seq_len=16", "model.dropout=0.2", "data.seq_len=16", "optim.lr=0.01"]
+
+TINY = [
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.max_seq_len=16",
+    "model.dropout=0.2",
+    "data.seq_len=16",
+    "optim.lr=0.01",
+]
 WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 
@@ -327,7 +346,12 @@ def test_save_load_roundtrip_is_bitwise_and_training_continues_identically(root)
     uri = save_checkpoint(root, 2, engine, trainer_state, WORLD, keep_last=2)
 
     assert uri == layout.step_uri(root, 2) and find_resumable(root) == uri
-    assert set(check_manifest(uri)["files"]) == {SHARD, layout.STATE_METADATA, layout.TRAINER, layout.rng_name(0)}
+    assert set(check_manifest(uri)["files"]) == {
+        SHARD,
+        layout.STATE_METADATA,
+        layout.TRAINER,
+        layout.rng_name(0),
+    }
     _assert_same_tensors(dict(model_tensors(uri)), saved_state["model"], "model")
     assert "output.weight" not in saved_state["model"], "a tied head is saved once, as the embedding"
     assert load_trainer_state(uri) == trainer_state
@@ -402,8 +426,11 @@ def test_corrupt_bytes_in_newest_fall_back_to_previous_on_load(root, warnings_lo
         restored = _engine(seed=1)
         assert restore_newest("auto", root, restored, WORLD) == (older, {"step": 1}), (name, pos)
         _assert_same_tensors(restored.state_dict(), expected, "state")
-        assert any("skipping checkpoint" in r.getMessage() and newest in r.getMessage()
-                   for r in warnings_log.records if r.levelno == logging.WARNING), (name, pos)
+        assert any(
+            "skipping checkpoint" in r.getMessage() and newest in r.getMessage()
+            for r in warnings_log.records
+            if r.levelno == logging.WARNING
+        ), (name, pos)
         _flip_byte(path, pos)  # restore
         assert restore_newest("auto", root, _engine(seed=1), WORLD)[0] == newest
 

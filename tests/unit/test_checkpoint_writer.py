@@ -22,8 +22,16 @@ WORLD = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 @pytest.fixture
 def engine() -> TorchEngine:
-    cfg = load_config(None, ["model.vocab_size=64", "model.d_model=32", "model.n_layers=2",
-                             "model.n_heads=2", "model.max_seq_len=16"])
+    cfg = load_config(
+        None,
+        [
+            "model.vocab_size=64",
+            "model.d_model=32",
+            "model.n_layers=2",
+            "model.n_heads=2",
+            "model.max_seq_len=16",
+        ],
+    )
     return TorchEngine(cfg, WORLD)
 
 

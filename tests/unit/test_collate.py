@@ -65,8 +65,10 @@ def mlm_samples(tmp_path) -> PackedSamples:
 
 
 def _run(samples: PackedSamples, world: int, steps: int, state: dict | None = None):
-    ranks = [TrainBatches([Source("", 1.0, samples)], ToyMaskedLM(), 5, GLOBAL, MICRO, r, world)
-             for r in range(world)]
+    ranks = [
+        TrainBatches([Source("", 1.0, samples)], ToyMaskedLM(), 5, GLOBAL, MICRO, r, world)
+        for r in range(world)
+    ]
     for r in ranks:
         if state:
             r.load_state(state)

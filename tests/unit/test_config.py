@@ -45,8 +45,11 @@ def test_batch_divisibility_checked_against_world_size(tmp_path):
     path = write(tmp_path, "c.yaml", "train:\n  global_batch_size: 24\n  micro_batch_size: 4\n")
     cfg = load_config(path)
     cfg.validate(world_size=2)  # 24 = 4 x 2 x 3
-    with pytest.raises(ConfigError, match=r"c\.yaml:2: train\.global_batch_size=24 is not divisible by "
-                                          r"train\.micro_batch_size=4 x 4 data-parallel ranks"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.yaml:2: train\.global_batch_size=24 is not divisible by "
+        r"train\.micro_batch_size=4 x 4 data-parallel ranks",
+    ):
         cfg.validate(world_size=4)
 
 
@@ -79,7 +82,9 @@ def test_parallel_layouts_validated_before_launch():
     with pytest.raises(ConfigError, match="world size 6 is not divisible by the product 4"):
         load_config(None, ["engine.tp=4", "model.n_heads=4", "model.n_kv_heads=4"]).validate(world_size=6)
     with pytest.raises(ConfigError, match="= 8 but the world size is 4"):
-        load_config(None, ["engine.tp=2", "engine.dp_shard=2", "engine.dp_replicate=2"]).validate(world_size=4)
+        load_config(None, ["engine.tp=2", "engine.dp_shard=2", "engine.dp_replicate=2"]).validate(
+            world_size=4
+        )
     with pytest.raises(ConfigError, match="only one of dp_shard, tp may be -1"):
         load_config(None, ["engine.tp=-1"]).validate(world_size=4)
     with pytest.raises(ConfigError, match="engine.tp=4 must divide model.n_kv_heads=2"):
@@ -97,12 +102,14 @@ def test_parallel_layouts_validated_before_launch():
     with pytest.raises(ConfigError, match="leave them at their defaults"):
         load_config(None, ["engine.type=deepspeed", "engine.dp_replicate=2"]).validate(2)
     with pytest.raises(ConfigError, match="offload_params=cpu needs engine.zero_stage=3"):
-        load_config(None, ["engine.type=deepspeed", "engine.zero_stage=2",
-                           "engine.offload_params=cpu"]).validate()
+        load_config(
+            None, ["engine.type=deepspeed", "engine.zero_stage=2", "engine.offload_params=cpu"]
+        ).validate()
     with pytest.raises(ConfigError, match="needs engine.type=deepspeed"):
         load_config(None, ["engine.offload_optimizer=cpu"]).validate()
-    cfg = load_config(None, ["engine.tp=2", "engine.pp=2", "train.global_batch_size=12",
-                             "train.micro_batch_size=2"])
+    cfg = load_config(
+        None, ["engine.tp=2", "engine.pp=2", "train.global_batch_size=12", "train.micro_batch_size=2"]
+    )
     cfg.validate(world_size=8)  # dp = 8 / (2 x 2) = 2, and 12 = 2 x 2 x 3
     assert cfg.engine.dims(8) == ParallelDims(pp=2, dp_replicate=1, dp_shard=2, tp=2)
     with pytest.raises(ConfigError, match="x 4 data-parallel ranks"):

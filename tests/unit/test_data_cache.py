@@ -43,16 +43,18 @@ def upload(local_dir: str) -> str:
 
 @pytest.fixture
 def local_and_remote(tmp_path) -> tuple[str, str]:
-    local = make_dataset(str(tmp_path / "ds"), {"train": counting_docs(60), "validation": counting_docs(10)},
-                         shard_tokens=60)
+    local = make_dataset(
+        str(tmp_path / "ds"), {"train": counting_docs(60), "validation": counting_docs(10)}, shard_tokens=60
+    )
     return local, upload(local)
 
 
 def cached_files(cache_root: str) -> list[str]:
     found = []
     for root, _, files in os.walk(cache_root):
-        found.extend(os.path.relpath(os.path.join(root, f), cache_root)
-                     for f in files if f.endswith(".arrow"))
+        found.extend(
+            os.path.relpath(os.path.join(root, f), cache_root) for f in files if f.endswith(".arrow")
+        )
     return sorted(found)
 
 
@@ -75,8 +77,9 @@ def test_remote_copy_gives_the_same_batches_and_state(local_and_remote, tmp_path
     steps = []
     for path in (local, remote):
         samples = PackedSamples(TokenShards(path, "train", cache_dir=str(tmp_path / "cache")), SEQ)
-        batches = TrainBatches([Source("", 1.0, samples)], CausalLMCollator(), 7, 8, 2, 0, 1,
-                               prefetch_steps=2)
+        batches = TrainBatches(
+            [Source("", 1.0, samples)], CausalLMCollator(), 7, 8, 2, 0, 1, prefetch_steps=2
+        )
         steps.append(([batches.next_step() for _ in range(12)], batches.state()))
     (a, state_a), (b, state_b) = steps
     assert state_a == state_b
@@ -102,8 +105,10 @@ def test_prefetch_downloads_the_coming_steps_shards_and_no_others(local_and_remo
     cache.close()
     cache._pool.shutdown(wait=True)  # let started downloads finish before looking
     folder = dataset_cache_dir(cache_root, remote)
-    expected = sorted(os.path.relpath(cached_name(folder, e["path"], e["sha256"]), cache_root)
-                      for e in (shards.entries[i] for i in needed))
+    expected = sorted(
+        os.path.relpath(cached_name(folder, e["path"], e["sha256"]), cache_root)
+        for e in (shards.entries[i] for i in needed)
+    )
     assert cached_files(cache_root) == expected
     assert len(expected) < len(shards.entries)
 

@@ -36,12 +36,14 @@ def _batch(samples: PackedSamples, ids: list[int]) -> tuple[torch.Tensor, torch.
 def counting_dataset(tmp_path) -> tuple[str, np.ndarray]:
     """Several train shards (with shard boundaries inside the stream) and a validation split."""
     docs = counting_docs(40)
-    data_dir = make_dataset(str(tmp_path / "ds"), {"train": docs, "validation": counting_docs(12)},
-                            shard_tokens=50)
+    data_dir = make_dataset(
+        str(tmp_path / "ds"), {"train": docs, "validation": counting_docs(12)}, shard_tokens=50
+    )
     return data_dir, np.concatenate(docs).astype(np.int64)
 
 
 # --- TokenShards -------------------------------------------------------------------------------
+
 
 def test_read_stitches_across_shards_exactly(counting_dataset):
     data_dir, stream = counting_dataset
@@ -52,7 +54,7 @@ def test_read_stitches_across_shards_exactly(counting_dataset):
     # Every window of a few lengths, so every shard boundary is crossed at every offset.
     for length in (1, 13, 64, 130):
         for start in range(0, len(stream) - length + 1, 3):
-            assert np.array_equal(shards.read(start, length), stream[start:start + length]), (start, length)
+            assert np.array_equal(shards.read(start, length), stream[start : start + length]), (start, length)
 
 
 def test_read_with_non_counting_values_matches_concatenation(tmp_path):
@@ -96,7 +98,7 @@ def test_truncated_shard_raises_naming_file(counting_dataset, keep_fraction):
     path, _ = _first_shard(data_dir)
     data = open(path, "rb").read()
     with open(path, "wb") as f:
-        f.write(data[:int(len(data) * keep_fraction)])
+        f.write(data[: int(len(data) * keep_fraction)])
     with pytest.raises(DataError) as err:
         TokenShards(data_dir, "train")
     assert path in str(err.value)
@@ -152,6 +154,7 @@ def test_fingerprint_depends_on_shard_contents(tmp_path):
 
 # --- PackedSamples -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seq_len", [1, 8, 31, 64])
 def test_packed_samples_are_shifted_windows(counting_dataset, seq_len):
     data_dir, stream = counting_dataset
@@ -162,8 +165,8 @@ def test_packed_samples_are_shifted_windows(counting_dataset, seq_len):
     assert inputs.shape == labels.shape == (len(ids), seq_len)
     assert inputs.dtype == labels.dtype == torch.int64
     for row, s in enumerate(ids):
-        assert torch.equal(inputs[row], torch.from_numpy(stream[s * seq_len:s * seq_len + seq_len]))
-        assert torch.equal(labels[row], torch.from_numpy(stream[s * seq_len + 1:s * seq_len + seq_len + 1]))
+        assert torch.equal(inputs[row], torch.from_numpy(stream[s * seq_len : s * seq_len + seq_len]))
+        assert torch.equal(labels[row], torch.from_numpy(stream[s * seq_len + 1 : s * seq_len + seq_len + 1]))
 
 
 def test_sample_count_uses_every_possible_window(tmp_path):
@@ -201,8 +204,10 @@ def _global_batch(batches: list[TrainBatches]) -> tuple[torch.Tensor, torch.Tens
 
 
 def _ranks(samples: PackedSamples, world_size: int, seed: int = SEED) -> list[TrainBatches]:
-    return [TrainBatches([Source("", 1.0, samples)], CAUSAL, seed, GLOBAL, MICRO, rank, world_size)
-            for rank in range(world_size)]
+    return [
+        TrainBatches([Source("", 1.0, samples)], CAUSAL, seed, GLOBAL, MICRO, rank, world_size)
+        for rank in range(world_size)
+    ]
 
 
 @pytest.fixture
@@ -235,8 +240,11 @@ def test_causal_batches_are_the_plain_windows_of_the_seeded_order(samples):
             ids = order.sample_ids(step * GLOBAL + rank * (GLOBAL // 2), GLOBAL // 2)
             for i, batch in enumerate(batches.next_step()):
                 x, y = batch["input_ids"], batch["labels"]
-                rows = torch.from_numpy(np.stack([samples.shards.read(s * SEQ, SEQ + 1)
-                                                  for s in ids[i * MICRO:(i + 1) * MICRO]]))
+                rows = torch.from_numpy(
+                    np.stack(
+                        [samples.shards.read(s * SEQ, SEQ + 1) for s in ids[i * MICRO : (i + 1) * MICRO]]
+                    )
+                )
                 assert torch.equal(x, rows[:, :-1]) and torch.equal(y, rows[:, 1:])
                 assert x.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
 
@@ -260,8 +268,14 @@ def test_seed_changes_the_order(samples):
 
 def test_state_is_small_and_tracks_consumption(samples):
     batches = _ranks(samples, 2)[1]
-    assert [f.name for f in fields(DataState)] == ["seed", "consumed_samples", "epoch", "fingerprint",
-                                                    "seq_len", "sources"]
+    assert [f.name for f in fields(DataState)] == [
+        "seed",
+        "consumed_samples",
+        "epoch",
+        "fingerprint",
+        "seq_len",
+        "sources",
+    ]
     for _ in range(samples.num_samples // GLOBAL + 1):
         batches.next_step()
     state = batches.state()
@@ -288,8 +302,9 @@ def test_load_state_continues_with_the_same_global_batch(samples, resume_world):
         assert torch.equal(x, expected[step][0]) and torch.equal(y, expected[step][1]), step
 
 
-@pytest.mark.parametrize("key,value", [("fingerprint", "0123456789abcdef"), ("seed", SEED + 1),
-                                       ("seq_len", SEQ * 2)])
+@pytest.mark.parametrize(
+    "key,value", [("fingerprint", "0123456789abcdef"), ("seed", SEED + 1), ("seq_len", SEQ * 2)]
+)
 def test_load_state_rejects_other_data_seed_or_seq_len(samples, key, value):
     batches = _ranks(samples, 1)[0]
     state = asdict(batches.state())
@@ -308,6 +323,7 @@ def test_indivisible_batch_raises(samples):
 
 # --- eval_batches ------------------------------------------------------------------------------
 
+
 def _first_inputs(batches: list[dict[str, torch.Tensor]]) -> list[int]:
     """Sample ids of eval batches over a counting stream."""
     return [int(v) // SEQ for batch in batches for v in batch["input_ids"][:, 0]]
@@ -320,8 +336,10 @@ def test_eval_batches_deterministic_and_partitioned(samples):
     assert len(one) == num_batches
     assert all(torch.equal(a[k], b[k]) for a, b in zip(one, again) for k in ("input_ids", "labels"))
     for world_size in (2, 4):
-        per_rank = [_first_inputs(eval_batches(samples, CAUSAL, SEED, micro, num_batches, r, world_size))
-                    for r in range(world_size)]
+        per_rank = [
+            _first_inputs(eval_batches(samples, CAUSAL, SEED, micro, num_batches, r, world_size))
+            for r in range(world_size)
+        ]
         seen = [s for ids in per_rank for s in ids]
         assert len(seen) == len(set(seen)) == micro * num_batches * world_size  # no overlap
         assert sorted(seen) == list(range(len(seen)))  # the first windows, no shuffling
@@ -329,8 +347,11 @@ def test_eval_batches_deterministic_and_partitioned(samples):
 
 
 def test_eval_batches_capped_by_split_size(tmp_path):
-    data_dir = make_dataset(str(tmp_path / "ds"), {"train": [np.arange(100)],
-                                                   "validation": [np.arange(5 * SEQ + 1)]}, shard_tokens=64)
+    data_dir = make_dataset(
+        str(tmp_path / "ds"),
+        {"train": [np.arange(100)], "validation": [np.arange(5 * SEQ + 1)]},
+        shard_tokens=64,
+    )
     val = PackedSamples(TokenShards(data_dir, "validation"), SEQ)
     assert val.num_samples == 5
     per_rank = [_first_inputs(eval_batches(val, CAUSAL, SEED, 2, 10, r, 2)) for r in range(2)]
@@ -339,6 +360,7 @@ def test_eval_batches_capped_by_split_size(tmp_path):
 
 
 # --- dist-llm bench dataloader -----------------------------------------------------------------
+
 
 def test_bench_dataloader_reports_the_loader_share_of_a_training_step(dataset):
     from dist_llm.bench.dataloader import bench_dataloader, format_table

@@ -21,8 +21,16 @@ READY_MADE = sorted((REPO / "configs" / "deepspeed").glob("*.json"))
 
 
 def ds_cfg(*overrides: str):
-    return load_config(None, ["engine.type=deepspeed", "train.global_batch_size=16",
-                              "train.micro_batch_size=2", "launch.nproc_per_node=2", *overrides])
+    return load_config(
+        None,
+        [
+            "engine.type=deepspeed",
+            "train.global_batch_size=16",
+            "train.micro_batch_size=2",
+            "launch.nproc_per_node=2",
+            *overrides,
+        ],
+    )
 
 
 def write(tmp_path, ds: dict) -> str:
@@ -32,8 +40,13 @@ def write(tmp_path, ds: dict) -> str:
 
 
 def test_generated_config_follows_train_and_optim():
-    cfg = ds_cfg("engine.zero_stage=3", "engine.offload_optimizer=cpu", "engine.offload_params=cpu",
-                 "train.precision=bf16", "optim.grad_clip=0.5")
+    cfg = ds_cfg(
+        "engine.zero_stage=3",
+        "engine.offload_optimizer=cpu",
+        "engine.offload_params=cpu",
+        "train.precision=bf16",
+        "optim.grad_clip=0.5",
+    )
     ds = generate_deepspeed_config(cfg, world_size=2)
     assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_accumulation_steps"] == 4  # 16 / (2 per micro-batch x 2 ranks)
@@ -50,8 +63,9 @@ def test_generated_config_follows_train_and_optim():
 def test_ready_made_configs_are_valid(path):
     stage = json.loads(path.read_text())["zero_optimization"]["stage"]
     precision = "fp16" if "fp16" in path.name else "bf16"
-    cfg = ds_cfg(f"engine.deepspeed_config={path}", f"engine.zero_stage={stage}",
-                 f"train.precision={precision}")
+    cfg = ds_cfg(
+        f"engine.deepspeed_config={path}", f"engine.zero_stage={stage}", f"train.precision={precision}"
+    )
     validate_deepspeed_config(cfg, world_size=2)
     ds = load_deepspeed_config(cfg, world_size=2)
     assert ds["gradient_accumulation_steps"] == 4  # batch sizes left out of the file come from train.*
@@ -63,15 +77,23 @@ def test_ready_made_configs_cover_every_stage_and_precision():
     assert names == {f"{z}_{p}" for z in stages for p in ("bf16", "fp16")}
 
 
-@pytest.mark.parametrize("ds, message", [
-    ({"zero_optimization": {"stag": 3}}, "unknown key zero_optimization.stag (did you mean stage?)"),
-    ({"zero_optimisation": {"stage": 1}}, "unknown key zero_optimisation (did you mean zero_optimization?)"),
-    ({"zero_optimization": {"stage": 3, "offload_param": {"devcie": "cpu"}}},
-     "unknown key zero_optimization.offload_param.devcie (did you mean device?)"),
-    ({"train_micro_batch_size_per_gpus": 2}, "unknown key train_micro_batch_size_per_gpus"),
-    ({"bf16": {"enable": True}}, "unknown key bf16.enable (did you mean enabled?)"),
-    ({"optimizer": {"type": "AdamW", "parms": {}}}, "unknown key optimizer.parms (did you mean params?)"),
-])
+@pytest.mark.parametrize(
+    "ds, message",
+    [
+        ({"zero_optimization": {"stag": 3}}, "unknown key zero_optimization.stag (did you mean stage?)"),
+        (
+            {"zero_optimisation": {"stage": 1}},
+            "unknown key zero_optimisation (did you mean zero_optimization?)",
+        ),
+        (
+            {"zero_optimization": {"stage": 3, "offload_param": {"devcie": "cpu"}}},
+            "unknown key zero_optimization.offload_param.devcie (did you mean device?)",
+        ),
+        ({"train_micro_batch_size_per_gpus": 2}, "unknown key train_micro_batch_size_per_gpus"),
+        ({"bf16": {"enable": True}}, "unknown key bf16.enable (did you mean enabled?)"),
+        ({"optimizer": {"type": "AdamW", "parms": {}}}, "unknown key optimizer.parms (did you mean params?)"),
+    ],
+)
 def test_mistyped_keys_are_reported(tmp_path, ds, message):
     path = write(tmp_path, ds)
     with pytest.raises(ConfigError) as err:
@@ -79,19 +101,28 @@ def test_mistyped_keys_are_reported(tmp_path, ds, message):
     assert str(err.value).startswith(f"{path}: {message}")
 
 
-@pytest.mark.parametrize("ds, overrides, names", [
-    ({"train_batch_size": 32}, [], ["train_batch_size=32", "train.global_batch_size", "16"]),
-    ({"train_micro_batch_size_per_gpu": 4}, [], ["train_micro_batch_size_per_gpu=4", "= 2"]),
-    ({"gradient_clipping": 2.0}, [], ["gradient_clipping=2.0", "optim.grad_clip", "1.0"]),
-    ({"bf16": {"enabled": True}}, ["train.precision=fp32"], ["enables bf16", "train.precision=fp32"]),
-    ({"zero_optimization": {"stage": 3}}, [], ["zero_optimization.stage=3", "engine.zero_stage=1"]),
-    ({"optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.999]}}}, [],
-     ["optimizer.params.betas=[0.9, 0.999]", "0.95"]),
-    ({"optimizer": {"type": "Lamb"}}, [], ["optimizer.type='Lamb'", "only AdamW"]),
-    ({"scheduler": {"type": "WarmupLR"}}, [], ["scheduler", "optim.schedule"]),
-    ({"zero_optimization": {"stage": 3}}, ["engine.zero_stage=3", "engine.offload_params=cpu"],
-     ["zero_optimization.offload_param.device=none", "engine.offload_params=cpu"]),
-])
+@pytest.mark.parametrize(
+    "ds, overrides, names",
+    [
+        ({"train_batch_size": 32}, [], ["train_batch_size=32", "train.global_batch_size", "16"]),
+        ({"train_micro_batch_size_per_gpu": 4}, [], ["train_micro_batch_size_per_gpu=4", "= 2"]),
+        ({"gradient_clipping": 2.0}, [], ["gradient_clipping=2.0", "optim.grad_clip", "1.0"]),
+        ({"bf16": {"enabled": True}}, ["train.precision=fp32"], ["enables bf16", "train.precision=fp32"]),
+        ({"zero_optimization": {"stage": 3}}, [], ["zero_optimization.stage=3", "engine.zero_stage=1"]),
+        (
+            {"optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.999]}}},
+            [],
+            ["optimizer.params.betas=[0.9, 0.999]", "0.95"],
+        ),
+        ({"optimizer": {"type": "Lamb"}}, [], ["optimizer.type='Lamb'", "only AdamW"]),
+        ({"scheduler": {"type": "WarmupLR"}}, [], ["scheduler", "optim.schedule"]),
+        (
+            {"zero_optimization": {"stage": 3}},
+            ["engine.zero_stage=3", "engine.offload_params=cpu"],
+            ["zero_optimization.offload_param.device=none", "engine.offload_params=cpu"],
+        ),
+    ],
+)
 def test_json_must_agree_with_our_config(tmp_path, ds, overrides, names):
     path = write(tmp_path, {"zero_optimization": {"stage": 1}, **ds})
     with pytest.raises(ConfigError) as err:
@@ -101,11 +132,18 @@ def test_json_must_agree_with_our_config(tmp_path, ds, overrides, names):
 
 
 def test_agreeing_json_is_used_with_our_batch_sizes(tmp_path):
-    path = write(tmp_path, {"train_batch_size": 16, "gradient_clipping": 1.0,
-                            "optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.95], "lr": 5.0}},
-                            "zero_optimization": {"stage": 2, "overlap_comm": False}})
-    ds = load_deepspeed_config(ds_cfg(f"engine.deepspeed_config={path}", "engine.zero_stage=2",
-                                      "train.precision=fp32"), world_size=2)
+    path = write(
+        tmp_path,
+        {
+            "train_batch_size": 16,
+            "gradient_clipping": 1.0,
+            "optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.95], "lr": 5.0}},
+            "zero_optimization": {"stage": 2, "overlap_comm": False},
+        },
+    )
+    ds = load_deepspeed_config(
+        ds_cfg(f"engine.deepspeed_config={path}", "engine.zero_stage=2", "train.precision=fp32"), world_size=2
+    )
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": False}
     assert ds["gradient_accumulation_steps"] == 4 and "optimizer" not in ds
 

@@ -17,11 +17,25 @@ from dist_llm.models.decoder import lm_loss
 from dist_llm.pretrained import instantiate, load_pretrained
 from tests.conftest import make_trainer, read_metrics
 
-TEACHER = ["model.d_model=128", "model.n_layers=3", "train.max_steps=200", "optim.lr=0.003",
-           "optim.warmup_steps=10", "train.eval_batches=4"]
-STUDENT = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1",
-           "train.max_steps=100", "optim.lr=0.003", "optim.warmup_steps=5", "train.eval_interval=25",
-           "train.eval_batches=4"]
+TEACHER = [
+    "model.d_model=128",
+    "model.n_layers=3",
+    "train.max_steps=200",
+    "optim.lr=0.003",
+    "optim.warmup_steps=10",
+    "train.eval_batches=4",
+]
+STUDENT = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.n_kv_heads=1",
+    "train.max_steps=100",
+    "optim.lr=0.003",
+    "optim.warmup_steps=5",
+    "train.eval_interval=25",
+    "train.eval_batches=4",
+]
 # T=1 with most weight on the soft targets: measured over seeds 1234/7/99/2024 (teachers' val loss
 # 4.45-4.69), the distilled student ends 0.19-0.28 below the baseline's val loss (5.50-5.54 vs
 # 5.70-5.82). With T=2 or T=1.5 the student ended *above* the baseline in this 100-step budget.
@@ -30,10 +44,17 @@ DISTILL = ["distill.temperature=1.0", "distill.alpha=0.2"]
 # Each family with the modules it needs (the encoder and encoder-decoder are imported on use).
 FAMILIES = {
     "decoder": [],
-    "encoder_decoder": ["model.arch=encoder_decoder", "data.objective=span_corruption",
-                        "model.n_kv_heads=null"],
-    "encoder": ["model.arch=encoder", "data.objective=mlm", "data.sentence_task=none",
-                "model.n_kv_heads=null"],
+    "encoder_decoder": [
+        "model.arch=encoder_decoder",
+        "data.objective=span_corruption",
+        "model.n_kv_heads=null",
+    ],
+    "encoder": [
+        "model.arch=encoder",
+        "data.objective=mlm",
+        "data.sentence_task=none",
+        "model.n_kv_heads=null",
+    ],
 }
 
 
@@ -53,8 +74,9 @@ def logits_and_labels(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.
     return student, teacher, labels
 
 
-def reference_kl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                 t: float) -> torch.Tensor:
+def reference_kl(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, t: float
+) -> torch.Tensor:
     """KL(p_teacher || p_student) at temperature t, written out, averaged over scored positions."""
     p = torch.softmax(teacher / t, -1)
     per_position = (p * (torch.log(p) - torch.log_softmax(student / t, -1))).sum(-1)
@@ -75,8 +97,10 @@ def test_loss_arithmetic():
     # Unscored positions (label -100) take no part, whatever either model says there.
     changed = teacher.clone()
     changed[0, :2] = 100.0
-    assert torch.equal(distillation_loss(student, changed, labels, 2.0, 0.5),
-                       distillation_loss(student, teacher, labels, 2.0, 0.5))
+    assert torch.equal(
+        distillation_loss(student, changed, labels, 2.0, 0.5),
+        distillation_loss(student, teacher, labels, 2.0, 0.5),
+    )
     # bf16 logits are scored in fp32.
     assert distillation_loss(student.bfloat16(), teacher.bfloat16(), labels, 2.0, 0.5).dtype == torch.float32
 
@@ -102,17 +126,25 @@ def test_attached_teacher_leaves_the_student_as_it_was(tmp_path, dataset, teache
     with torch.no_grad():
         ids = batch["input_ids"]  # without labels, positional as generation calls it: the logits
         assert torch.equal(student(ids), type(student).forward(student, ids))
-        expected = distillation_loss(student(input_ids=batch["input_ids"]),
-                                     student.forward.teacher.forward(input_ids=batch["input_ids"]),
-                                     batch["labels"], d.temperature, d.alpha)
+        expected = distillation_loss(
+            student(input_ids=batch["input_ids"]),
+            student.forward.teacher.forward(input_ids=batch["input_ids"]),
+            batch["labels"],
+            d.temperature,
+            d.alpha,
+        )
         assert torch.equal(student(**batch), expected)
 
 
 def test_refuses_a_teacher_of_another_vocabulary_or_family(tmp_path, dataset, teacher, monkeypatch):
-    with pytest.raises(ConfigError, match=r"distill.teacher=.* has vocab_size=1024 but the student has "
-                                          r"model.vocab_size=1056"):
-        make_trainer(tmp_path / "a", dataset,
-                     [*STUDENT, "model.vocab_size=1056", f"distill.teacher={teacher}"], [])
+    with pytest.raises(
+        ConfigError,
+        match=r"distill.teacher=.* has vocab_size=1024 but the student has "
+        r"model.vocab_size=1056",
+    ):
+        make_trainer(
+            tmp_path / "a", dataset, [*STUDENT, "model.vocab_size=1056", f"distill.teacher={teacher}"], []
+        )
     with pytest.raises(ConfigError, match=r"distill.teacher=.*nope: neither a Hugging Face model directory"):
         make_trainer(tmp_path / "b", dataset, [*STUDENT, f"distill.teacher={tmp_path / 'nope'}"], [])
 
@@ -121,8 +153,11 @@ def test_refuses_a_teacher_of_another_vocabulary_or_family(tmp_path, dataset, te
         return replace(model_cfg, arch="encoder"), state
 
     monkeypatch.setattr(dist_llm.distill, "load_pretrained", as_encoder)
-    with pytest.raises(ConfigError, match=r"distill.teacher=.* is a 'encoder' model but the student is "
-                                          r"model.arch='decoder'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"distill.teacher=.* is a 'encoder' model but the student is "
+        r"model.arch='decoder'",
+    ):
         make_trainer(tmp_path / "c", dataset, [*STUDENT, f"distill.teacher={teacher}"], [])
 
 
@@ -135,8 +170,9 @@ def test_every_family_distills_through_its_forward_contract(tmp_path, dataset, m
     weights = plain.engine.model.state_dict()
     monkeypatch.setattr(dist_llm.distill, "check_pretrained", lambda path, key: None)
     monkeypatch.setattr(dist_llm.distill, "load_pretrained", lambda path: (plain.cfg.model, weights))
-    distilled = make_trainer(tmp_path / "distilled", dataset,
-                             [*overrides, "distill.teacher=in-memory", "distill.alpha=0.0"], [])
+    distilled = make_trainer(
+        tmp_path / "distilled", dataset, [*overrides, "distill.teacher=in-memory", "distill.alpha=0.0"], []
+    )
     student = distilled.engine.model
     assert student.state_dict().keys() == weights.keys()
     batch = distilled.batches.next_step()[0]
@@ -145,8 +181,12 @@ def test_every_family_distills_through_its_forward_contract(tmp_path, dataset, m
         assert torch.equal(student.eval()(**batch), plain.engine.model.eval()(**batch))
     if arch == "encoder":  # without labels the encoder has no sentence logits to distill
         with pytest.raises(ConfigError, match=r"data.sentence_task=nsp: distillation covers the masked-LM"):
-            make_trainer(tmp_path / "nsp", dataset, [*overrides, "data.sentence_task=nsp",
-                                                     "distill.teacher=in-memory"], [])
+            make_trainer(
+                tmp_path / "nsp",
+                dataset,
+                [*overrides, "data.sentence_task=nsp", "distill.teacher=in-memory"],
+                [],
+            )
 
 
 def kl_to(teacher: torch.nn.Module, trainer) -> float:
@@ -156,12 +196,14 @@ def kl_to(teacher: torch.nn.Module, trainer) -> float:
     def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"]
         with torch.no_grad():
-            return distillation_loss(student(input_ids=ids), teacher(input_ids=ids), batch["labels"],
-                                     temperature=1.0, alpha=0.0)
+            return distillation_loss(
+                student(input_ids=ids), teacher(input_ids=ids), batch["labels"], temperature=1.0, alpha=0.0
+            )
 
     t = trainer.cfg.train
-    return validation_losses(loss_fn, trainer.data.validation, trainer.data.collator, t.seed,
-                             t.micro_batch_size, t.eval_batches)["val_loss"]
+    return validation_losses(
+        loss_fn, trainer.data.validation, trainer.data.collator, t.seed, t.micro_batch_size, t.eval_batches
+    )["val_loss"]
 
 
 def test_a_student_learns_more_from_the_teacher_than_from_labels_alone(tmp_path, dataset, teacher):

@@ -87,9 +87,9 @@ def _glob_regex(pattern: str) -> re.Pattern:
             out, i = out + "[^/]*", i + 1
         elif pattern[i] == "?":
             out, i = out + "[^/]", i + 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
             end = pattern.index("]", i + 2)
-            body = pattern[i + 1:end]
+            body = pattern[i + 1 : end]
             out, i = out + "[" + ("^" + body[1:] if body[0] in "^!" else body) + "]", end + 1
         else:
             out, i = out + re.escape(pattern[i]), i + 1
@@ -180,27 +180,33 @@ def check_dockerfile(repo: Path, dockerfile: str) -> list[str]:
             rel = [r for r in rel if not ARTIFACTS.search(r)]
             dropped = [r for r in rel if ignored(r, patterns)]
             if not rel or dropped:
-                problems.append(f"{dockerfile}: COPY source {src} is excluded by .dockerignore "
-                                f"({', '.join(dropped[:3]) or 'no files left'})")
+                problems.append(
+                    f"{dockerfile}: COPY source {src} is excluded by .dockerignore "
+                    f"({', '.join(dropped[:3]) or 'no files left'})"
+                )
     if LOCK not in sources:
         problems.append(f"{dockerfile}: does not COPY the shared lock {LOCK}")
 
     defaults = arg_defaults(instrs)
     torch = ci_torch_version(repo)
     if defaults.get("TORCH_VERSION") != torch:
-        problems.append(f"{dockerfile}: ARG TORCH_VERSION={defaults.get('TORCH_VERSION')} but .ci/run tests "
-                        f"torch=={torch}")
+        problems.append(
+            f"{dockerfile}: ARG TORCH_VERSION={defaults.get('TORCH_VERSION')} but .ci/run tests "
+            f"torch=={torch}"
+        )
     if not re.search(r"torch==\$\{?TORCH_VERSION\}?", (repo / dockerfile).read_text()):
         problems.append(f"{dockerfile}: torch is not installed as torch==${{TORCH_VERSION}}")
 
     if any(instr == "ENV" and "PYTORCH_VERSION" in args for instr, args in instrs):
-        problems.append(f"{dockerfile}: sets PYTORCH_VERSION, which makes enroot's PyTorch hook export "
-                        "RANK/WORLD_SIZE under Slurm (dist-llm would then not start torchrun)")
+        problems.append(
+            f"{dockerfile}: sets PYTORCH_VERSION, which makes enroot's PyTorch hook export "
+            "RANK/WORLD_SIZE under Slurm (dist-llm would then not start torchrun)"
+        )
 
     scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"].get("scripts", {})
     entry = entrypoint(instrs)
     if entry != ["dist-llm"]:
-        problems.append(f"{dockerfile}: ENTRYPOINT is {entry}, expected [\"dist-llm\"]")
+        problems.append(f'{dockerfile}: ENTRYPOINT is {entry}, expected ["dist-llm"]')
     elif entry[0] not in scripts:
         problems.append(f"{dockerfile}: ENTRYPOINT {entry[0]} is not a [project.scripts] console script")
     return problems
@@ -217,11 +223,14 @@ def check_base_images(repo: Path) -> list[str]:
     gpu = arg_defaults(parse_dockerfile((repo / GPU).read_text()))
     cpu = arg_defaults(parse_dockerfile((repo / CPU).read_text()))
     if m and gpu.get("PYTHON_VERSION") != m.group(1):
-        problems.append(f"{GPU}: PYTHON_VERSION={gpu.get('PYTHON_VERSION')} but {LOCK} was resolved "
-                        f"with Python {m.group(1)}")
+        problems.append(
+            f"{GPU}: PYTHON_VERSION={gpu.get('PYTHON_VERSION')} but {LOCK} was resolved "
+            f"with Python {m.group(1)}"
+        )
     if m and not re.fullmatch(rf"python:{re.escape(m.group(1))}(-.*)?", cpu.get("PYTHON_IMAGE", "")):
-        problems.append(f"{CPU}: PYTHON_IMAGE={cpu.get('PYTHON_IMAGE')} but {LOCK} was resolved "
-                        f"with Python {m.group(1)}")
+        problems.append(
+            f"{CPU}: PYTHON_IMAGE={cpu.get('PYTHON_IMAGE')} but {LOCK} was resolved with Python {m.group(1)}"
+        )
     image, index = gpu.get("CUDA_IMAGE", ""), gpu.get("TORCH_INDEX_URL", "")
     if "devel" not in image:
         problems.append(f"{GPU}: CUDA_IMAGE={image!r} is not a -devel image (DeepSpeed JIT needs nvcc)")
@@ -234,8 +243,9 @@ def check_base_images(repo: Path) -> list[str]:
 
 
 def check_all(repo: Path) -> list[str]:
-    return (check_lock(repo) + check_dockerfile(repo, GPU) + check_dockerfile(repo, CPU)
-            + check_base_images(repo))
+    return (
+        check_lock(repo) + check_dockerfile(repo, GPU) + check_dockerfile(repo, CPU) + check_base_images(repo)
+    )
 
 
 def test_docker_recipes_match_the_project():
@@ -246,7 +256,8 @@ def test_both_images_install_the_same_lock_and_project():
     for dockerfile in (GPU, CPU):
         instrs = parse_dockerfile((REPO / dockerfile).read_text())
         assert {"pyproject.toml", "README.md", "dist_llm", "data_prep", "configs", LOCK} <= set(
-            copy_sources(instrs)), dockerfile
+            copy_sources(instrs)
+        ), dockerfile
         text = (REPO / dockerfile).read_text()
         assert "pip install -r" in text and "-e ." in text, dockerfile
         assert entrypoint(instrs) == ["dist-llm"] and ("CMD", '["--help"]') in instrs, dockerfile
@@ -335,8 +346,11 @@ def test_checker_catches_a_wrong_entrypoint_base_and_env(repo_copy: Path):
     _edit(repo_copy / "pyproject.toml", 'dist-llm = "dist_llm.cli:main"', 'dllm = "dist_llm.cli:main"')
     cuda_image = arg_defaults(parse_dockerfile((repo_copy / GPU).read_text()))["CUDA_IMAGE"]
     _edit(repo_copy / GPU, "CUDA_IMAGE=" + cuda_image, "CUDA_IMAGE=" + cuda_image.replace("devel", "runtime"))
-    _edit(repo_copy / GPU, "ENV DEBIAN_FRONTEND=noninteractive",
-          "ENV PYTORCH_VERSION=2.13.0 DEBIAN_FRONTEND=noninteractive")
+    _edit(
+        repo_copy / GPU,
+        "ENV DEBIAN_FRONTEND=noninteractive",
+        "ENV PYTORCH_VERSION=2.13.0 DEBIAN_FRONTEND=noninteractive",
+    )
     problems = check_all(repo_copy)
     assert any(p.startswith(CPU + ": ENTRYPOINT is") for p in problems), problems
     assert any("ENTRYPOINT dist-llm is not a [project.scripts]" in p for p in problems), problems

@@ -12,10 +12,17 @@ from dist_llm.models.presets import load_preset
 SCALE = ["train.global_batch_size=1024", "train.micro_batch_size=1", "data.seq_len=8192"]
 
 
-@pytest.mark.parametrize("layout, ranks", [
-    (["engine.tp=8"], [0, 7, 504, 511]),                   # FSDP 64 x TP 8
-    (["engine.tp=8", "engine.pp=4"], [0, 127, 128, 511]),  # FSDP 16 x TP 8 x PP 4: first/last of stages 0, 1, 3
-], ids=["fsdp64_tp8", "fsdp16_tp8_pp4"])
+@pytest.mark.parametrize(
+    "layout, ranks",
+    [
+        (["engine.tp=8"], [0, 7, 504, 511]),  # FSDP 64 x TP 8
+        (
+            ["engine.tp=8", "engine.pp=4"],
+            [0, 127, 128, 511],
+        ),  # FSDP 16 x TP 8 x PP 4: first/last of stages 0, 1, 3
+    ],
+    ids=["fsdp64_tp8", "fsdp16_tp8_pp4"],
+)
 def test_70b_on_512_ranks_no_rank_exceeds_its_share(layout, ranks):
     result = dry_run("70b", [*SCALE, *layout], world=512, ranks=ranks)
     assert result.params == count_params(load_preset("70b")) > 70e9

@@ -16,8 +16,16 @@ from dist_llm.models.presets import load_preset
 
 
 def small_cfg(**overrides) -> ModelConfig:
-    base = dict(arch="encoder", vocab_size=211, d_model=64, n_layers=2, n_heads=4, max_seq_len=48,
-                type_vocab_size=3, norm_eps=1e-12)
+    base = dict(
+        arch="encoder",
+        vocab_size=211,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=48,
+        type_vocab_size=3,
+        norm_eps=1e-12,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -27,13 +35,24 @@ def build(cfg: ModelConfig, seed: int = 0) -> EncoderLM:
 
 
 def vocab_sized(model: EncoderLM) -> set[int]:
-    return {id(model.tok_embeddings.weight), id(model.output.weight), id(model.output_bias),
-            id(model.pos_embeddings.weight)}
+    return {
+        id(model.tok_embeddings.weight),
+        id(model.output.weight),
+        id(model.output_bias),
+        id(model.pos_embeddings.weight),
+    }
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"tie_embeddings": False}, {"activation": "relu", "ffn_hidden": 96}, {"n_layers": 3, "n_heads": 8},
-], ids=["tied", "untied", "relu", "deeper"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"tie_embeddings": False},
+        {"activation": "relu", "ffn_hidden": 96},
+        {"n_layers": 3, "n_heads": 8},
+    ],
+    ids=["tied", "untied", "relu", "deeper"],
+)
 def test_count_matches_built_model(overrides):
     cfg = small_cfg(**overrides)
     model = build(cfg)
@@ -48,8 +67,13 @@ def test_presets_count_what_hf_bert_for_pretraining_holds(name, nominal):
 
     cfg = load_preset(name)
     assert cfg.arch == "encoder" and cfg.vocab_size == 30522 and cfg.max_seq_len == 512
-    config = BertConfig(vocab_size=30522, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-                        num_attention_heads=cfg.n_heads, intermediate_size=4 * cfg.d_model)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=4 * cfg.d_model,
+    )
     with torch.device("meta"):
         hf_count = sum(p.numel() for p in BertForPreTraining(config).parameters())
         ours = sum(p.numel() for p in EncoderLM(cfg).parameters())
@@ -63,8 +87,13 @@ def batch(cfg: ModelConfig, rows: int = 3, seq_len: int = 20, seed: int = 1) -> 
     types = (torch.arange(seq_len) >= seq_len // 2).long().expand(rows, seq_len).clone()
     labels = torch.full((rows, seq_len), -100)
     labels[:, 3::4] = ids[:, 3::4]
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids),
-            "labels": labels, "next_sentence_label": torch.tensor([0, 1, 0])[:rows]}
+    return {
+        "input_ids": ids,
+        "token_type_ids": types,
+        "attention_mask": torch.ones_like(ids),
+        "labels": labels,
+        "next_sentence_label": torch.tensor([0, 1, 0])[:rows],
+    }
 
 
 def test_logits_and_loss():

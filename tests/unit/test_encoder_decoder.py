@@ -23,8 +23,16 @@ VOCAB = 200
 
 
 def small_cfg(**overrides) -> ModelConfig:
-    base = dict(arch="encoder_decoder", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, norm_eps=1e-6,
-                rel_pos_buckets=8, rel_pos_max_distance=16)
+    base = dict(
+        arch="encoder_decoder",
+        vocab_size=VOCAB,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        norm_eps=1e-6,
+        rel_pos_buckets=8,
+        rel_pos_max_distance=16,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -41,9 +49,15 @@ def randint(*shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"activation": "gated-gelu", "tie_embeddings": False}, {"n_decoder_layers": 3, "ffn_hidden": 96},
-], ids=["relu-tied", "gated-untied", "asymmetric"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"activation": "gated-gelu", "tie_embeddings": False},
+        {"n_decoder_layers": 3, "ffn_hidden": 96},
+    ],
+    ids=["relu-tied", "gated-untied", "asymmetric"],
+)
 def test_param_count_formula_matches_numel(overrides):
     cfg = small_cfg(**overrides)
     model = EncoderDecoderLM(cfg)
@@ -57,8 +71,14 @@ def test_presets_match_hf_t5_parameter_counts(name, total):
     from transformers import T5Config, T5ForConditionalGeneration
 
     cfg = load_preset(name)
-    hf_config = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.ffn_dim,
-                         num_layers=cfg.n_layers, num_heads=cfg.n_heads)
+    hf_config = T5Config(
+        vocab_size=cfg.vocab_size,
+        d_model=cfg.d_model,
+        d_kv=cfg.head_dim,
+        d_ff=cfg.ffn_dim,
+        num_layers=cfg.n_layers,
+        num_heads=cfg.n_heads,
+    )
     with torch.device("meta"):
         ours, theirs = EncoderDecoderLM(cfg), T5ForConditionalGeneration(hf_config)
     assert count_encoder_decoder_params(cfg) == numel(ours) == numel(theirs) == total
@@ -100,8 +120,9 @@ def test_padding_masks_make_padded_rows_match_unpadded():
     with torch.no_grad():
         ref_states, ref_logits = model.hidden_states(ids), model(ids, decoder_input_ids=dec)
         states = model.hidden_states(pad_ids, attention_mask=mask)
-        logits = model(pad_ids, attention_mask=mask, decoder_input_ids=pad_dec,
-                       decoder_attention_mask=dec_mask)
+        logits = model(
+            pad_ids, attention_mask=mask, decoder_input_ids=pad_dec, decoder_attention_mask=dec_mask
+        )
         empty = model(pad_ids, attention_mask=torch.zeros_like(mask), decoder_input_ids=pad_dec)
     assert torch.allclose(states[:, :9], ref_states, atol=1e-5)
     assert torch.allclose(logits[:, :5], ref_logits, atol=1e-5)
@@ -130,10 +151,12 @@ def test_meta_build_to_empty_init_weights_reties():
     assert model.output.weight is model.tok_embeddings.weight
     layer = model.decoder.layers["1"]
     assert layer.ffn_norm.weight.eq(1).all() and model.encoder.norm.weight.eq(1).all()
-    stds = {"embedding": (model.tok_embeddings.weight, 2.0),
-            "wq": (layer.attention.wq.weight, 2 / (64 * 16) ** 0.5),  # 1/sqrt(d_model * head_dim)
-            "wk": (layer.cross_attention.wk.weight, 2 / 8),
-            "wo": (layer.feed_forward.wo.weight, 2 / 256 ** 0.5)}
+    stds = {
+        "embedding": (model.tok_embeddings.weight, 2.0),
+        "wq": (layer.attention.wq.weight, 2 / (64 * 16) ** 0.5),  # 1/sqrt(d_model * head_dim)
+        "wk": (layer.cross_attention.wk.weight, 2 / 8),
+        "wo": (layer.feed_forward.wo.weight, 2 / 256**0.5),
+    }
     for name, (weight, std) in stds.items():
         assert abs(weight.std().item() / std - 1) < 0.1, name
     untied = dataclasses.replace(cfg, tie_embeddings=False)

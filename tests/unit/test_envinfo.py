@@ -18,13 +18,35 @@ from dist_llm.envinfo.compare import compare_ranks, rank_ranges
 from dist_llm.envinfo.facts import collect_facts, relevant_env
 from dist_llm.envinfo.report import format_text, merge_checks
 
-LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-               "GROUP_RANK", "GROUP_WORLD_SIZE", "SLURM_JOB_ID", "SLURM_NNODES", "SLURM_JOB_NUM_NODES",
-               "SLURM_NODEID", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_DISABLE",
-               "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+LAUNCH_VARS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "SLURM_JOB_ID",
+    "SLURM_NNODES",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NODEID",
+    "NCCL_SOCKET_IFNAME",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_IB_HCA",
+    "NCCL_IB_DISABLE",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+)
 
-IB_PORT = {"device": "mlx5_0", "port": 1, "state": "ACTIVE", "rate": "400 Gb/sec (4X NDR)",
-           "link_layer": "InfiniBand", "netdev": "ib0"}
+IB_PORT = {
+    "device": "mlx5_0",
+    "port": 1,
+    "state": "ACTIVE",
+    "rate": "400 Gb/sec (4X NDR)",
+    "link_layer": "InfiniBand",
+    "netdev": "ib0",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -51,25 +73,44 @@ def only(found: list[checks.Check], name: str) -> checks.Check:
     return matching[0]
 
 
-def gpu_host(base: dict, n: int = 2, capability: str = "9.0", arch: tuple = ("sm_80", "sm_90"),
-             cuda: str = "12.4", driver_cuda: str = "12.4") -> dict:
+def gpu_host(
+    base: dict,
+    n: int = 2,
+    capability: str = "9.0",
+    arch: tuple = ("sm_80", "sm_90"),
+    cuda: str = "12.4",
+    driver_cuda: str = "12.4",
+) -> dict:
     f = copy.deepcopy(base)
     f["software"].update(torch_cuda=cuda, driver_cuda=driver_cuda, nvidia_driver="550.54.15", nccl="2.21.5")
-    f["devices"].update(nvidia_device_nodes=n, torch_arch_list=list(arch), gpus=[
-        {"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "capability": capability,
-         "multiprocessors": 132} for i in range(n)])
+    f["devices"].update(
+        nvidia_device_nodes=n,
+        torch_arch_list=list(arch),
+        gpus=[
+            {
+                "index": i,
+                "name": "NVIDIA H100 80GB HBM3",
+                "memory_gib": 79.1,
+                "capability": capability,
+                "multiprocessors": 132,
+            }
+            for i in range(n)
+        ],
+    )
     return f
 
 
 # --- master address and port: real sockets and name resolution ---
+
 
 def test_master_port_in_use_on_the_master_fails_and_free_port_passes(monkeypatch):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         port = held.getsockname()[1]
-        busy = only(run_checks(facts_with(monkeypatch, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))),
-                    "master_port")
+        busy = only(
+            run_checks(facts_with(monkeypatch, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))), "master_port"
+        )
     assert busy.status == FAIL and "in use" in busy.message and str(port) in busy.fix
     free = only(run_checks(collect_facts()), "master_port")
     assert free.status == OK and "free on this host" in free.message
@@ -108,14 +149,18 @@ def test_connect_result_tells_refused_from_open():
 
 # --- interface variables against this host's real interfaces ---
 
+
 def test_nccl_socket_ifname_naming_no_interface_fails(monkeypatch):
     check = only(run_checks(facts_with(monkeypatch, NCCL_SOCKET_IFNAME="doesnotexist")), "nccl_socket_ifname")
     assert check.status == FAIL and "lo" in check.message  # lists what exists
 
 
 def test_loopback_interface_passes_on_one_node(monkeypatch):
-    for var, spec in [("NCCL_SOCKET_IFNAME", "lo"), ("NCCL_SOCKET_IFNAME", "l"),
-                      ("GLOO_SOCKET_IFNAME", "lo")]:
+    for var, spec in [
+        ("NCCL_SOCKET_IFNAME", "lo"),
+        ("NCCL_SOCKET_IFNAME", "l"),
+        ("GLOO_SOCKET_IFNAME", "lo"),
+    ]:
         monkeypatch.setenv(var, spec)
         assert only(run_checks(collect_facts()), var.lower()).status == OK, (var, spec)
         monkeypatch.delenv(var)
@@ -136,8 +181,10 @@ def test_interface_lists_follow_nccl_syntax():
     assert network.match_interface_list("eth", names, prefix=True) == ["eth0", "eth1"]
     assert network.match_interface_list("=eth0,ib0", names, prefix=True) == ["eth0", "ib0"]
     assert network.match_interface_list("^docker,lo", names, prefix=True) == ["eth0", "eth1", "ib0"]
-    assert network.match_interface_list("mlx5_0:1,mlx5_1", ["mlx5_0", "mlx5_1", "mlx5_2"], True) == \
-        ["mlx5_0", "mlx5_1"]
+    assert network.match_interface_list("mlx5_0:1,mlx5_1", ["mlx5_0", "mlx5_1", "mlx5_2"], True) == [
+        "mlx5_0",
+        "mlx5_1",
+    ]
     assert network.match_interface_list("eth", names, prefix=False) == []
 
 
@@ -151,6 +198,7 @@ def test_ib_hca_naming_absent_device_fails(base):
 
 
 # --- GPU and cluster conditions on constructed facts ---
+
 
 def test_cpu_only_torch_on_a_gpu_host_fails(base):
     f = copy.deepcopy(base)
@@ -235,6 +283,7 @@ def test_secrets_are_not_reported():
 
 # --- across ranks ---
 
+
 def test_version_mismatch_across_ranks_fails_naming_the_ranks(base):
     ranks = [copy.deepcopy(base) for _ in range(4)]
     for i, f in enumerate(ranks):
@@ -273,6 +322,7 @@ def test_merge_names_the_ranks_of_each_distinct_check():
 
 # --- the command ---
 
+
 def test_cli_json_reports_facts_and_checks(capsys):
     assert cli.main(["env", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -296,8 +346,13 @@ def test_rank_whose_peers_never_join_reports_itself_with_a_failed_rendezvous(mon
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
+    for name, value in {
+        "LOCAL_RANK": "0",
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(name, value)
     assert cli.main(["env", "--json", "--timeout", "1"]) == 1
     out = json.loads(capsys.readouterr().out)

@@ -25,11 +25,37 @@ from dist_llm.finetune.metrics import sequence_metrics, token_metrics
 from tests.conftest import REPO, free_port, make_trainer
 
 # Words that are frequent in the default corpus (stdlib docstrings), so the tokenizer knows them.
-FILLER = ["the", "a", "of", "to", "is", "and", "in", "for", "this", "that", "with", "be", "as", "by",
-          "value", "object", "function", "method", "return", "name", "data", "default", "type", "new"]
-FAMILIES = {"io": ["file", "path", "directory", "read", "write", "open"],
-            "sync": ["thread", "lock", "process", "queue", "signal", "wait"],
-            "text": ["string", "bytes", "character", "encoding", "unicode", "format"]}
+FILLER = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "is",
+    "and",
+    "in",
+    "for",
+    "this",
+    "that",
+    "with",
+    "be",
+    "as",
+    "by",
+    "value",
+    "object",
+    "function",
+    "method",
+    "return",
+    "name",
+    "data",
+    "default",
+    "type",
+    "new",
+]
+FAMILIES = {
+    "io": ["file", "path", "directory", "read", "write", "open"],
+    "sync": ["thread", "lock", "process", "queue", "signal", "wait"],
+    "text": ["string", "bytes", "character", "encoding", "unicode", "format"],
+}
 TAGS = {"io": "IO", "sync": "SYNC", "text": "TEXT"}
 
 
@@ -103,8 +129,12 @@ def test_sequence_classification_learns_and_reloads(backbone, tmp_path):
     assert final["epoch"] == 4 and final["step"] == 4 * 15
 
     out = cfg.out
-    assert sorted(os.listdir(out)) == ["finetune.json", "metrics.jsonl", "model.safetensors",
-                                       "tokenizer.model"]
+    assert sorted(os.listdir(out)) == [
+        "finetune.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
     with open(os.path.join(out, "metrics.jsonl")) as f:
         epochs = [json.loads(line) for line in f]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and epochs[-1] == final
@@ -118,8 +148,14 @@ def test_sequence_classification_learns_and_reloads(backbone, tmp_path):
     from dist_llm.finetune.data import read_examples
 
     examples = read_examples(evaluation, cfg)
-    encoded = encode_examples(examples, reloaded.tokenizer, framing("decoder", reloaded.tokenizer),
-                              reloaded.labels, cfg.max_length, evaluation)
+    encoded = encode_examples(
+        examples,
+        reloaded.tokenizer,
+        framing("decoder", reloaded.tokenizer),
+        reloaded.labels,
+        cfg.max_length,
+        evaluation,
+    )
     from dist_llm.distributed import World
 
     world = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
@@ -133,8 +169,13 @@ def test_csv_and_jsonl_give_bitwise_identical_runs(backbone, tmp_path):
     rows, eval_rows = seq_rows(48, seed=3), seq_rows(16, seed=4)
     runs = []
     for kind, write in (("jsonl", write_jsonl), ("csv", write_csv)):
-        cfg = config(backbone, tmp_path / kind, write(tmp_path / f"train.{kind}", rows),
-                     write(tmp_path / f"eval.{kind}", eval_rows), epochs=1)
+        cfg = config(
+            backbone,
+            tmp_path / kind,
+            write(tmp_path / f"train.{kind}", rows),
+            write(tmp_path / f"eval.{kind}", eval_rows),
+            epochs=1,
+        )
         runs.append((finetune(cfg), load_finetuned(cfg.out).model.state_dict()))
     (first, weights_a), (second, weights_b) = runs
     assert first == second
@@ -161,8 +202,14 @@ def test_token_classification_from_csv(backbone, tmp_path):
 def pair_rows(n: int, seed: int) -> list[dict]:
     """A pair task: a filler sentence, then the keyword sentence whose family is the label."""
     rng = random.Random(seed)
-    return [{"premise": " ".join(rng.choice(FILLER) for _ in range(rng.randint(3, 6))),
-             "hypothesis": row["text"], "label": row["label"]} for row in seq_rows(n, seed)]
+    return [
+        {
+            "premise": " ".join(rng.choice(FILLER) for _ in range(rng.randint(3, 6))),
+            "hypothesis": row["text"],
+            "label": row["label"],
+        }
+        for row in seq_rows(n, seed)
+    ]
 
 
 def hf_backbone(arch: str, backbone: str, out: str) -> str:
@@ -191,8 +238,9 @@ def test_text_pairs_on_an_hf_directory_of_each_family(arch, backbone, tmp_path):
     # A randomly initialized BERT learns the pair task through its <cls> pooler more slowly than
     # the pretrained decoder (measured: 0.65 accuracy after 4 epochs, 1.0 after 12).
     epochs = 12 if arch == "encoder" else 4
-    cfg = config(hf_dir, tmp_path, train, evaluation, text_field="premise", text_pair_field="hypothesis",
-                 epochs=epochs)
+    cfg = config(
+        hf_dir, tmp_path, train, evaluation, text_field="premise", text_pair_field="hypothesis", epochs=epochs
+    )
     start = time.perf_counter()
     final = finetune(cfg)
     print(f"{arch} pair fine-tune from HF dir: {time.perf_counter() - start:.1f}s, {final}")
@@ -285,12 +333,15 @@ def test_each_family_is_called_and_pooled_its_way():
             assert kwargs["token_type_ids"] is types and kwargs["attention_mask"] is mask
         else:
             assert kwargs == {"attention_mask": mask}
-    assert pooled == {"decoder": [7.0, 9.0],  # the last real token
-                      "encoder": [50.0, 80.0],  # the pooler on [CLS]
-                      "encoder_decoder": [6.0, 8.5]}  # the mean over real tokens
+    assert pooled == {
+        "decoder": [7.0, 9.0],  # the last real token
+        "encoder": [50.0, 80.0],  # the pooler on [CLS]
+        "encoder_decoder": [6.0, 8.5],
+    }  # the mean over real tokens
 
 
 # ---- errors: named before any model is loaded ------------------------------------------------------
+
 
 def run_error(tmp_path, train_rows, eval_rows=None, name="train.jsonl", **kw):
     """finetune() on files that fail their checks; the backbone is never read (a dummy path)."""
@@ -307,15 +358,21 @@ def run_error(tmp_path, train_rows, eval_rows=None, name="train.jsonl", **kw):
 
 def test_missing_field_names_file_line_and_flag(tmp_path):
     rows = [{"text": "a b", "label": "a"}, {"txt": "c d", "label": "b"}]
-    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' is missing \(fields: label, txt\); .*"
-                                        r"--text-field"):
+    with pytest.raises(
+        DataError,
+        match=r"train.jsonl:2: field 'text' is missing \(fields: label, txt\); .*"
+        r"--text-field",
+    ):
         run_error(tmp_path, rows)
 
 
 def test_unknown_eval_label_names_the_line(tmp_path):
     rows = [{"text": "a", "label": "a"}, {"text": "b", "label": "b"}]
-    with pytest.raises(DataError, match=r"eval.jsonl:2: label 'zzz' does not occur in the training file "
-                                        r"\(its labels: a, b\)"):
+    with pytest.raises(
+        DataError,
+        match=r"eval.jsonl:2: label 'zzz' does not occur in the training file "
+        r"\(its labels: a, b\)",
+    ):
         run_error(tmp_path, rows, [{"text": "x", "label": "a"}, {"text": "y", "label": "zzz"}])
 
 
@@ -339,8 +396,17 @@ def test_file_errors(tmp_path):
 def test_cli_checks_flags_before_loading(tmp_path, capsys):
     from dist_llm.finetune.cli import main
 
-    code = main([str(tmp_path), "--train", str(tmp_path / "t.jsonl"), "--eval", str(tmp_path / "e.jsonl"),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            str(tmp_path),
+            "--train",
+            str(tmp_path / "t.jsonl"),
+            "--eval",
+            str(tmp_path / "e.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and "--train " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -368,16 +434,37 @@ def test_token_fields_as_json_lists_in_csv(tmp_path):
 
 # ---- several ranks --------------------------------------------------------------------------------
 
+
 def test_two_ranks_under_torchrun(backbone, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", seq_rows(240, seed=1))
     evaluation = write_jsonl(tmp_path / "eval.jsonl", seq_rows(60, seed=2))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
-           f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "dist_llm.finetune.cli", backbone,
-           "--train", train, "--eval", evaluation, "--out", str(out), "--epochs", "4", "--lr", "2e-3",
-           "--max-length", "32"]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "-m",
+        "dist_llm.finetune.cli",
+        backbone,
+        "--train",
+        train,
+        "--eval",
+        evaluation,
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--lr",
+        "2e-3",
+        "--max-length",
+        "32",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     final = json.loads(proc.stdout.strip().splitlines()[-1])  # printed once, by rank 0
     assert final["accuracy"] >= 0.9 and final["step"] == 4 * 15, final

@@ -39,8 +39,17 @@ def small_encoder(vocab_size: int, tied: bool = True) -> EncoderLM:
     """fp32, random weights at a scale where logits differ clearly; LayerNorm gains and every bias
     random too, so a mixed-up mapping cannot hide behind ones and zeros."""
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="encoder", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4,
-                      max_seq_len=64, norm_eps=1e-12, tie_embeddings=tied, init_std=0.1)
+    cfg = ModelConfig(
+        arch="encoder",
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=64,
+        norm_eps=1e-12,
+        tie_embeddings=tied,
+        init_std=0.1,
+    )
     model = EncoderLM(cfg).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -90,10 +99,19 @@ def test_export_computes_the_same_logits(tied):
 
 def random_hf(cls: type, tied: bool = True):
     torch.manual_seed(1)
-    config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=96, max_position_embeddings=80, type_vocab_size=3,
-                        initializer_range=0.1, layer_norm_eps=1e-7, hidden_act="relu",
-                        tie_word_embeddings=tied)
+    config = BertConfig(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=80,
+        type_vocab_size=3,
+        initializer_range=0.1,
+        layer_norm_eps=1e-7,
+        hidden_act="relu",
+        tie_word_embeddings=tied,
+    )
     model = cls(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -159,17 +177,24 @@ def test_save_hf_model_loads_with_auto_classes_and_tokenizer(tmp_path, sp_model)
     assert isinstance(theirs, BertForMaskedLM)
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
     assert (hf_tokenizer.mask_token_id, hf_tokenizer.sep_token_id, hf_tokenizer.cls_token_id) == (
-        tokenizer.mask_id, tokenizer.sep_id, tokenizer.cls_id)
+        tokenizer.mask_id,
+        tokenizer.sep_id,
+        tokenizer.cls_id,
+    )
     assert hf_tokenizer.convert_tokens_to_ids(hf_tokenizer.extra_special_tokens) == tokenizer.sentinel_ids()
     for text in TEXTS + ["the <mask> reads data", "<mask>", "<cls> a <sep> b <sep>"]:
         assert hf_tokenizer(text)["input_ids"] == tokenizer.encode(text), f"{text!r}"
     ids = [tokenizer.cls_id] + tokenizer.encode("the model reads data in shards") + [tokenizer.sep_id]
     ids[3] = tokenizer.mask_id
     assert hf_tokenizer.decode(ids, skip_special_tokens=True) == tokenizer.decode(
-        [i for i in ids if i not in (tokenizer.mask_id, tokenizer.sep_id, tokenizer.cls_id)])
+        [i for i in ids if i not in (tokenizer.mask_id, tokenizer.sep_id, tokenizer.cls_id)]
+    )
 
-    batch = {"input_ids": torch.tensor([ids]), "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
-             "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+    }
     mlm, nsp = ours_logits(ours, batch)
     with torch.no_grad():
         assert max_diff(mlm, theirs(**batch).logits) < TOLERANCE
@@ -183,11 +208,14 @@ def test_save_hf_model_loads_with_auto_classes_and_tokenizer(tmp_path, sp_model)
     assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
-    ({"hidden_act": "gelu_new"}, "hidden_act='gelu_new' is not supported"),
-    ({"is_decoder": True}, "is_decoder=True is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
+        ({"hidden_act": "gelu_new"}, "hidden_act='gelu_new' is not supported"),
+        ({"is_decoder": True}, "is_decoder=True is not supported"),
+    ],
+)
 def test_import_rejects_what_our_encoder_cannot_express(tmp_path, change, message):
     random_hf(BertForMaskedLM).save_pretrained(str(tmp_path / "hf"))
     config_file = tmp_path / "hf" / "config.json"
@@ -200,4 +228,3 @@ def test_export_rejects_other_archs():
     cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2)
     with pytest.raises(ConfigError, match="model.arch='decoder' has no BERT equivalent"):
         to_hf_bert({}, cfg)
-

@@ -22,20 +22,37 @@ from dist_llm.models import DecoderLM, ModelConfig, generate
 from tests.conftest import make_trainer
 
 TOLERANCE = 1e-4
-WORDS = ("the model reads data in shards and writes a checkpoint every step of training with attention "
-         "heads gradient learning rate vocabulary sequence window seed python function return value").split()
+WORDS = (
+    "the model reads data in shards and writes a checkpoint every step of training with attention "
+    "heads gradient learning rate vocabulary sequence window seed python function return value"
+).split()
 TEXTS = [
-    "Hello world", " leading space", "  two spaces", "trailing  ", "a\nb\n\nc", "\nstarts with newline",
-    "digits 12345 and 3.14159", "naïve café, Straße, 日本語, emoji 😀", "tab\tseparated", "", " ", "\n",
-    "literal </s> and <s> stay text", "a <mask> b", "x<extra_id_0>y", "<sep><cls> pair",
+    "Hello world",
+    " leading space",
+    "  two spaces",
+    "trailing  ",
+    "a\nb\n\nc",
+    "\nstarts with newline",
+    "digits 12345 and 3.14159",
+    "naïve café, Straße, 日本語, emoji 😀",
+    "tab\tseparated",
+    "",
+    " ",
+    "\n",
+    "literal </s> and <s> stay text",
+    "a <mask> b",
+    "x<extra_id_0>y",
+    "<sep><cls> pair",
 ]
 
 
 def corpus(count: int = 200) -> list[str]:
     rng = random.Random(0)
     endings = [".", " 42!", " (é)?"]
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) + rng.choice(endings)
-            for _ in range(count)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) + rng.choice(endings)
+        for _ in range(count)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +64,18 @@ def small_decoder(vocab_size: int, tied: bool) -> DecoderLM:
     """fp32, random weights at a scale where logits differ clearly; norm gains random too, so a
     mixed-up norm mapping cannot hide behind all-ones weights."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                      rope_theta=5000.0, norm_eps=1e-6, tie_embeddings=tied, init_std=0.1)
+    cfg = ModelConfig(
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=64,
+        rope_theta=5000.0,
+        norm_eps=1e-6,
+        tie_embeddings=tied,
+        init_std=0.1,
+    )
     model = DecoderLM(cfg).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -79,15 +106,24 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, sp_model, tied)
     prompt = torch.tensor([tokenizer("the model reads")["input_ids"]])
     hf_out = theirs.generate(prompt, max_new_tokens=8, do_sample=False)  # may stop early at EOS
     assert hf_out.shape[1] > prompt.shape[1]
-    assert torch.equal(hf_out, generate(ours, prompt, 8, temperature=0.0)[:, :hf_out.shape[1]])
+    assert torch.equal(hf_out, generate(ours, prompt, 8, temperature=0.0)[:, : hf_out.shape[1]])
 
 
 def random_llama(tied: bool) -> LlamaForCausalLM:
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied,
-                         initializer_range=0.1)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+        initializer_range=0.1,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -152,11 +188,13 @@ def test_hf_tokenizer_dir_is_copied(tmp_path):
     core.decoder = decoders.ByteLevel()
     core.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>"]))
     PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>").save_pretrained(
-        str(tmp_path / "tok"))
+        str(tmp_path / "tok")
+    )
     ours = load_tokenizer(str(tmp_path / "tok"))
     model = small_decoder(ours.vocab_size, tied=True)
-    out = save_hf_model(model.state_dict(), model.cfg, str(tmp_path / "hf"), str(tmp_path / "tok"),
-                        dtype="bf16")
+    out = save_hf_model(
+        model.state_dict(), model.cfg, str(tmp_path / "hf"), str(tmp_path / "tok"), dtype="bf16"
+    )
     theirs = AutoTokenizer.from_pretrained(out)
     assert all(theirs(t, add_special_tokens=False)["input_ids"] == ours.encode(t) for t in TEXTS)
     assert AutoModelForCausalLM.from_pretrained(out).config.eos_token_id == ours.eos_id
@@ -179,11 +217,14 @@ def test_export_hf_from_a_trained_checkpoint(tmp_path, dataset):
     assert diff < TOLERANCE, f"checkpoint export logits differ by {diff}"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope type 'linear'"),
-    ({"attention_bias": True}, "attention_bias=True is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope type 'linear'"),
+        ({"attention_bias": True}, "attention_bias=True is not supported"),
+    ],
+)
 def test_import_rejects_what_our_decoder_cannot_express(tmp_path, change, message):
     random_llama(tied=True).save_pretrained(str(tmp_path / "hf"))
     config_file = tmp_path / "hf" / "config.json"

@@ -43,10 +43,21 @@ def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
 def small_t5(vocab_size: int, act: str, tied: bool, decoder_layers: int = 3) -> EncoderDecoderLM:
     torch.manual_seed(0)
     # init_std 0.01 (T5 factor 0.5) keeps an untied head's logits O(10), where fp32 agrees to 1e-5.
-    cfg = ModelConfig(arch="encoder_decoder", vocab_size=vocab_size, d_model=64, n_layers=2,
-                      n_decoder_layers=decoder_layers, n_heads=4, activation=act, tie_embeddings=tied,
-                      norm_eps=1e-6, rel_pos_buckets=8, rel_pos_max_distance=20, max_seq_len=64,
-                      init_std=0.01)
+    cfg = ModelConfig(
+        arch="encoder_decoder",
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_decoder_layers=decoder_layers,
+        n_heads=4,
+        activation=act,
+        tie_embeddings=tied,
+        norm_eps=1e-6,
+        rel_pos_buckets=8,
+        rel_pos_max_distance=20,
+        max_seq_len=64,
+        init_std=0.01,
+    )
     return randomize_norms(EncoderDecoderLM(cfg))
 
 
@@ -59,8 +70,12 @@ def batch(vocab_size: int) -> dict[str, torch.Tensor]:
     labels[1, 7:] = -100
     decoder_mask = torch.ones(2, 10, dtype=torch.long)
     decoder_mask[1, 8:] = 0
-    return {"input_ids": torch.randint(0, vocab_size, (2, 30), generator=g), "attention_mask": mask,
-            "labels": labels, "decoder_attention_mask": decoder_mask}
+    return {
+        "input_ids": torch.randint(0, vocab_size, (2, 30), generator=g),
+        "attention_mask": mask,
+        "labels": labels,
+        "decoder_attention_mask": decoder_mask,
+    }
 
 
 def compare(ours: EncoderDecoderLM, theirs: T5ForConditionalGeneration) -> None:
@@ -93,8 +108,20 @@ def test_to_hf_gives_same_logits_and_round_trips(act, tied):
     theirs = hf_model(config, state)
     compare(ours, theirs)
     cfg, back = from_hf_t5(theirs)
-    shape = ("d_model", "n_layers", "decoder_layers", "n_heads", "ffn_dim", "act", "tie_embeddings",
-             "rel_pos_buckets", "rel_pos_max_distance", "norm_eps", "init_std", "max_seq_len")
+    shape = (
+        "d_model",
+        "n_layers",
+        "decoder_layers",
+        "n_heads",
+        "ffn_dim",
+        "act",
+        "tie_embeddings",
+        "rel_pos_buckets",
+        "rel_pos_max_distance",
+        "norm_eps",
+        "init_std",
+        "max_seq_len",
+    )
     assert all(getattr(cfg, key) == getattr(ours.cfg, key) for key in shape)
     assert back.keys() == ours.state_dict().keys()
     assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
@@ -102,10 +129,21 @@ def test_to_hf_gives_same_logits_and_round_trips(act, tied):
 
 def random_hf_t5(act: str, tied: bool) -> T5ForConditionalGeneration:
     torch.manual_seed(1)
-    config = T5Config(vocab_size=250, d_model=48, d_kv=12, d_ff=80, num_layers=2, num_decoder_layers=1,
-                      num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=40,
-                      feed_forward_proj=act, tie_word_embeddings=tied, initializer_factor=0.5,
-                      decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=250,
+        d_model=48,
+        d_kv=12,
+        d_ff=80,
+        num_layers=2,
+        num_decoder_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=40,
+        feed_forward_proj=act,
+        tie_word_embeddings=tied,
+        initializer_factor=0.5,
+        decoder_start_token_id=0,
+    )
     model = T5ForConditionalGeneration(config)
     if not tied:  # transformers 5 ties lm_head at construction; give v1.1 its own head
         model.lm_head.weight = torch.nn.Parameter(torch.randn(250, 48) * 0.5)
@@ -161,18 +199,21 @@ def test_export_loads_with_auto_class_and_generates(tmp_path, sp_model, act, tie
     # The exported generation_config.json starts decoding from the pad token, as T5 does.
     generated = theirs.generate(prompt, max_new_tokens=6, do_sample=False)  # may stop early at EOS
     assert generated.shape[1] > 1 and generated[0, 0].item() == 0
-    assert torch.equal(generated, greedy(ours, prompt, 6)[:, :generated.shape[1]])
+    assert torch.equal(generated, greedy(ours, prompt, 6)[:, : generated.shape[1]])
 
     cfg, state = import_hf(out)  # and back: the same model
     assert (cfg.act, cfg.tie_embeddings, cfg.decoder_layers) == (act, tied, 2)
     assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"feed_forward_proj": "gated-silu"}, "feed_forward_proj='gated-silu' is not supported"),
-    ({"d_kv": 8}, "d_kv=8 \\* num_heads=4 != d_model=48"),
-    ({"tie_word_embeddings": True, "scale_decoder_outputs": True}, "separate lm_head.weight"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"feed_forward_proj": "gated-silu"}, "feed_forward_proj='gated-silu' is not supported"),
+        ({"d_kv": 8}, "d_kv=8 \\* num_heads=4 != d_model=48"),
+        ({"tie_word_embeddings": True, "scale_decoder_outputs": True}, "separate lm_head.weight"),
+    ],
+)
 def test_import_rejects_what_our_model_cannot_express(tmp_path, change, message):
     random_hf_t5("gated-gelu", tied=False).save_pretrained(str(tmp_path / "hf"))
     config_file = tmp_path / "hf" / "config.json"

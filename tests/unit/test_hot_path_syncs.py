@@ -14,8 +14,15 @@ from dist_llm.trainer import Trainer
 from tests.conftest import make_trainer
 
 # What waits for the device when the tensor lives on a GPU.
-HOST_READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.tolist, torch.Tensor.__float__,
-              torch.Tensor.__int__, torch.Tensor.cpu, torch.Tensor.numpy}
+HOST_READS = {
+    torch.Tensor.item,
+    torch.Tensor.__bool__,
+    torch.Tensor.tolist,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+}
 
 
 class CountHostReads(TorchFunctionMode):
@@ -72,8 +79,9 @@ def test_steps_between_logs_and_checkpoints_read_nothing_from_the_device(tmp_pat
             mode.paused = False
 
     monkeypatch.setattr(DeferredRead, "item", counted_apart)
-    trainer = make_trainer(tmp_path, dataset, ["train.max_steps=6", "train.log_interval=100",
-                                               "checkpoint.interval=0"], [watch])
+    trainer = make_trainer(
+        tmp_path, dataset, ["train.max_steps=6", "train.log_interval=100", "checkpoint.interval=0"], [watch]
+    )
     trainer.fit()
     quiet = range(1, 6)  # step 6 is the last: it logs (and the final checkpoint follows)
     assert {s: watch.reads[s] for s in quiet} == {s: [] for s in quiet}

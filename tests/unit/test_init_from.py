@@ -17,17 +17,26 @@ TOLERANCE = 1e-4
 
 def hf_llama(vocab_size: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False, initializer_range=0.1)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 def test_training_starts_from_an_hf_llama_directory(tmp_path, dataset):
     theirs = hf_llama(1024)
     theirs.save_pretrained(tmp_path / "hf")
-    trainer = make_trainer(tmp_path / "run", dataset, [f"model.init_from={tmp_path / 'hf'}",
-                                                       "train.max_steps=2"], [])
+    trainer = make_trainer(
+        tmp_path / "run", dataset, [f"model.init_from={tmp_path / 'hf'}", "train.max_steps=2"], []
+    )
     # The HF config's shape replaced the run's model section (d_model 64, SwiGLU 160, untied).
     assert (trainer.cfg.model.ffn_dim, trainer.cfg.model.tie_embeddings) == (160, False)
     ids = torch.randint(0, 1024, (2, 64), generator=torch.Generator().manual_seed(1))

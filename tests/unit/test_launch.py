@@ -19,9 +19,18 @@ from tests.conftest import REPO
 
 EXAMPLE = REPO / "launch" / "pretrain.sbatch"
 # launch/pretrain.sbatch is this spec rendered: a 1.3B run on 4 nodes of 8 GPUs.
-EXAMPLE_SPEC = SbatchSpec(config="configs/models/1.3b.yaml", nodes=4, gpus_per_node=8, cpus_per_task=64,
-                          partition="gpu", time="24:00:00", job_name="dist-llm-1.3b", run_dir="runs/1.3b",
-                          workdir="/path/to/dist_llm", python="python3")
+EXAMPLE_SPEC = SbatchSpec(
+    config="configs/models/1.3b.yaml",
+    nodes=4,
+    gpus_per_node=8,
+    cpus_per_task=64,
+    partition="gpu",
+    time="24:00:00",
+    job_name="dist-llm-1.3b",
+    run_dir="runs/1.3b",
+    workdir="/path/to/dist_llm",
+    python="python3",
+)
 
 
 def test_single_node_is_standalone():
@@ -32,11 +41,25 @@ def test_single_node_is_standalone():
 
 
 def test_multi_node_uses_c10d_rendezvous_and_forwards_usr1():
-    cmd = torchrun_command(["train", "c.yaml"], nproc_per_node=8, nnodes=4, rdzv_endpoint="10.1.2.3:6000",
-                           rdzv_id="job7", max_restarts=2, shutdown_timeout_s=120)
+    cmd = torchrun_command(
+        ["train", "c.yaml"],
+        nproc_per_node=8,
+        nnodes=4,
+        rdzv_endpoint="10.1.2.3:6000",
+        rdzv_id="job7",
+        max_restarts=2,
+        shutdown_timeout_s=120,
+    )
     assert "--standalone" not in cmd
-    for flag in ("--nnodes=4", "--rdzv_backend=c10d", "--rdzv_endpoint=10.1.2.3:6000", "--rdzv_id=job7",
-                 "--max_restarts=2", "--nproc_per_node=8", "--shutdown_timeout=120"):
+    for flag in (
+        "--nnodes=4",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=10.1.2.3:6000",
+        "--rdzv_id=job7",
+        "--max_restarts=2",
+        "--nproc_per_node=8",
+        "--shutdown_timeout=120",
+    ):
         assert flag in cmd
     assert any(a.startswith("--signals_to_handle=") and "SIGUSR1" in a for a in cmd)
 
@@ -58,12 +81,15 @@ def test_deepspeed_launchers():
         deepspeed_command(["train"], "h", "m", launcher="ssh")
 
 
-@pytest.mark.parametrize("text, error", [
-    ("node1 slots=8\nnode2 slot=8\n", r":2: 'node2 slot=8' should look like"),
-    ("node1 slots=8\nnode1 slots=8\n", r":2: host node1 is listed twice"),
-    ("node1 slots=8\nnode2 slots=4\n", r"different slots \(node1=8, node2=4\)"),
-    ("# only a comment\n", r"no hosts"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("node1 slots=8\nnode2 slot=8\n", r":2: 'node2 slot=8' should look like"),
+        ("node1 slots=8\nnode1 slots=8\n", r":2: host node1 is listed twice"),
+        ("node1 slots=8\nnode2 slots=4\n", r"different slots \(node1=8, node2=4\)"),
+        ("# only a comment\n", r"no hosts"),
+    ],
+)
 def test_hostfile_errors_name_the_line(tmp_path, text, error):
     path = tmp_path / "hostfile"
     path.write_text(text)
@@ -72,8 +98,10 @@ def test_hostfile_errors_name_the_line(tmp_path, text, error):
 
 
 def test_hostfile_example_parses():
-    assert [(h.name, h.slots) for h in read_hostfile(str(REPO / "launch" / "hostfile.example"))] == \
-        [("node001", 8), ("node002", 8)]
+    assert [(h.name, h.slots) for h in read_hostfile(str(REPO / "launch" / "hostfile.example"))] == [
+        ("node001", 8),
+        ("node002", 8),
+    ]
 
 
 def dry_run(capsys, *argv: str) -> str:
@@ -82,47 +110,102 @@ def dry_run(capsys, *argv: str) -> str:
 
 
 def test_launch_dry_run_torchrun_multi_node(capsys, dataset):
-    out = dry_run(capsys, "launch", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}", "--nnodes=2",
-                  "train.global_batch_size=32", "--nproc-per-node=2", "--rdzv-endpoint=node1:29400",
-                  "--dry-run")
-    for part in ("--nnodes=2", "--rdzv_endpoint=node1:29400", "launch.nnodes=2", "launch.nproc_per_node=2",
-                 "checkpoint.resume=auto"):
+    out = dry_run(
+        capsys,
+        "launch",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"data.path={dataset}",
+        "--nnodes=2",
+        "train.global_batch_size=32",
+        "--nproc-per-node=2",
+        "--rdzv-endpoint=node1:29400",
+        "--dry-run",
+    )
+    for part in (
+        "--nnodes=2",
+        "--rdzv_endpoint=node1:29400",
+        "launch.nnodes=2",
+        "launch.nproc_per_node=2",
+        "checkpoint.resume=auto",
+    ):
         assert part in out
 
 
 def test_launch_dry_run_deepspeed_hostfile(capsys, dataset):
-    out = dry_run(capsys, "launch", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}",
-                  "train.global_batch_size=128", "--launcher=deepspeed",
-                  f"--hostfile={REPO / 'launch' / 'hostfile.example'}", "--no-ssh", "--node-rank=1",
-                  "--dry-run")
+    out = dry_run(
+        capsys,
+        "launch",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"data.path={dataset}",
+        "train.global_batch_size=128",
+        "--launcher=deepspeed",
+        f"--hostfile={REPO / 'launch' / 'hostfile.example'}",
+        "--no-ssh",
+        "--node-rank=1",
+        "--dry-run",
+    )
     assert out.startswith("deepspeed ") and "--master_addr=node001" in out and "--node_rank=1" in out
     assert "launch.nnodes=2" in out and "launch.nproc_per_node=8" in out
 
 
 def test_launch_checks_the_config_before_starting_anything(capsys, dataset):
     # 16 ranks do not divide the tiny config's global batch: refused in this process, with the fix.
-    assert main(["launch", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}", "--nnodes=2",
-                 "--nproc-per-node=8", "--rdzv-endpoint=node1:29400"]) == 2
+    assert (
+        main(
+            [
+                "launch",
+                str(REPO / "configs" / "tiny.yaml"),
+                f"data.path={dataset}",
+                "--nnodes=2",
+                "--nproc-per-node=8",
+                "--rdzv-endpoint=node1:29400",
+            ]
+        )
+        == 2
+    )
     assert "pick a global batch that is a multiple of" in capsys.readouterr().err
     assert main(["launch", str(REPO / "configs" / "tiny.yaml"), "--nnodes=2"]) == 2
     assert "needs --rdzv-endpoint" in capsys.readouterr().err
 
 
 def test_sbatch_script_options():
-    script = render_sbatch(SbatchSpec(config="c.yaml", overrides=["optim.lr=3e-4"], nodes=2, gpus_per_node=4,
-                                      time="2:00:00", run_dir="runs/x", signal_before_s=240,
-                                      sbatch_args=["--exclusive"], srun_args=["--container-image=img.sqsh"]))
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --time=2:00:00", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@240",
-                 "#SBATCH --output=runs/x/slurm/%x-%j.out", "#SBATCH --open-mode=append",
-                 "#SBATCH --exclusive"):
+    script = render_sbatch(
+        SbatchSpec(
+            config="c.yaml",
+            overrides=["optim.lr=3e-4"],
+            nodes=2,
+            gpus_per_node=4,
+            time="2:00:00",
+            run_dir="runs/x",
+            signal_before_s=240,
+            sbatch_args=["--exclusive"],
+            srun_args=["--container-image=img.sqsh"],
+        )
+    )
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@240",
+        "#SBATCH --output=runs/x/slurm/%x-%j.out",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --exclusive",
+    ):
         assert line in script.splitlines()
-    for part in ("--container-image=img.sqsh", "--nproc_per_node=4", "--shutdown_timeout=210",
-                 "optim.lr=3e-4", "checkpoint.resume=auto",
-                 '"--rdzv_endpoint=${MASTER_ADDR}:${MASTER_PORT}"'):
+    for part in (
+        "--container-image=img.sqsh",
+        "--nproc_per_node=4",
+        "--shutdown_timeout=210",
+        "optim.lr=3e-4",
+        "checkpoint.resume=auto",
+        '"--rdzv_endpoint=${MASTER_ADDR}:${MASTER_PORT}"',
+    ):
         assert part in script
     assert "#SBATCH --partition" not in script and "#SBATCH --gpus-per-node" not in render_sbatch(
-        SbatchSpec(config="c.yaml", nproc_per_node=2))
+        SbatchSpec(config="c.yaml", nproc_per_node=2)
+    )
 
 
 def test_sbatch_script_is_valid_bash():
@@ -130,20 +213,32 @@ def test_sbatch_script_is_valid_bash():
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"gpus_per_node": 0}, "no ranks per node"),
-    ({"gpus_per_node": 8, "time": "four hours"}, "is not sbatch syntax"),
-    ({"gpus_per_node": 8, "signal_before_s": 20}, "too short"),
-    ({"gpus_per_node": 8, "nodes": 0}, "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"gpus_per_node": 0}, "no ranks per node"),
+        ({"gpus_per_node": 8, "time": "four hours"}, "is not sbatch syntax"),
+        ({"gpus_per_node": 8, "signal_before_s": 20}, "too short"),
+        ({"gpus_per_node": 8, "nodes": 0}, "must be >= 1"),
+    ],
+)
 def test_sbatch_spec_errors(kwargs, error):
     with pytest.raises(ConfigError, match=error):
         render_sbatch(SbatchSpec(config="c.yaml", **kwargs))
 
 
 def test_slurm_submit_dry_run_prints_the_script(capsys, dataset):
-    out = dry_run(capsys, "slurm", "submit", str(REPO / "configs" / "tiny.yaml"), f"data.path={dataset}",
-                  "--nodes=1", "--nproc-per-node=2", "--time=30", "--dry-run")
+    out = dry_run(
+        capsys,
+        "slurm",
+        "submit",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"data.path={dataset}",
+        "--nodes=1",
+        "--nproc-per-node=2",
+        "--time=30",
+        "--dry-run",
+    )
     assert out.startswith("#!/bin/bash") and "#SBATCH --job-name=dist-llm-tiny" in out
     assert f"#SBATCH --chdir={os.getcwd()}" in out and "--standalone" in out and sys.executable in out
 

@@ -12,8 +12,17 @@ from dist_llm.data.masked_lm import MaskedLMCollator
 from dist_llm.errors import ConfigError, DataError
 
 MASK, SEP, CLS = 4, 5, 6
-TOKENS = {"vocab_size": 1000, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, "mask_id": MASK,
-          "sep_id": SEP, "cls_id": CLS, "sentinel_ids": list(range(7, 39))}
+TOKENS = {
+    "vocab_size": 1000,
+    "pad_id": 0,
+    "unk_id": 1,
+    "bos_id": 2,
+    "eos_id": 3,
+    "mask_id": MASK,
+    "sep_id": SEP,
+    "cls_id": CLS,
+    "sentinel_ids": list(range(7, 39)),
+}
 FIRST_ORDINARY = 39
 
 
@@ -22,8 +31,9 @@ def raw_windows(rows: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(100, 1000, size=(rows, length), dtype=np.int64)
 
 
-def collate(task: str = "none", rows: int = 8, seq_len: int = 64, seed: int = 0,
-            **kwargs) -> tuple[dict, np.ndarray]:
+def collate(
+    task: str = "none", rows: int = 8, seq_len: int = 64, seed: int = 0, **kwargs
+) -> tuple[dict, np.ndarray]:
     collator = MaskedLMCollator(TOKENS, sentence_task=task, **kwargs)
     window = collator.window(seq_len)
     windows = raw_windows(rows, window.length, seed)
@@ -95,9 +105,9 @@ def layout(batch: dict, row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     assert restored[0] == CLS and seps[-1] == len(restored) - 1
     middle = [s for s in seps[:-1] if batch["token_type_ids"][row, s + 1] == 1]
     assert len(middle) == 1, "one [SEP] between the segments, where token types switch to 1"
-    a, b = restored[1:middle[0]], restored[middle[0] + 1:-1]
+    a, b = restored[1 : middle[0]], restored[middle[0] + 1 : -1]
     types = batch["token_type_ids"][row]
-    assert (types[:middle[0] + 1] == 0).all() and (types[middle[0] + 1:] == 1).all()
+    assert (types[: middle[0] + 1] == 0).all() and (types[middle[0] + 1 :] == 1).all()
     return restored, a, b
 
 
@@ -109,11 +119,11 @@ def test_nsp_layout_and_labels():
         _, a, b = layout(batch, row)
         raw = torch.from_numpy(windows[row])
         assert len(a) >= 1 and len(b) >= 1 and len(a) + len(b) == len(raw)
-        assert torch.equal(a, raw[:len(a)])
+        assert torch.equal(a, raw[: len(a)])
         if labels[row] == 0:
-            assert torch.equal(b, raw[len(a):])
+            assert torch.equal(b, raw[len(a) :])
         else:  # the same span of another row
-            others = [torch.from_numpy(windows[j, len(a):]) for j in range(64) if j != row]
+            others = [torch.from_numpy(windows[j, len(a) :]) for j in range(64) if j != row]
             assert any(torch.equal(b, other) for other in others)
 
 

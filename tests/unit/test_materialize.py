@@ -16,8 +16,15 @@ from dist_llm.config import load_config
 from dist_llm.distributed import World
 from dist_llm.engine.torch_engine import TorchEngine
 
-TINY = ["model.vocab_size=64", "model.d_model=32", "model.n_layers=4", "model.n_heads=4",
-        "model.n_kv_heads=2", "model.max_seq_len=16", "data.seq_len=16"]
+TINY = [
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_layers=4",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+]
 
 
 def expected_local(full: torch.Tensor, p: DTensor) -> torch.Tensor:
@@ -36,23 +43,31 @@ def expected_local(full: torch.Tensor, p: DTensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, torch.Tensor]:
-    engine = TorchEngine(load_config(None, TINY), World(rank=0, local_rank=0, size=1, device=torch.device("cpu")))
+    engine = TorchEngine(
+        load_config(None, TINY), World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+    )
     return {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("world, layout", [
-    (2, []),                                     # FSDP2
-    (4, ["engine.dp_replicate=2"]),              # HSDP
-    (4, ["engine.tp=2"]),                        # FSDP2 x TP (vocabulary-parallel embedding)
-    (4, ["engine.pp=2"]),                        # FSDP2 x PP (tied head copied to the last stage)
-    (8, ["engine.tp=2", "engine.pp=2"]),         # all three
-], ids=["fsdp2", "hsdp", "fsdp_tp", "fsdp_pp", "fsdp_tp_pp"])
+@pytest.mark.parametrize(
+    "world, layout",
+    [
+        (2, []),  # FSDP2
+        (4, ["engine.dp_replicate=2"]),  # HSDP
+        (4, ["engine.tp=2"]),  # FSDP2 x TP (vocabulary-parallel embedding)
+        (4, ["engine.pp=2"]),  # FSDP2 x PP (tied head copied to the last stage)
+        (8, ["engine.tp=2", "engine.pp=2"]),  # all three
+    ],
+    ids=["fsdp2", "hsdp", "fsdp_tp", "fsdp_pp", "fsdp_tp_pp"],
+)
 def test_every_rank_holds_its_piece_of_the_one_process_init(reference, world, layout):
     cfg = load_config(None, [*TINY, *layout])
     for rank in range(world):
         dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
         try:
-            engine = TorchEngine(cfg, World(rank=rank, local_rank=rank, size=world, device=torch.device("cpu")))
+            engine = TorchEngine(
+                cfg, World(rank=rank, local_rank=rank, size=world, device=torch.device("cpu"))
+            )
             names = dict(engine.model.named_parameters(remove_duplicate=False))
             assert names, "every rank holds some parameters"
             for name, p in names.items():

@@ -48,10 +48,13 @@ data:
 
 # --- config ------------------------------------------------------------------------------------
 
+
 def test_sources_parse_with_positions_names_and_round_trip(tmp_path):
     cfg = load_config(write(tmp_path, "mix.yaml", MIX_YAML))
     assert [(s.path, s.weight, s.name) for s in cfg.data.source_list()] == [
-        ("/data/web", 0.7, "web"), ("s3://bucket/code/", 0.3, "code-py")]
+        ("/data/web", 0.7, "web"),
+        ("s3://bucket/code/", 0.3, "code-py"),
+    ]
     assert cfg.where("data.sources[1].weight").endswith("mix.yaml:7")
     assert cfg.where("data.sources[1]").endswith("mix.yaml:6")
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
@@ -61,21 +64,33 @@ def test_sources_parse_with_positions_names_and_round_trip(tmp_path):
 
 def test_unknown_key_inside_a_source_names_file_line_and_suggests(tmp_path):
     path = write(tmp_path, "mix.yaml", MIX_YAML.replace("      name: code-py", "      nmae: code-py"))
-    with pytest.raises(ConfigError, match=r"mix\.yaml:8: unknown key data\.sources\[1\]\.nmae "
-                                          r"\(did you mean data\.sources\[1\]\.name\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mix\.yaml:8: unknown key data\.sources\[1\]\.nmae "
+        r"\(did you mean data\.sources\[1\]\.name\?\)",
+    ):
         load_config(path)
     with pytest.raises(ConfigError, match=r"bad\.yaml:3: data\.sources must be a list of mappings"):
         load_config(write(tmp_path, "bad.yaml", "data:\n  seq_len: 8\n  sources: /data/web\n"))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (("weight: 0.3", "weight: 0"), r"mix\.yaml:7: data\.sources\[1\]\.weight=0\.0 must be a finite number"),
-    (("weight: 0.3", "weight: .nan"), r"mix\.yaml:7: data\.sources\[1\]\.weight=nan"),
-    (("name: code-py", "name: web"), r"mix\.yaml:8: data\.sources\[1\]\.name='web' is also the name of "
-                                     r"data\.sources\[0\]"),
-    (("name: code-py", "name: a/b"), r"data\.sources\[1\]\.name='a/b' must be letters"),
-    (("path: /data/web", "path: ''"), r"mix\.yaml:4: data\.sources\[0\]\.path is empty"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            ("weight: 0.3", "weight: 0"),
+            r"mix\.yaml:7: data\.sources\[1\]\.weight=0\.0 must be a finite number",
+        ),
+        (("weight: 0.3", "weight: .nan"), r"mix\.yaml:7: data\.sources\[1\]\.weight=nan"),
+        (
+            ("name: code-py", "name: web"),
+            r"mix\.yaml:8: data\.sources\[1\]\.name='web' is also the name of "
+            r"data\.sources\[0\]",
+        ),
+        (("name: code-py", "name: a/b"), r"data\.sources\[1\]\.name='a/b' must be letters"),
+        (("path: /data/web", "path: ''"), r"mix\.yaml:4: data\.sources\[0\]\.path is empty"),
+    ],
+)
 def test_bad_sources_fail_validation_naming_file_and_line(tmp_path, edit, message):
     cfg = load_config(write(tmp_path, "mix.yaml", MIX_YAML.replace(*edit)))
     with pytest.raises(ConfigError, match=message):
@@ -91,6 +106,7 @@ def test_sources_from_an_override_and_errors_naming_it():
 
 
 # --- the mixing order --------------------------------------------------------------------------
+
 
 def test_block_counts_are_exact_for_integer_ratios():
     assert block_counts([0.7, 0.3]) == [7, 3]
@@ -113,7 +129,7 @@ def test_every_window_holds_the_weights_within_one_block():
     assert order.block == 10
     for window in (10, 37, 200, 1000):
         for start in range(0, 2000 - window, 13):
-            share = np.mean(sources[start:start + window] == 0)
+            share = np.mean(sources[start : start + window] == 0)
             assert abs(share * window - 0.7 * window) <= order.block, (window, start)
     assert np.mean(sources == 0) == 0.7  # whole blocks: exact
     assert not np.array_equal(sources[:10], sources[10:20])  # slots are shuffled per block
@@ -142,7 +158,7 @@ def test_positions_are_computed_not_replayed_and_match_counting():
 def test_slices_anywhere_match_one_long_read():
     whole = _mixed().sample_ids(0, 300)
     for start, count in ((0, 5), (7, 31), (99, 101), (290, 10)):
-        assert _mixed().sample_ids(start, count) == whole[start:start + count]
+        assert _mixed().sample_ids(start, count) == whole[start : start + count]
 
 
 # --- batches from a mixture --------------------------------------------------------------------
@@ -153,12 +169,18 @@ GLOBAL, MICRO, SEQ = 8, 2, 8
 @pytest.fixture
 def two_sources(tmp_path) -> list[Source]:
     # Distinct token ranges tell the sources apart in a batch: web < 100000 <= code.
-    web = make_dataset(str(tmp_path / "web"), {"train": counting_docs(60), "validation": counting_docs(8)},
-                       shard_tokens=80)
-    code = make_dataset(str(tmp_path / "code"), {"train": counting_docs(8, first_token=100_000),
-                                                 "validation": counting_docs(8, first_token=100_000)}, 40)
-    return [Source("web", 0.75, PackedSamples(TokenShards(web, "train"), SEQ)),
-            Source("code", 0.25, PackedSamples(TokenShards(code, "train"), SEQ))]
+    web = make_dataset(
+        str(tmp_path / "web"), {"train": counting_docs(60), "validation": counting_docs(8)}, shard_tokens=80
+    )
+    code = make_dataset(
+        str(tmp_path / "code"),
+        {"train": counting_docs(8, first_token=100_000), "validation": counting_docs(8, first_token=100_000)},
+        40,
+    )
+    return [
+        Source("web", 0.75, PackedSamples(TokenShards(web, "train"), SEQ)),
+        Source("code", 0.25, PackedSamples(TokenShards(code, "train"), SEQ)),
+    ]
 
 
 def _ranks(sources: list[Source], world: int) -> list[TrainBatches]:
@@ -213,8 +235,12 @@ def test_resume_refuses_a_changed_source_or_weight(two_sources):
 
 def test_check_sources_refuses_mixed_tokenizers_and_short_splits(tmp_path):
     a = make_dataset(str(tmp_path / "a"), {"train": counting_docs(9), "validation": counting_docs(3)}, 50)
-    b = make_dataset(str(tmp_path / "b"), {"train": counting_docs(9), "validation": counting_docs(3)}, 50,
-                     tokenizer_sha="1" * 64)
+    b = make_dataset(
+        str(tmp_path / "b"),
+        {"train": counting_docs(9), "validation": counting_docs(3)},
+        50,
+        tokenizer_sha="1" * 64,
+    )
     cfg = load_config(None, [f"data.sources=[{{path: {a}}}, {{path: {b}}}]", "data.seq_len=8"])
     with pytest.raises(DataError, match="different tokenizers") as err:
         check_sources(cfg.data)
@@ -226,18 +252,26 @@ def test_check_sources_refuses_mixed_tokenizers_and_short_splits(tmp_path):
 
 # --- a training run on a mixture ---------------------------------------------------------------
 
+
 def _random_dataset(path: str, seed: int, train_tokens: int) -> str:
     rng = np.random.default_rng(seed)
-    docs = {split: [rng.integers(0, 256, size=int(rng.integers(20, 90)), dtype=np.int32)
-                    for _ in range(n // 55)] for split, n in (("train", train_tokens), ("validation", 1200))}
+    docs = {
+        split: [rng.integers(0, 256, size=int(rng.integers(20, 90)), dtype=np.int32) for _ in range(n // 55)]
+        for split, n in (("train", train_tokens), ("validation", 1200))
+    }
     return make_dataset(path, docs, shard_tokens=700)
 
 
 def test_training_on_a_mixture_logs_per_source_tokens_and_losses_and_resumes_exactly(tmp_path):
     web = _random_dataset(str(tmp_path / "web"), 1, 6000)
     code = _random_dataset(str(tmp_path / "code"), 2, 1500)
-    mix = [f"data.sources=[{{path: {web}, weight: 3}}, {{path: {code}, weight: 1}}]", "model.vocab_size=256",
-           "train.max_steps=6", "train.eval_interval=3", "checkpoint.interval=3"]
+    mix = [
+        f"data.sources=[{{path: {web}, weight: 3}}, {{path: {code}, weight: 1}}]",
+        "model.vocab_size=256",
+        "train.max_steps=6",
+        "train.eval_interval=3",
+        "checkpoint.interval=3",
+    ]
 
     def metrics(run_dir: str) -> list[dict]:
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:

@@ -19,8 +19,13 @@ from dist_llm.models import (
 from dist_llm.models.presets import list_presets, load_preset, preset_table
 
 LADDER = {
-    "125m": 125e6, "350m": 350e6, "760m": 760e6, "1.3b": 1.3e9,
-    "2.7b": 2.7e9, "6.7b": 6.7e9, "13b": 13e9,
+    "125m": 125e6,
+    "350m": 350e6,
+    "760m": 760e6,
+    "1.3b": 1.3e9,
+    "2.7b": 2.7e9,
+    "6.7b": 6.7e9,
+    "13b": 13e9,
 }
 LLAMA_SHAPES = {"34b": 34e9, "70b": 70e9}  # the real-scale dry-run presets: Llama vocabularies and GQA
 # Presets keep GPT-3's shapes with a 32k vocab and untied head, so totals drift from GPT-3's names
@@ -42,8 +47,15 @@ def build(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
 
 
 def test_presets_present():
-    assert set(list_presets()) == {"tiny", *LADDER, *LLAMA_SHAPES, "t5-small", "t5-base", "bert-base",
-                                   "bert-large"}
+    assert set(list_presets()) == {
+        "tiny",
+        *LADDER,
+        *LLAMA_SHAPES,
+        "t5-small",
+        "t5-base",
+        "bert-base",
+        "bert-large",
+    }
     names = [row[0] for row in preset_table()]
     assert names[0] == "tiny" and names[-1] == "70b"
 

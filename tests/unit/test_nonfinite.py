@@ -40,8 +40,11 @@ class Snapshot(Callback):
 def test_bad_steps_are_skipped_then_the_run_stops(tmp_path, dataset, warnings_log):
     snap = Snapshot()
     trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=3"], [PoisonGrads({4, 5, 6, 7, 8}), snap])
-    with pytest.raises(DivergenceError, match=r"3 consecutive steps with non-finite.*last: step 6;.*"
-                                              r"train.max_bad_steps=3"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"3 consecutive steps with non-finite.*last: step 6;.*"
+        r"train.max_bad_steps=3",
+    ):
         trainer.fit()
     assert trainer.step == 7  # a step's flag is read at the next step's end
     snap.weights[7] = trainer.engine.model.state_dict()  # the error came before Snapshot's hook
@@ -60,9 +63,17 @@ def test_bad_last_step_is_counted_before_the_final_checkpoint(tmp_path, dataset,
 
 def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warnings_log):
     snap = Snapshot()
-    trainer = make_trainer(tmp_path, dataset, ["train.max_bad_steps=2", "train.on_bad_steps=rollback",
-                                           "checkpoint.interval=2", "checkpoint.keep_last=10"],
-                       [PoisonGrads({5, 6}), snap])
+    trainer = make_trainer(
+        tmp_path,
+        dataset,
+        [
+            "train.max_bad_steps=2",
+            "train.on_bad_steps=rollback",
+            "checkpoint.interval=2",
+            "checkpoint.keep_last=10",
+        ],
+        [PoisonGrads({5, 6}), snap],
+    )
     trainer.fit()
     assert trainer.step == 8
     ckpt4 = dict(model_tensors(layout.step_uri(f"{tmp_path}/checkpoints", 4)))
@@ -75,7 +86,6 @@ def test_rollback_restores_last_checkpoint_and_continues(tmp_path, dataset, warn
     assert not torch.equal(snap.weights[8]["norm.weight"], ckpt4["norm.weight"]), "training went on"
     assert all(torch.isfinite(v).all() for v in snap.weights[8].values())
     assert "rolled back weights and optimizer to" in warnings_log.text
-
 
 
 def test_signal_handlers_restored_when_fit_raises(tmp_path, dataset):

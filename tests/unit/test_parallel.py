@@ -13,14 +13,17 @@ from dist_llm.models import ModelConfig, build_model
 TINY = dict(vocab_size=97, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=16)
 
 
-@pytest.mark.parametrize("costs, stages, expected", [
-    ([1, 1, 1, 1], 2, [(0, 2), (2, 4)]),
-    ([1, 1, 1, 1, 1], 2, [(0, 3), (3, 5)]),  # ties: earlier stages take more (the last has the head)
-    ([4, 1, 1, 1, 1], 2, [(0, 1), (1, 5)]),
-    ([1, 1, 1, 1, 4], 2, [(0, 4), (4, 5)]),
-    ([3, 1, 1, 1, 2, 2, 2], 3, [(0, 2), (2, 5), (5, 7)]),
-    ([5, 5, 5], 3, [(0, 1), (1, 2), (2, 3)]),
-])
+@pytest.mark.parametrize(
+    "costs, stages, expected",
+    [
+        ([1, 1, 1, 1], 2, [(0, 2), (2, 4)]),
+        ([1, 1, 1, 1, 1], 2, [(0, 3), (3, 5)]),  # ties: earlier stages take more (the last has the head)
+        ([4, 1, 1, 1, 1], 2, [(0, 1), (1, 5)]),
+        ([1, 1, 1, 1, 4], 2, [(0, 4), (4, 5)]),
+        ([3, 1, 1, 1, 2, 2, 2], 3, [(0, 2), (2, 5), (5, 7)]),
+        ([5, 5, 5], 3, [(0, 1), (1, 2), (2, 3)]),
+    ],
+)
 def test_partition_layers_balances_parameter_counts(costs, stages, expected):
     parts = partition_layers(costs, stages)
     assert [(r.start, r.stop) for r in parts] == expected

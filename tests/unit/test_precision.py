@@ -13,14 +13,17 @@ from dist_llm.precision import choose_precision, native_bf16, resolve_precision
 from tests.conftest import make_trainer
 
 
-@pytest.mark.parametrize("requested, native, json_precision, expected", [
-    ("auto", True, None, "bf16"),
-    ("auto", False, None, "fp32"),
-    ("auto", False, "bf16", "bf16"),  # the JSON decides
-    ("auto", True, "fp32", "fp32"),
-    ("bf16", False, None, "bf16"),  # asked for explicitly: kept (with a warning)
-    ("fp32", True, None, "fp32"),
-])
+@pytest.mark.parametrize(
+    "requested, native, json_precision, expected",
+    [
+        ("auto", True, None, "bf16"),
+        ("auto", False, None, "fp32"),
+        ("auto", False, "bf16", "bf16"),  # the JSON decides
+        ("auto", True, "fp32", "fp32"),
+        ("bf16", False, None, "bf16"),  # asked for explicitly: kept (with a warning)
+        ("fp32", True, None, "fp32"),
+    ],
+)
 def test_choose_precision(requested, native, json_precision, expected):
     assert choose_precision(requested, native, json_precision) == expected
 

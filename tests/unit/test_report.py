@@ -82,29 +82,38 @@ def _write(run_dir, lines: list) -> str:
 
 
 def _train(step: int, loss: float, first: bool = False, **extra) -> dict:
-    record = {"step": step, "loss": loss, "lr": 1e-3, "tokens_per_s": 100.0, "consumed_tokens": 10 * step,
-              **extra}
+    record = {
+        "step": step,
+        "loss": loss,
+        "lr": 1e-3,
+        "tokens_per_s": 100.0,
+        "consumed_tokens": 10 * step,
+        **extra,
+    }
     return {**record, "param_bytes": 1, "grad_bytes": 1, "optimizer_bytes": 2} if first else record
 
 
 def test_a_replayed_step_takes_the_later_attempts_records(tmp_path):
     # Crash after step 6, resumed from the checkpoint at 4: steps 5 and 6 run again.
-    _write(tmp_path, [
-        {"step": 0, "val_loss": 9.0, "val_ppl": 8103.0},
-        *(_train(s, 10.0 - s, first=s == 1) for s in range(1, 7)),
-        {"step": 2, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
-        {"step": 4, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
-        # Both async saves noticed as committed at step 4: outcomes are told apart by their checkpoint.
-        {"step": 4, "checkpoint_committed": 2, "checkpoint_save_s": 1.0},
-        {"step": 4, "checkpoint_committed": 4, "checkpoint_save_s": 1.0},
-        {"step": 6, "val_loss": 3.0, "val_ppl": 20.0},  # from the abandoned timeline
-        {"step": 6, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
-        {"step": 6, "checkpoint_failed": 6},
-        "",
-        *(_train(s, 20.0 - s, first=s == 5) for s in range(5, 9)),
-        {"step": 8, "val_loss": 5.0, "val_ppl": 148.4},
-        {"step": 8, "some_future_kind": 1},
-    ])
+    _write(
+        tmp_path,
+        [
+            {"step": 0, "val_loss": 9.0, "val_ppl": 8103.0},
+            *(_train(s, 10.0 - s, first=s == 1) for s in range(1, 7)),
+            {"step": 2, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
+            {"step": 4, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
+            # Both async saves noticed as committed at step 4: outcomes are told apart by their checkpoint.
+            {"step": 4, "checkpoint_committed": 2, "checkpoint_save_s": 1.0},
+            {"step": 4, "checkpoint_committed": 4, "checkpoint_save_s": 1.0},
+            {"step": 6, "val_loss": 3.0, "val_ppl": 20.0},  # from the abandoned timeline
+            {"step": 6, "checkpoint_blocked_s": 0.1, "checkpoint_skipped": False},
+            {"step": 6, "checkpoint_failed": 6},
+            "",
+            *(_train(s, 20.0 - s, first=s == 5) for s in range(5, 9)),
+            {"step": 8, "val_loss": 5.0, "val_ppl": 148.4},
+            {"step": 8, "some_future_kind": 1},
+        ],
+    )
     h = read_history(str(tmp_path))
     assert h.resumed_at == [5]
     assert [r["step"] for r in h.train] == list(range(1, 9))
@@ -116,8 +125,13 @@ def test_a_replayed_step_takes_the_later_attempts_records(tmp_path):
 
 
 def test_a_resume_that_continues_is_found_by_the_engine_memory_report(tmp_path):
-    _write(tmp_path, [*(_train(s, 1.0, first=s == 1) for s in range(1, 5)),
-                      *(_train(s, 1.0, first=s == 5) for s in range(5, 9))])
+    _write(
+        tmp_path,
+        [
+            *(_train(s, 1.0, first=s == 1) for s in range(1, 5)),
+            *(_train(s, 1.0, first=s == 5) for s in range(5, 9)),
+        ],
+    )
     assert read_history(str(tmp_path)).resumed_at == [5]
 
 
@@ -137,14 +151,17 @@ def test_out_dir_memory_plot_and_a_run_without_config(tmp_path, capsys):
     assert not os.path.exists(run_dir / "report")
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([_train(1, 1.0), '{"step": 2, "loss"'], ":2: not valid JSON"),
-    ([_train(1, 1.0), "[1, 2]"], ":2: a JSON list, not an object"),
-    ([_train(1, 1.0), {"loss": 1.0}], ":2: step=None"),
-    ([_train(1, 1.0), {"step": 1, "checkpoint_committed": "x"}], ":2: checkpoint_committed='x'"),
-    ([], ": no training step records"),
-    ([{"step": 0, "val_loss": 9.0, "val_ppl": 8103.0}], ": no training step records"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([_train(1, 1.0), '{"step": 2, "loss"'], ":2: not valid JSON"),
+        ([_train(1, 1.0), "[1, 2]"], ":2: a JSON list, not an object"),
+        ([_train(1, 1.0), {"loss": 1.0}], ":2: step=None"),
+        ([_train(1, 1.0), {"step": 1, "checkpoint_committed": "x"}], ":2: checkpoint_committed='x'"),
+        ([], ": no training step records"),
+        ([{"step": 0, "val_loss": 9.0, "val_ppl": 8103.0}], ": no training step records"),
+    ],
+)
 def test_bad_metrics_name_file_and_line(tmp_path, capsys, lines, message):
     path = _write(tmp_path, lines)
     assert main(["report", str(tmp_path)]) == 2

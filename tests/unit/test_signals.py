@@ -26,14 +26,18 @@ class SignalAfter(Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-@pytest.mark.parametrize("sent_after, stopped_at", [
-    (2, 4),  # flag 0 summed at step 2's end, 1 at step 3's, read at step 4's
-    (5, 6),  # 1 summed at the last step's end, read at train end
-])
+@pytest.mark.parametrize(
+    "sent_after, stopped_at",
+    [
+        (2, 4),  # flag 0 summed at step 2's end, 1 at step 3's, read at step 4's
+        (5, 6),  # 1 summed at the last step's end, read at train end
+    ],
+)
 def test_signal_stops_commits_and_reports(tmp_path, dataset, sent_after, stopped_at):
     before = signal.getsignal(signal.SIGUSR1)
-    trainer = make_trainer(tmp_path, dataset, ["train.max_steps=6", "checkpoint.interval=0"],
-                           [SignalAfter(sent_after)])
+    trainer = make_trainer(
+        tmp_path, dataset, ["train.max_steps=6", "checkpoint.interval=0"], [SignalAfter(sent_after)]
+    )
     trainer.fit()
     assert trainer.step == stopped_at
     assert trainer.stop_requested, "the exit status must say preempted"

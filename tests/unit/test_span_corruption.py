@@ -58,7 +58,7 @@ def test_exact_lengths_and_lossless_reconstruction(seq_len):
         inputs, labels = batch["input_ids"][row].numpy(), batch["labels"][row].numpy()
         assert reconstruct(inputs, labels) == raw[row].tolist()
         used = [t for t in labels.tolist() if t in SENTINELS]
-        assert used == SENTINELS[:lengths.spans]  # <extra_id_0> first, one per span, in order
+        assert used == SENTINELS[: lengths.spans]  # <extra_id_0> first, one per span, in order
 
 
 def test_noise_fraction_and_span_lengths_follow_the_settings():
@@ -87,11 +87,14 @@ def test_deterministic_by_seed_and_independent_of_batch_position():
     assert not (other["input_ids"][0] == first["input_ids"][0]).all()
 
 
-@pytest.mark.parametrize("tokens, message", [
-    ({k: v for k, v in TOKENS.items() if k != "sentinel_ids"}, "sentinel_ids"),
-    ({**TOKENS, "sentinel_ids": []}, "sentinel_ids is empty"),
-    ({k: v for k, v in TOKENS.items() if k != "eos_id"}, "eos_id"),
-])
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ({k: v for k, v in TOKENS.items() if k != "sentinel_ids"}, "sentinel_ids"),
+        ({**TOKENS, "sentinel_ids": []}, "sentinel_ids is empty"),
+        ({k: v for k, v in TOKENS.items() if k != "eos_id"}, "eos_id"),
+    ],
+)
 def test_missing_tokenizer_entries_are_data_errors(tokens, message):
     with pytest.raises(DataError, match=message) as info:
         SpanCorruptionCollator(tokens)

@@ -48,7 +48,7 @@ def _records(path: str) -> Iterator[wandb_internal_pb2.Record]:
         if kind not in (_FULL, _FIRST, _MIDDLE, _LAST):
             pos += left
             continue
-        parts.append(data[pos + _CHUNK.size:pos + _CHUNK.size + length])
+        parts.append(data[pos + _CHUNK.size : pos + _CHUNK.size + length])
         pos += _CHUNK.size + length
         if kind in (_FULL, _LAST):
             record = wandb_internal_pb2.Record()
@@ -120,8 +120,17 @@ def _train_steps(run: OfflineRun) -> list[int]:
 
 def test_offline_run_holds_the_config_metrics_evals_and_checkpoint_events(tmp_path, dataset):
     run_dir = str(tmp_path / "wb-run")
-    run_train(run_dir, dataset, [*WANDB, "train.max_steps=4", "train.eval_interval=2",
-                                 "checkpoint.interval=2", "checkpoint.async_save=false"])
+    run_train(
+        run_dir,
+        dataset,
+        [
+            *WANDB,
+            "train.max_steps=4",
+            "train.eval_interval=2",
+            "checkpoint.interval=2",
+            "checkpoint.async_save=false",
+        ],
+    )
     (run,) = read_offline_runs(run_dir)
     with open(os.path.join(run_dir, RUN_ID_FILE)) as f:
         assert run.run.run_id == f.read()
@@ -135,8 +144,9 @@ def test_offline_run_holds_the_config_metrics_evals_and_checkpoint_events(tmp_pa
     assert _train_steps(run) == [1, 2, 3, 4]
     assert all(run.history[s]["memory/rss_bytes"] > 0 for s in _train_steps(run))
     assert [s for s, row in sorted(run.history.items()) if "eval/val_loss" in row] == [0, 2, 4]
-    assert [row["checkpoint/committed"] for _, row in sorted(run.history.items())
-            if "checkpoint/committed" in row] == [2, 4]
+    assert [
+        row["checkpoint/committed"] for _, row in sorted(run.history.items()) if "checkpoint/committed" in row
+    ] == [2, 4]
     assert run.summary["checkpoint/uri"].endswith("step-00000004")
     assert [r["checkpoint_committed"] for r in records if "checkpoint_committed" in r] == [2, 4]
 
@@ -163,7 +173,9 @@ def test_resumed_run_continues_the_same_wandb_run_and_a_fresh_start_does_not(tmp
 def test_online_without_an_api_key_fails_at_once_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: nothing to log in with, and no prompt
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = load_config(None, ["logging.wandb.enabled=true", "logging.wandb.mode=online",
-                             f"logging.run_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        ["logging.wandb.enabled=true", "logging.wandb.mode=online", f"logging.run_dir={tmp_path / 'run'}"],
+    )
     with pytest.raises(ConfigError, match="logging.wandb.mode=online.*wandb login"):
         WandbSink(cfg, resumed=False)
