@@ -294,6 +294,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument(
+        "--max-shard-gb",
+        type=float,
+        default=5.0,
+        help="largest safetensors file; bigger models are written as shards plus an index, "
+        "as transformers does (peak memory: about one shard)",
+    )
+    p.add_argument(
         "--data",
         default=None,
         help="(--format hf) dataset whose tokenizer to export; default: the run's training data",
@@ -304,11 +311,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "hf":
         from dist_llm.interop import export_hf
 
-        print(export_hf(args.checkpoint, args.out, args.dtype, args.data))
+        print(export_hf(args.checkpoint, args.out, args.dtype, args.data, int(args.max_shard_gb * 1e9)))
         return 0
     from dist_llm.export import export_safetensors
 
-    print(export_safetensors(args.checkpoint, args.out, args.dtype))
+    print(export_safetensors(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 1e9)))
     return 0
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import resolve_checkpoint
-from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.offline import open_model_tensors
 from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.config import OBJECTIVES, Config, DataConfig, TrainConfig, config_from_dict
 from dist_llm.data.batch import Batch, Collator
@@ -50,7 +50,7 @@ def load_trained_model(path: str, device: str = "cpu") -> LoadedModel:
     uri = resolve_checkpoint(path)
     trainer_state = load_trainer_state(uri)
     cfg = config_from_dict(trainer_state["config"], origin=f"{uri}/{layout.TRAINER}")
-    state = load_model_state(uri, cfg.model.tie_embeddings)
+    state = open_model_tensors(uri, cfg.model.tie_embeddings)
     return LoadedModel(
         model=instantiate(cfg.model, state, device), cfg=cfg, step=trainer_state["step"], checkpoint=uri
     )

@@ -8,13 +8,14 @@ kind and returns our model config plus a state_dict our model loads as is.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from dist_llm.checkpoint.discovery import resolve_checkpoint
-from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.offline import open_model_tensors
 from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.config import config_from_dict
 from dist_llm.errors import CheckpointError, ConfigError, DataError
@@ -41,31 +42,41 @@ def check_pretrained(path: str, key: str) -> None:
         ) from None
 
 
-def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, fp32 state_dict) of an HF model directory (Llama, BERT, T5) or of a checkpoint,
-    checkpoint root or run directory of ours."""
+def load_pretrained(path: str) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
+    """(ModelConfig, fp32 weights by name) of an HF model directory (Llama, BERT, T5) or of a
+    checkpoint, checkpoint root or run directory of ours (read tensor by tensor, on lookup)."""
     if is_hf_dir(path):
         return import_hf(path)
     uri = resolve_checkpoint(path)
     cfg = config_from_dict(load_trainer_state(uri)["config"], origin=uri)
-    return cfg.model, load_model_state(uri, cfg.model.tie_embeddings)
+    return cfg.model, open_model_tensors(uri, cfg.model.tie_embeddings)
 
 
 def instantiate(
-    model_cfg: ModelConfig, state: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+    model_cfg: ModelConfig, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
 ) -> nn.Module:
-    """Our model with these weights, in eval mode."""
+    """Our model with these weights, in eval mode. Filled tensor by tensor, so a lazy `state` (a
+    checkpoint read on lookup) costs the model plus its largest tensor, not twice the model."""
     with torch.device("meta"):  # no memory for weights that are overwritten anyway
         model = build_model(model_cfg)
     model.to_empty(device=device)
     model.init_weights()  # re-ties shared weights and rebuilds derived buffers after to_empty
-    model.load_state_dict(state)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the weights do not fit model {model_cfg.arch!r}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; load them with the model config they were saved with"
+        )
+    with torch.no_grad():
+        for name, target in model.state_dict(keep_vars=True).items():
+            target.copy_(state[name])
     return model.eval()
 
 
 def adopt_pretrained(
     model_cfg: ModelConfig, tokenizer_vocab: int, seq_len: int
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
     """For `model.init_from`: the pretrained model's config (its shape wins over the model section,
     which keeps only its dropout and init_from) and its weights. Refuses a dataset whose token ids
     the model has no embedding for, and samples longer than the model's positions."""

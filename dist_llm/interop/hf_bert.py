@@ -12,10 +12,12 @@ Two HF details the mapping handles:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dist_llm.checkpoint.offline import RenamedTensors
 from dist_llm.errors import CheckpointError, ConfigError
 from dist_llm.interop.hf_llama import _check_keys, read_hf_source
 from dist_llm.log import get_logger
@@ -71,8 +73,8 @@ def body_pairs(n_layers: int) -> list[tuple[str, str]]:
 
 
 def to_hf_bert(
-    state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig
-) -> tuple[BertConfig, dict[str, torch.Tensor]]:
+    state_dict: Mapping[str, torch.Tensor], model_cfg: ModelConfig
+) -> tuple[BertConfig, Mapping[str, torch.Tensor]]:
     """Our encoder's state_dict and config as a `BertConfig` and a `BertForPreTraining` state_dict
     (same tensors, renamed). A tied decoder weight and bias are left out, as HF's own save leaves
     them out (HF re-ties them on load). Token ids (bos/eos/pad) are left None for the caller."""
@@ -107,10 +109,9 @@ def to_hf_bert(
         eos_token_id=None,
         pad_token_id=None,
     )
-    hf_state = {theirs: state_dict[ours] for ours, theirs in pairs}
     if not model_cfg.tie_embeddings:  # untied, HF's decoder Linear uses its own bias: the same values
-        hf_state[HEAD_BIAS] = state_dict["output_bias"].clone()
-    return config, hf_state
+        pairs.append(("output_bias", HEAD_BIAS))
+    return config, RenamedTensors(state_dict, pairs)
 
 
 def model_config_from_hf(config: Any) -> ModelConfig:

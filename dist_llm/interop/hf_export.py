@@ -12,20 +12,20 @@ import importlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import resolve_checkpoint
-from dist_llm.checkpoint.offline import load_model_state
+from dist_llm.checkpoint.offline import open_model_tensors
 from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.config import config_from_dict
 from dist_llm.data.sources import tokenizer_path
 from dist_llm.errors import CheckpointError, ConfigError, DataError
-from dist_llm.export import DTYPES
+from dist_llm.export import DEFAULT_MAX_SHARD_BYTES, DTYPES, write_safetensors
 from dist_llm.models.config import ModelConfig
 
 
@@ -72,12 +72,13 @@ def save_hf_tokenizer(tokenizer_path: str, out_dir: str, model_max_length: int) 
 
 
 def save_hf_model(
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
     model_cfg: ModelConfig,
     out_dir: str,
     tokenizer_path: str,
     dtype: str = "fp32",
     metadata: dict[str, str] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> str:
     """Write a complete HF directory (Llama, BERT or T5 by `model_cfg.arch`) from our model's
     state_dict and config plus the tokenizer it was trained with; returns out_dir.
@@ -104,11 +105,7 @@ def save_hf_model(
     hf_config.dtype = DTYPES[dtype]
     os.makedirs(out_dir, exist_ok=True)
     save_hf_tokenizer(tokenizer_path, out_dir, model_cfg.max_seq_len)
-    tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in hf_state.items()}
-    # "format": "pt" is what transformers checks before trusting a safetensors file's layout.
-    save_file(
-        tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt", **(metadata or {})}
-    )
+    write_safetensors(hf_state, out_dir, DTYPES[dtype], metadata or {}, max_shard_bytes)
     hf_config.save_pretrained(out_dir)
     start = {"decoder_start_token_id": tokenizer.pad_id} if model_cfg.arch == "encoder_decoder" else {}
     GenerationConfig(
@@ -117,7 +114,13 @@ def save_hf_model(
     return out_dir
 
 
-def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str | None = None) -> str:
+def export_hf(
+    checkpoint: str,
+    out_dir: str,
+    dtype: str = "fp32",
+    data_path: str | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> str:
     """A checkpoint (run dir, checkpoint root or step dir) as an HF Llama directory; returns out_dir.
     The tokenizer comes from `data_path`'s manifest, by default the run's (first) training dataset."""
     uri = resolve_checkpoint(checkpoint)
@@ -132,16 +135,19 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "fp32", data_path: str
             "directory the model was trained on"
         ) from exc
     return save_hf_model(
-        load_model_state(uri, cfg.model.tie_embeddings),
+        open_model_tensors(uri),
         cfg.model,
         out_dir,
         tok_path,
         dtype,
         metadata={"step": str(trainer_state["step"]), "source": uri},
+        max_shard_bytes=max_shard_bytes,
     )
 
 
-def import_hf(hf_dir: str, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def import_hf(
+    hf_dir: str, dtype: torch.dtype = torch.float32
+) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
     """(ModelConfig, state_dict) for our model of the matching family from a local HF model directory,
     cast to `dtype` (fp32 by default: continued pretraining keeps fp32 master weights whatever the
     file holds). Dispatches on config.json's model_type."""

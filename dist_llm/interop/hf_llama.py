@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from dist_llm.checkpoint.offline import RenamedTensors
 from dist_llm.errors import CheckpointError, ConfigError
 from dist_llm.models.config import ModelConfig
 
@@ -61,8 +63,8 @@ def _check_keys(have: set[str], want: set[str], optional: set[str], where: str) 
 
 
 def to_hf_llama(
-    state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig
-) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    state_dict: Mapping[str, torch.Tensor], model_cfg: ModelConfig
+) -> tuple[LlamaConfig, Mapping[str, torch.Tensor]]:
     """Our decoder's state_dict and config as a `LlamaConfig` and a `LlamaForCausalLM` state_dict
     (same tensors, renamed). Token ids (bos/eos/pad) are left None for the caller to set."""
     from transformers import LlamaConfig
@@ -95,7 +97,7 @@ def to_hf_llama(
         eos_token_id=None,
         pad_token_id=None,
     )
-    return config, {theirs: state_dict[ours] for ours, theirs in pairs}
+    return config, RenamedTensors(state_dict, pairs)
 
 
 def rope_theta(config: Any) -> float:

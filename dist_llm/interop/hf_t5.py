@@ -19,10 +19,12 @@ Three T5 details the mapping has to respect:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dist_llm.checkpoint.offline import RenamedTensors
 from dist_llm.errors import ConfigError
 from dist_llm.interop.hf_llama import _check_keys, read_hf_source
 from dist_llm.models.config import ModelConfig
@@ -85,8 +87,8 @@ def key_pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
 
 
 def to_hf_t5(
-    state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig
-) -> tuple[T5Config, dict[str, torch.Tensor]]:
+    state_dict: Mapping[str, torch.Tensor], model_cfg: ModelConfig
+) -> tuple[T5Config, Mapping[str, torch.Tensor]]:
     """Our encoder-decoder's state_dict and config as a `T5Config` and a `T5ForConditionalGeneration`
     state_dict (same tensors, renamed). pad and decoder_start are 0, what our model uses; bos/eos are
     left None for the caller. Loading an untied state into a freshly built
@@ -124,7 +126,7 @@ def to_hf_t5(
         bos_token_id=None,
         eos_token_id=None,
     )
-    return config, {theirs: state_dict[ours] for ours, theirs in pairs}
+    return config, RenamedTensors(state_dict, pairs)
 
 
 def _rescales_decoder_output(config: Any) -> bool:

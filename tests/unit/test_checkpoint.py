@@ -449,3 +449,23 @@ def test_checkpoint_of_another_model_is_an_error_not_a_fallback(root):
     other = TorchEngine(load_config(None, [*TINY, "model.d_model=48"]), WORLD)
     with pytest.raises(CheckpointError, match="cannot load into this model"):
         restore_newest("auto", root, other, WORLD)
+
+
+def test_safetensors_export_is_sharded_past_the_shard_size(root, tmp_path):
+    from safetensors.torch import load_file
+
+    from dist_llm.export import export_safetensors
+
+    engine = _engine(seed=0)
+    _train_step(engine, data_seed=0)
+    uri = save_checkpoint(root, 1, engine, {"step": 1, "config": load_config(None, TINY).to_dict()}, WORLD, 1)
+    weights = dict(model_tensors(uri))
+    index = export_safetensors(uri, str(tmp_path / "out"), dtype="bf16", max_shard_bytes=10_000)
+    with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+    assert set(weight_map) == set(weights) and len(set(weight_map.values())) > 2
+    exported = {}
+    for file in set(weight_map.values()):
+        exported.update(load_file(str(tmp_path / "out" / file)))
+    for name, value in weights.items():
+        assert torch.equal(exported[name], value.to(torch.bfloat16)), name

@@ -202,11 +202,26 @@ def test_hf_tokenizer_dir_is_copied(tmp_path):
         assert json.load(f)["dtype"] == "bfloat16"
 
 
-def test_export_hf_from_a_trained_checkpoint(tmp_path, dataset):
+@pytest.mark.parametrize("max_shard_bytes", [5 * 10**9, 200_000], ids=["one_file", "sharded"])
+def test_export_hf_from_a_trained_checkpoint(tmp_path, dataset, max_shard_bytes):
+    """Read from the sharded checkpoint tensor by tensor and written shard by shard: past the
+    shard size, as transformers writes big models (numbered files plus an index), which it loads
+    and which we import back."""
     run = tmp_path / "run"
     make_trainer(run, dataset, ["train.max_steps=2", "checkpoint.interval=2"], []).fit()
-    out = export_hf(str(run), str(tmp_path / "hf"))
+    out = export_hf(str(run), str(tmp_path / "hf"), max_shard_bytes=max_shard_bytes)
+    files = sorted(f for f in os.listdir(out) if f.startswith("model"))
+    if max_shard_bytes < 10**6:  # 0.66 MB of weights in fp32, 200 kB shards (the embedding alone is 256 kB)
+        assert len(files) > 3 and "model.safetensors.index.json" in files and "model.safetensors" not in files
+        with open(os.path.join(out, "model.safetensors.index.json"), encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        assert set(weight_map.values()) == set(files) - {"model.safetensors.index.json"}
+    else:
+        assert files == ["model.safetensors"]
     loaded = load_trained_model(str(run))
+    _, imported = import_hf(out)
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(imported[name], value), name
     theirs = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     text = "Return the value of 3 + 4.\n"
