@@ -94,7 +94,7 @@ def test_resume_onto_another_layout_continues_the_curve(tmp_path, dataset, runs,
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", ["single", "fsdp2", "fsdp2xtp2_ac", "tp2xpp2"])
+@pytest.mark.parametrize("name", ["single", "fsdp2xtp2_ac"])  # FSDP2 alone: the bf16 test below
 def test_resume_on_the_same_layout_is_bitwise(tmp_path, dataset, runs, name):
     nproc, overrides = LAYOUTS.get(name, (1, []))
     resumed = from_checkpoint(runs(name), str(tmp_path / "resumed"))
@@ -106,7 +106,7 @@ def test_resume_on_the_same_layout_is_bitwise(tmp_path, dataset, runs, name):
 
 @pytest.mark.distributed
 def test_bf16_resume_is_bitwise(tmp_path, dataset):
-    common = [*COMMON, "train.precision=bf16", "train.max_steps=12"]
+    common = [*COMMON, "train.precision=bf16", "train.max_steps=10"]
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run_train(straight, dataset, common, nproc=2)
     run_train(resumed, dataset, [*common, f"train.exit_at_step={STOP}"], nproc=2)

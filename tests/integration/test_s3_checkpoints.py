@@ -66,10 +66,11 @@ def test_large_shard_goes_up_as_a_multipart_upload_and_reads_back_by_range(s3_en
     monkeypatch.setattr(uri_module, "SINGLE_PUT_BYTES", 2**20)
     monkeypatch.setattr(uri_module, "PART_BYTES", 5 * 2**20)  # S3's smallest part
     bucket = s3_env.new_bucket()
-    buffers = [memoryview(bytes([i]) * (3 * 2**20 + i)) for i in range(4)]  # 12 MiB in 4 items
+    buffers = [memoryview(bytes([i]) * (3 * 2**20 + i)) for i in range(4)]  # 12 MiB in 4 items: 2 parts
     write_bytes(f"s3://{bucket}/shard.distcp", buffers)
     info = s3fs.S3FileSystem().info(f"{bucket}/shard.distcp")
     assert info["size"] == sum(b.nbytes for b in buffers)
-    assert info["ETag"].strip('"').endswith("-3"), f"not a 3-part upload: {info['ETag']}"
+    etag = info["ETag"].strip('"')
+    assert "-" in etag and int(etag.rsplit("-", 1)[1]) >= 2, f"not a multipart upload: {etag}"
     offset = buffers[0].nbytes + buffers[1].nbytes
     assert read_range(f"s3://{bucket}/shard.distcp", offset, buffers[2].nbytes) == bytes(buffers[2])
