@@ -142,8 +142,7 @@ class TorchEngine:
             else:
                 loss = torch.zeros((), device=self.device)
                 for i, batch in enumerate(micro_batches):
-                    if isinstance(self.model, FSDPModule):  # reduce gradients once, with the last
-                        self.model.set_requires_gradient_sync(i == n - 1)
+                    self._sync_gradients(last=i == n - 1)
                     # Autocast around the forward only, one region per micro-batch: a region spanning
                     # several FSDP2 forwards keeps casts of gathered weights alive across them, and
                     # the step after one then computes (slightly) different gradients.
@@ -170,6 +169,20 @@ class TorchEngine:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm.detach(), skipped=skipped)
+
+    def _sync_gradients(self, last: bool) -> None:
+        """Gradient accumulation without a rank holding the whole model's gradient: sharded layouts
+        reduce-scatter every micro-batch into the sharded gradient (keeping unsharded gradients for
+        a later single reduction would cost every rank a full model's worth of memory) and, with
+        replicas (HSDP), all-reduce across them once, with the last; plain replication, which holds
+        full gradients anyway, reduces once."""
+        if not isinstance(self.model, FSDPModule):
+            return
+        if self.dims.dp_shard > 1:
+            if self.dims.dp_replicate > 1:
+                self.model.set_requires_all_reduce(last)
+        else:
+            self.model.set_requires_gradient_sync(last)
 
     def _embedding(self) -> nn.Parameter | None:
         return getattr(self.model.tok_embeddings, "weight", None) if self.tie_group is not None else None
