@@ -86,9 +86,10 @@ def _timed_save(writer: CheckpointWriter, step: int, engine: TorchEngine) -> tup
 def _plain_put(root: str, parts: dict[str, bytes]) -> float:
     fs, path = _fs(root)
     start = time.perf_counter()
-    fs.makedirs(path, exist_ok=True)  # local only; a no-op for a prefix in a bucket
     for name, data in parts.items():
-        fs.pipe_file(f"{path.rstrip('/')}/{name}", data)
+        target = f"{path.rstrip('/')}/{name}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # local only; a no-op in a bucket
+        fs.pipe_file(target, data)
     return time.perf_counter() - start
 
 
