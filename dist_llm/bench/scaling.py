@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from dist_llm.config import ModelConfig
 from dist_llm.errors import ConfigError
 from dist_llm.models import count_params, flops_per_token
+from dist_llm.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
