@@ -19,12 +19,9 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-import torch.distributed.checkpoint as dcp
 
-from dist_llm.checkpoint import layout
-from dist_llm.checkpoint.dcp_storage import MemoryWriter
 from dist_llm.checkpoint.storage import _fs, join, remove_tree
-from dist_llm.checkpoint.writer import CheckpointWriter
+from dist_llm.checkpoint.writer import CheckpointWriter, layout_shards
 from dist_llm.config import CheckpointConfig, load_config
 from dist_llm.distributed import World
 from dist_llm.engine.torch_engine import TorchEngine
@@ -95,9 +92,8 @@ def _plain_put(root: str, parts: dict[str, bytes]) -> float:
 
 def checkpoint_bytes(engine: TorchEngine) -> dict[str, bytes]:
     """The engine's checkpoint files as the writer lays them out (one rank: one shard file)."""
-    writer = MemoryWriter(layout.state_file)
-    dcp.save(engine.state_dict(), storage_writer=writer, no_dist=True)
-    return {writer.file: b"".join(writer.buffers), layout.STATE_METADATA: writer.metadata}
+    files = layout_shards(engine.state_dict(), group=None)
+    return {name: data if isinstance(data, bytes) else b"".join(data) for name, data in files.items()}
 
 
 def bench_checkpoint(uri: str | None, size_mb: float, repeats: int) -> CheckpointBenchResult:

@@ -16,9 +16,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from dist_llm.config import load_config
-from dist_llm.models import count_params
-
 PHASES = ("build", "train", "save", "load")
 STATE_BYTES_PER_PARAM = 16  # fp32 weights, fp32 gradients, AdamW's two fp32 moments
 
@@ -65,7 +62,6 @@ def _reports(out: str, nproc: int) -> list[dict]:
 def bench_memory(
     config: str, overrides: list[str], ranks: list[int], steps: int, work_dir: str | None = None
 ) -> list[MemoryResult]:
-    cfg = load_config(config, overrides)
     results = []
     for nproc in ranks:
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench-memory-") as tmp:
@@ -84,9 +80,7 @@ def bench_memory(
                 os.getcwd(),
             )
             first, resumed = _reports(f"{tmp}/first", nproc), _reports(f"{tmp}/resumed", nproc)
-        vocab = cfg.model.vocab_size or 32000
-        cfg.model.vocab_size = vocab
-        n = count_params(cfg.model)
+        n = first[0]["params"]
         peaks = {
             phase: [r["peaks"].get(phase, 0) / 1e9 for r in (resumed if phase == "load" else first)]
             for phase in PHASES

@@ -15,6 +15,7 @@ from typing import Any
 from dist_llm.callbacks.base import Callback
 from dist_llm.config import load_config
 from dist_llm.distributed import init_distributed, shutdown
+from dist_llm.models import count_params
 from dist_llm.trainer import Trainer
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +84,7 @@ def main(argv: list[str]) -> int:
         "world": world.size,
         "peaks": peaks,
         "engine": trainer.engine.memory_report(),
+        "params": count_params(trainer.cfg.model),  # vocabulary filled from the dataset by now
         "step": trainer.step,
     }
     os.makedirs(out, exist_ok=True)

@@ -38,6 +38,17 @@ from dist_llm.log import get_logger
 log = get_logger("checkpoint")
 
 
+def layout_shards(staged: dict[str, Any], group: dist.ProcessGroup | None) -> dict[str, Any]:
+    """This rank's DCP file (a list of buffers viewing the staged tensors) and, on the coordinator,
+    DCP's metadata; `group` plans the save across ranks (None: this process alone)."""
+    writer = MemoryWriter(layout.state_file)
+    dcp.save(staged, storage_writer=writer, process_group=group, no_dist=group is None)
+    files: dict[str, Any] = {writer.file: writer.buffers}
+    if writer.metadata is not None:
+        files[layout.STATE_METADATA] = writer.metadata
+    return files
+
+
 class CheckpointWriter:
     """At most one checkpoint in flight; `wait()` before exit so the last one lands."""
 
@@ -135,7 +146,7 @@ class CheckpointWriter:
         step_uri = layout.step_uri(self.root, step)
         try:
             if staged is not None:
-                parts.update(self._layout_shards(staged))
+                parts.update(layout_shards(staged, self.group))
             records = write_parts(step_uri, parts)
             write_bytes(join(step_uri, layout.rank_done_name(self.world.rank)), json.dumps(records).encode())
             if self.world.is_main:
@@ -159,15 +170,6 @@ class CheckpointWriter:
                 step,
                 e,
             )
-
-    def _layout_shards(self, staged: dict[str, Any]) -> dict[str, Any]:
-        """This rank's DCP file (buffers viewing the staged tensors) and, on rank 0, DCP's metadata."""
-        writer = MemoryWriter(layout.state_file)
-        dcp.save(staged, storage_writer=writer, process_group=self.group, no_dist=self.group is None)
-        files: dict[str, Any] = {writer.file: writer.buffers}
-        if writer.metadata is not None:
-            files[layout.STATE_METADATA] = writer.metadata
-        return files
 
     def _gather_records(self, step_uri: str) -> dict[str, dict[str, object]]:
         deadline = time.monotonic() + self.cfg.commit_timeout_s

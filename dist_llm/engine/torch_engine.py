@@ -11,6 +11,7 @@ sharded tensors keyed like the unsharded model, which the checkpoint package sav
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 import torch
@@ -109,6 +110,15 @@ class TorchEngine:
             model.output.weight if tied and self.pipeline is not None and self.pipeline.is_last else None
         )
         self.tie_group = self._tie_group() if tied and self.pipeline is not None else None
+        # This rank's copy in the (first stage, last stage) pair; None off the pair.
+        self.tied_param = (
+            (self.tied_copy if self.tied_copy is not None else model.tok_embeddings.weight)
+            if self.tie_group is not None
+            else None
+        )
+        self.pp_group = self.mesh["pp"].get_group() if self.pipeline is not None else None
+        # The head copy's norm is counted on the first stage.
+        self.norm_skip = frozenset({id(self.tied_copy)}) if self.tied_copy is not None else frozenset()
         self.optimizer = build_adamw(model, cfg.optim, world.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
@@ -117,8 +127,7 @@ class TorchEngine:
         creates every pair's group (new_group is collective) and keeps its own."""
         ranks = self.mesh.mesh
         mine = None
-        for index in torch.cartesian_prod(*(torch.arange(n) for n in self.dims.shape[1:])).reshape(-1, 3):
-            r, s, t = (int(i) for i in index)
+        for r, s, t in itertools.product(*(range(n) for n in self.dims.shape[1:])):
             pair = [int(ranks[0, r, s, t]), int(ranks[-1, r, s, t])]
             group = dist.new_group(pair)
             if self.world.rank in pair:
@@ -154,17 +163,10 @@ class TorchEngine:
                 loss = loss / n
         with phase(OPTIMIZER, self.device):
             reduce_partial_grads(self.params)
-            sum_tied_grads(
-                self.tied_copy if self.tied_copy is not None else self._embedding(), self.tie_group
-            )
+            sum_tied_grads(self.tied_param, self.tie_group)
             self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-            grad_norm = clip_grad_norm_(
-                self.params,
-                max_norm,
-                self.mesh["pp"].get_group() if self.pipeline else None,
-                skip=frozenset({id(self.tied_copy)}) if self.tied_copy is not None else frozenset(),
-            )
+            grad_norm = clip_grad_norm_(self.params, max_norm, self.pp_group, skip=self.norm_skip)
             skipped = self._step_if_finite(loss, grad_norm)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -183,9 +185,6 @@ class TorchEngine:
                 self.model.set_requires_all_reduce(last)
         else:
             self.model.set_requires_gradient_sync(last)
-
-    def _embedding(self) -> nn.Parameter | None:
-        return getattr(self.model.tok_embeddings, "weight", None) if self.tie_group is not None else None
 
     def _step_if_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool | torch.Tensor:
         """Apply the optimizer unless the loss or gradients are not finite (decided on the device);
