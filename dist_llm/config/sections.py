@@ -63,6 +63,8 @@ class DataConfig:
     the current step's, still in parallel)."""
     download_workers: int = 4
     """Remote data: parallel shard downloads per process."""
+    max_open_shards: int = 64
+    """Shards kept memory-mapped at once per split of each source (least recently read closed first)."""
 
     def source_list(self) -> list[SourceConfig]:
         """The sources to train on, names filled in; `path` alone is one unnamed source."""
@@ -82,6 +84,8 @@ class DataConfig:
             fail("data.prefetch_steps", f"data.prefetch_steps={d.prefetch_steps} must be >= 0")
         if d.download_workers < 1:
             fail("data.download_workers", f"data.download_workers={d.download_workers} must be >= 1")
+        if d.max_open_shards < 1:
+            fail("data.max_open_shards", f"data.max_open_shards={d.max_open_shards} must be >= 1")
         objective = OBJECTIVES[arch]
         if d.objective != objective:
             fail(

@@ -1,16 +1,20 @@
 """Memory-mapped token shards of one dataset split, seen as one flat token stream.
 
 Shards are Arrow IPC files with one `tokens: list<int32>` row per document (see data_prep).
-Their flattened value buffers are mapped, never copied, so opening a 100 GB dataset costs
-page-table entries, not RAM. A local dataset is mapped in place, every shard at open (a broken
-shard fails the run before training starts). A remote one (s3://...) is only described by its
-manifest at open: each shard is downloaded into the `ShardCache` and mapped when a read first
-needs it, or earlier when `prefetch` asks for it.
+Their flattened value buffers are mapped, never copied, so reading a 100 GB dataset costs
+page-table entries, not RAM. Opening a split reads only its manifest entries: the cumulative token
+offsets become one numpy array, and a shard is mapped when a read first needs it. At most
+`max_open` shards stay mapped, the least recently read unmapped first, so a split of millions of
+shards stays far below the kernel's per-process limit on mappings (`vm.max_map_count`, 65,530 by
+default) and the open-file limit. A broken or missing shard raises DataError naming the file when it
+is first read. A remote split (s3://...) downloads each shard into the `ShardCache` when a read
+first needs it, or earlier when `prefetch` asks for it, and maps the verified local copy.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
@@ -45,7 +49,8 @@ class TokenShards:
     """The concatenated token stream of one split (train/validation) of a prepared dataset.
 
     `manifest` saves reading it again; remote datasets download through `cache` (one pool per
-    process serves every split and source) into `cache_dir` (`data.cache_dir`; "" = the default).
+    process serves every split and source) into `cache_dir` (`data.cache_dir`; "" = the default);
+    `max_open` bounds the shards mapped at once (`data.max_open_shards`).
     """
 
     def __init__(
@@ -55,7 +60,10 @@ class TokenShards:
         manifest: dict | None = None,
         cache_dir: str = "",
         cache: ShardCache | None = None,
+        max_open: int = 64,
     ) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open={max_open}: at least one shard must stay mapped to read it")
         self.data_dir = data_dir
         self.manifest = manifest if manifest is not None else open_manifest(data_dir)
         splits = self.manifest["splits"]
@@ -66,16 +74,17 @@ class TokenShards:
             )
         self.split = split
         self.entries: list[dict] = splits[split]["shards"]
-        self._starts = np.concatenate([[0], np.cumsum([e["tokens"] for e in self.entries])]).astype(np.int64)
+        tokens = np.fromiter((e["tokens"] for e in self.entries), dtype=np.int64, count=len(self.entries))
+        self._starts = np.zeros(len(tokens) + 1, dtype=np.int64)
+        np.cumsum(tokens, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
         self.remote = not is_local(data_dir)
-        self._arrays: list[np.ndarray | None] = [None] * len(self.entries)
+        self.max_open = max_open
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        """Mapped shards by index, least recently read first."""
         if self.remote:
             self._cache = cache or ShardCache()
             self._cache_dir = dataset_cache_dir(cache_dir, data_dir)
-        else:
-            for index in range(len(self.entries)):
-                self._array(index)
 
     def _uri(self, index: int) -> str:
         return join(self.data_dir, self.entries[index]["path"])
@@ -90,10 +99,16 @@ class TokenShards:
         )
 
     def _array(self, index: int) -> np.ndarray:
-        array = self._arrays[index]
-        if array is None:
-            path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
-            array = self._arrays[index] = self._map(path, self.entries[index]["tokens"])
+        """Shard `index` mapped, unmapping the least recently read one past `max_open`."""
+        array = self._open.get(index)
+        if array is not None:
+            self._open.move_to_end(index)
+            return array
+        path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
+        array = self._open[index] = self._map(path, self.entries[index]["tokens"])
+        while len(self._open) > self.max_open:
+            # The mapping goes with its last reference: reads copy out and keep none.
+            self._open.popitem(last=False)
         return array
 
     def shards_of(self, start: int, length: int) -> range:
@@ -106,7 +121,7 @@ class TokenShards:
         """Start background downloads of these shards (remote datasets; a no-op locally)."""
         if self.remote:
             for index in shard_indices:
-                if self._arrays[index] is None:
+                if index not in self._open:
                     self._cache.prefetch(*self._fetch_args(index))
 
     @staticmethod
@@ -121,7 +136,11 @@ class TokenShards:
                     f"{path}: schema is {table.schema.to_string()!r}, expected one column "
                     f"'tokens: {_TOKENS_TYPE}'; re-run `dist-llm prep` for this dataset"
                 )
-            column = table.column("tokens").combine_chunks()
+            chunks = table.column("tokens").chunks
+            # Prep writes one record batch per shard: its values are a view of the mapping.
+            # Combining batches would copy the whole shard into memory, so only a file with
+            # several (not written by prep) pays for that.
+            column = chunks[0] if len(chunks) == 1 else table.column("tokens").combine_chunks()
             values = column.flatten().to_numpy(zero_copy_only=True)
         except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
             raise DataError(

@@ -74,7 +74,9 @@ def open_sources(
             name=s.name,
             weight=s.weight,
             samples=PackedSamples(
-                TokenShards(s.path, split, manifest, cfg.cache_dir, cache), cfg.seq_len, window
+                TokenShards(s.path, split, manifest, cfg.cache_dir, cache, cfg.max_open_shards),
+                cfg.seq_len,
+                window,
             ),
         )
         for s, manifest in zip(configs, manifests)

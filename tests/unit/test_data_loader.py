@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from data_prep.manifest import read_manifest, write_manifest
+from dist_llm.config import load_config
 from dist_llm.data.collate import CausalLMCollator
 from dist_llm.data.loader import DataState, TrainBatches, eval_batches
 from dist_llm.data.mixture import Source
 from dist_llm.data.order import GlobalOrder
 from dist_llm.data.packing import PackedSamples
 from dist_llm.data.shards import TokenShards
-from dist_llm.errors import DataError
+from dist_llm.errors import ConfigError, DataError
 from tests.unit.shard_data import counting_docs, make_dataset
 
 CAUSAL = CausalLMCollator()
@@ -88,7 +89,7 @@ def test_token_count_disagreeing_with_manifest_raises_naming_file(counting_datas
     manifest["splits"]["train"]["shards"][0]["tokens"] += 1
     write_manifest(data_dir, manifest)
     with pytest.raises(DataError, match="manifest says") as err:
-        TokenShards(data_dir, "train")
+        TokenShards(data_dir, "train").read(0, 1)
     assert path in str(err.value)
 
 
@@ -100,7 +101,7 @@ def test_truncated_shard_raises_naming_file(counting_dataset, keep_fraction):
     with open(path, "wb") as f:
         f.write(data[: int(len(data) * keep_fraction)])
     with pytest.raises(DataError) as err:
-        TokenShards(data_dir, "train")
+        TokenShards(data_dir, "train").read(0, 1)
     assert path in str(err.value)
 
 
@@ -109,8 +110,43 @@ def test_missing_shard_raises_naming_file(counting_dataset):
     path, _ = _first_shard(data_dir)
     os.remove(path)
     with pytest.raises(DataError) as err:
-        TokenShards(data_dir, "train")
+        TokenShards(data_dir, "train").read(0, 1)
     assert path in str(err.value)
+
+
+def _mapped_shards(data_dir: str) -> set[str]:
+    """Files under `data_dir` that this process has memory-mapped right now."""
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        paths = {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+    return {p for p in paths if p.startswith(data_dir)}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts mappings through /proc")
+def test_shards_open_lazily_and_at_most_max_open_stay_mapped(counting_dataset):
+    data_dir, stream = counting_dataset
+    shards = TokenShards(data_dir, "train", max_open=2)
+    assert len(shards.entries) >= 5 and not _mapped_shards(data_dir)
+    most = 0
+    for start in [*range(0, len(stream) - 7, 7), *range(len(stream) - 8, 0, -11)]:
+        assert np.array_equal(shards.read(start, 8), stream[start : start + 8])
+        most = max(most, len(_mapped_shards(data_dir)))
+    assert most == 2
+
+
+def test_a_broken_shard_fails_when_read_naming_it_not_at_open(counting_dataset):
+    data_dir, stream = counting_dataset
+    manifest = read_manifest(data_dir)
+    last = manifest["splits"]["train"]["shards"][-1]
+    os.remove(os.path.join(data_dir, last["path"]))
+    shards = TokenShards(data_dir, "train")
+    assert np.array_equal(shards.read(0, 20), stream[:20])
+    with pytest.raises(DataError, match=last["path"]):
+        shards.read(len(stream) - 1, 1)
+
+
+def test_max_open_shards_below_one_is_refused():
+    with pytest.raises(ConfigError, match="data.max_open_shards=0"):
+        load_config(None, ["data.max_open_shards=0"]).validate()
 
 
 def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_count(counting_dataset):
