@@ -6,6 +6,7 @@ Shared by data prep (inputs, shards), the training data loader and checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -73,3 +74,19 @@ def read_range(uri: str, offset: int, length: int) -> bytes:
     """`length` bytes of an object from `offset`: a ranged GET on object stores."""
     fs, path = filesystem(uri)
     return fs.cat_file(path, start=offset, end=offset + length)
+
+
+_CHUNK = 8 * 2**20
+
+
+def download(uri: str, path: str) -> tuple[int, str]:
+    """Stream `uri` into the local file `path`, hashing on the way; returns (bytes, sha256)."""
+    fs, remote = filesystem(uri)
+    digest = hashlib.sha256()
+    count = 0
+    with fs.open(remote, "rb") as src, open(path, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+            count += len(chunk)
+    return count, digest.hexdigest()

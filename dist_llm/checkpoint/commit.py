@@ -38,11 +38,15 @@ def write_parts(step_uri: str, parts: dict[str, bytes | list[memoryview]]) -> di
 
 def commit(root: str, step: int, records: dict[str, dict[str, object]]) -> None:
     """Called once (rank 0) after every rank's parts are durable."""
-    step_uri = layout.step_uri(root, step)
-    manifest = {"step": step, "files": records, "created_unix": time.time()}
-    write_bytes(join(step_uri, layout.MANIFEST), json.dumps(manifest, indent=1).encode())
-    write_bytes(join(step_uri, layout.COMMITTED), b"")
+    seal(layout.step_uri(root, step), records, step=step)
     write_bytes(join(root, layout.LATEST), layout.step_dir_name(step).encode())
+
+
+def seal(uri: str, records: dict[str, dict[str, object]], **fields: object) -> None:
+    """Make a directory whose files are all durable readable: its manifest, then its marker."""
+    manifest = {**fields, "files": records, "created_unix": time.time()}
+    write_bytes(join(uri, layout.MANIFEST), json.dumps(manifest, indent=1).encode())
+    write_bytes(join(uri, layout.COMMITTED), b"")
 
 
 def read_manifest(step_uri: str) -> dict[str, object]:

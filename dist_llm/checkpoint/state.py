@@ -66,11 +66,7 @@ def load_checkpoint(step_uri: str, engine: Engine, world: World) -> dict[str, An
     if engine.checkpoint_format == "dcp":
         _load_sharded(step_uri, metadata, engine)
     else:
-        restore_files(
-            engine.engine,
-            lambda name: read_verified(step_uri, manifest, name),
-            sorted(n for n in files if n.startswith(layout.DEEPSPEED)),
-        )
+        restore_files(engine.engine, step_uri, manifest)
     set_rng_state(rng_state)
     return trainer
 

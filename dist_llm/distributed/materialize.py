@@ -12,6 +12,7 @@ memory is one unit (the largest block, or the embedding), not the model.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Iterator
 
 import torch
@@ -22,6 +23,9 @@ from dist_llm.seeding import derive_seed
 
 FullTensor = Callable[[str], torch.Tensor]
 """A parameter/buffer name -> its full, unsharded value (e.g. read from a pretrained model)."""
+
+Gather = Callable[[list[torch.Tensor]], AbstractContextManager]
+"""Makes a unit's tensors whole while their values are written (DeepSpeed ZeRO-3 partitions)."""
 
 
 def unit_prefixes(model: nn.Module) -> list[str]:
@@ -90,14 +94,27 @@ def _tie_groups(model: nn.Module) -> list[list[str]]:
 def materialize(
     model: nn.Module, skeleton: nn.Module, device: torch.device, seed: int, source: FullTensor | None = None
 ) -> None:
-    """Allocate `model`'s local shards on `device` and fill them, unit by unit, from `skeleton` (an
-    unsharded meta-device build of the same model, consumed here): initialized from `seed`, or
-    taken from `source` (pretrained weights) when given."""
+    """Allocate `model`'s local shards on `device` and fill them (`fill`)."""
     ties = _tie_groups(model)
     model.to_empty(device=device)
     for names in ties:  # to_empty gives each name of a tied weight its own tensor: tie them again
         for name in names[1:]:
             _set(model, name, model.get_parameter(names[0]))
+    fill(model, skeleton, device, seed, source)
+
+
+def fill(
+    model: nn.Module,
+    skeleton: nn.Module,
+    device: torch.device,
+    seed: int,
+    source: FullTensor | None = None,
+    gather: Gather = lambda tensors: nullcontext(),
+) -> None:
+    """Write `model`'s values, unit by unit, from `skeleton` (an unsharded meta-device build of the
+    same model, consumed here): initialized from `seed`, or taken from `source` (pretrained weights)
+    when given. `gather` makes each unit's tensors writable in full where the engine partitions
+    them itself."""
     targets = dict(named_tensors(model))
     prefixes = unit_prefixes(skeleton)
     by_unit: dict[str, list[str]] = {}
@@ -109,11 +126,13 @@ def materialize(
         torch.manual_seed(derive_seed(seed, f"init/{unit or 'root'}"))
         skeleton.init_weights()  # tensors outside this unit are on meta: untouched, no RNG drawn
         values = dict(named_tensors(skeleton))
-        for name in names:
-            copy_into(
-                targets[name],
-                source(name) if source is not None and _is_param(skeleton, name) else values[name],
-            )
+        unique = list({id(targets[n]): targets[n] for n in names}.values())  # a tied weight once
+        with gather(unique):
+            for name in names:
+                copy_into(
+                    targets[name],
+                    source(name) if source is not None and _is_param(skeleton, name) else values[name],
+                )
         _move(skeleton, names, "meta")
 
 

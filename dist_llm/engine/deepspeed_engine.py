@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import torch
@@ -19,7 +20,7 @@ from dist_llm.config import Config, OptimConfig
 from dist_llm.distributed import World, ensure_process_group
 from dist_llm.distributed.activation_checkpointing import apply_activation_checkpointing
 from dist_llm.distributed.compile import apply_compile
-from dist_llm.distributed.materialize import FullTensor, materialize
+from dist_llm.distributed.materialize import FullTensor, fill, materialize
 from dist_llm.engine.base import Batch, MicroBatches, StepResult
 from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_device
 from dist_llm.engine.deepspeed_memory import zero_memory_report
@@ -55,10 +56,17 @@ class DeepSpeedEngine:
         self.world = world
         self.ds_config = load_deepspeed_config(cfg, world.size)
         self.dims = cfg.engine.dims(world.size, world.rank)
-        # The same initial weights as the torch engine (materialized unit by unit from the seed).
+        # The same initial weights as the torch engine (written unit by unit from the seed).
+        seed = derive_seed(cfg.train.seed, "init")
         with torch.device("meta"):
-            model, skeleton = build_model(cfg.model), build_model(cfg.model)
-        materialize(model, skeleton, world.device, derive_seed(cfg.train.seed, "init"), pretrained)
+            skeleton = build_model(cfg.model)
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+            model = _build_partitioned(cfg, self.ds_config)
+            fill(model, skeleton, world.device, seed, pretrained, _gather_for_write)
+        else:  # ZeRO 0-2 keep the weights whole on every rank anyway
+            with torch.device("meta"):
+                model = build_model(cfg.model)
+            materialize(model, skeleton, world.device, seed, pretrained)
         if prepare is not None:
             prepare(model)
         if cfg.engine.activation_checkpointing:
@@ -146,6 +154,24 @@ class DeepSpeedEngine:
 
     def memory_report(self) -> dict[str, int]:
         return zero_memory_report(self.model, self.zero_optimizer, self.engine.zero_optimization_stage())
+
+
+def _build_partitioned(cfg: Config, ds_config: dict) -> nn.Module:
+    """ZeRO-3: each module's parameters are partitioned across the ranks as soon as the module is
+    built, so no rank ever holds more than one module whole (their values are written by `fill`)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_init_required=False, verbose=False)  # wraps our process group
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        return build_model(cfg.model)
+
+
+def _gather_for_write(tensors: list[torch.Tensor]) -> AbstractContextManager:
+    """A unit's ZeRO-3 parameters, whole while `fill` writes them; every rank writes the same values,
+    and rank 0's are what DeepSpeed partitions again on exit. Buffers are never partitioned."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([t for t in tensors if hasattr(t, "ds_id")], modifier_rank=0)
 
 
 def _build_optimizer(

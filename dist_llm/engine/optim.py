@@ -12,9 +12,14 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Norm gains (1-D) are not decayed: shrinking them toward 0 only fights the normalization."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if _ndim(p) >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if _ndim(p) < 2], "weight_decay": 0.0},
     ]
+
+
+def _ndim(p: nn.Parameter) -> int:
+    # A DeepSpeed ZeRO-3 parameter built under zero.Init holds an empty placeholder; `ds_shape` is its shape.
+    return len(getattr(p, "ds_shape", p.shape))
 
 
 def build_adamw(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:

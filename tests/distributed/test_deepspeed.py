@@ -1,7 +1,7 @@
 """DeepSpeed engine on 2 real ranks (gloo, CPU, fp32) against plain data parallelism on the torch
 engine: the same initial weights and loss curve for ZeRO-1/2/3 and ZeRO-3 with CPU offload, bitwise
 resume, eval of a ZeRO-3 checkpoint (read tensor by tensor from DeepSpeed's partition files),
-resume on fewer ranks, and the per-rank memory each stage holds. Runs are shared between tests."""
+resume on another world size in both directions, and the per-rank memory each stage holds. Runs are shared between tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from dist_llm.checkpoint.deepspeed_files import UNIVERSAL, read_by
 from tests.conftest import (
     REPO,
     assert_weights_equal,
@@ -105,18 +106,49 @@ def test_eval_reads_the_zero3_partitions(runs):
 
 
 @pytest.mark.distributed
-def test_zero2_resume_on_one_rank_continues_the_loss(tmp_path, dataset, runs):
-    """2 -> 1 ranks: the ZeRO partitions no longer fit, so the engine converts DeepSpeed's files to a
-    universal checkpoint and loads that (weights and Adam moments). Measured ~5e-7 per step from the
-    uninterrupted 2-rank run (1-rank accumulation vs 2-way reduction order)."""
+@pytest.mark.parametrize(
+    ("variant", "saved_on", "resumed_on"),
+    [("zero2", 2, 1), ("zero2", 1, 2), ("zero3", 2, 1), ("zero3", 1, 2)],
+)
+def test_resume_on_another_world_size_continues_the_loss(
+    tmp_path, dataset, runs, variant, saved_on, resumed_on
+):
+    """The ZeRO partitions no longer fit, so rank 0 alone converts DeepSpeed's files to a universal
+    checkpoint, stored (committed) beside them, and every rank loads that (weights and Adam moments).
+    Measured ~5e-7 per step from the uninterrupted 2-rank run (accumulation vs reduction order)."""
     moved = str(tmp_path / "moved")
-    run_train(moved, dataset, [*COMMON, *VARIANTS["zero2"], f"train.exit_at_step={STOP}"], nproc=2)
-    proc = run_train(moved, dataset, [*COMMON, *VARIANTS["zero2"], "checkpoint.resume=auto"], nproc=1)
-    assert "universal checkpoint" in proc.stdout + proc.stderr
-    a, b = train_losses(runs("zero2")), train_losses(moved)
+    run_train(moved, dataset, [*COMMON, *VARIANTS[variant], f"train.exit_at_step={STOP}"], nproc=saved_on)
+    proc = run_train(
+        moved, dataset, [*COMMON, *VARIANTS[variant], "checkpoint.resume=auto"], nproc=resumed_on
+    )
+    assert (proc.stdout + proc.stderr).count("to a universal checkpoint in") == 1  # converted once
+    universal = tmp_path / "moved" / "checkpoints" / f"step-{STOP:08d}" / UNIVERSAL
+    assert (universal / "COMMITTED").exists() and (universal / "manifest.json").exists()
+    a, b = train_losses(runs(variant)), train_losses(moved)
     assert sorted(b) == list(range(1, STEPS + 1))
     for step in range(STOP + 1, STEPS + 1):
         assert b[step] == pytest.approx(a[step], abs=LOSS_TOLERANCE), f"step {step}: {b[step]} vs {a[step]}"
+
+
+def test_each_rank_reads_only_the_files_deepspeed_loads_for_it():
+    zero2 = [
+        "mp_rank_00_model_states.pt",
+        *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)),
+    ]
+    zero3 = [
+        *(f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(3)),
+        *(f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)),
+    ]
+    read = {
+        (stage, rank): [n for n in names if read_by(f"deepspeed/{n}", rank)]
+        for stage, names in (("2", zero2), ("3", zero3))
+        for rank in range(3)
+    }
+    assert read["2", 1] == ["mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert read["3", 2] == [
+        "zero_pp_rank_2_mp_rank_00_model_states.pt",
+        "bf16_zero_pp_rank_2_mp_rank_00_optim_states.pt",
+    ]
 
 
 def first_record_memory(run_dir: str) -> dict[str, int]:
