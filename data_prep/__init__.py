@@ -13,8 +13,8 @@ Modules, in data-flow order:
 - `store` — atomic writes/reads to a local dir or an object-store prefix.
 - `identity` — `prep.json`: the settings a resume must match.
 - `parts` — which part of a multi-machine prep this process runs.
-- `merge` — unit records -> corpus-wide dedup -> `manifest.json` (written last, atomically).
-- `manifest` — the manifest format and `read_manifest` for the loader.
+- `merge` — unit records -> corpus-wide dedup -> the manifest (shard table, then `manifest.json`).
+- `manifest` — the manifest format (JSON header + columnar shard table), its writer and reader.
 - `pipeline` — `PrepConfig` + `prepare()`; `cli` — `add_arguments` / `run` for `dist-llm prep`.
 
 Nothing is imported here so that `data_prep.manifest` stays cheap for the training loader.

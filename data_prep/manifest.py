@@ -1,32 +1,131 @@
-"""`manifest.json`: the contract between data prep and the training data loader.
+"""The dataset manifest: the contract between data prep and the training data loader.
 
-The manifest is written last and atomically, and deleted at the start of every prep run, so
-its presence means "every shard it lists is complete and matches its sha256". All paths in it
-are relative to the data directory. Token ids other than `eos_id` may be null for foreign
-(HF) tokenizers that lack that token.
+Two files. `manifest-shards.arrow`, the shard table, holds one row per shard (path, docs, tokens,
+bytes, sha256): the train split's rows as one Arrow record batch, the validation split's as a
+second. A rank maps it and reads its columns as arrays, so a million shards cost a few arrays and
+no parsing, where a JSON list would cost a million Python objects per rank. `manifest.json`, the
+header, is small: format, token dtype, tokenizer, per-split totals, and the table's name, size and
+sha256, which the loader checks. The table is written first and the header last, atomically, and
+prep deletes the header when it starts, so a header's presence means "the table it names and every
+shard listed there are complete". All paths are relative to the data directory. Token ids other
+than `eos_id` may be null for foreign (HF) tokenizers that lack that token.
+
+Datasets written before the table existed (`dist_llm.shards/1`, every shard listed inside the
+JSON) still load: their list becomes the same columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
+
 from data_prep import store
+from dist_llm.data.cache import cached_name, dataset_cache_dir, fetch
 from dist_llm.errors import DataError
-from dist_llm.uri import filesystem, join
+from dist_llm.uri import filesystem, is_local, join
 
 if TYPE_CHECKING:  # the training loader imports this module; keep sentencepiece out of it
     from data_prep.tokenizer import Tokenizer
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = "dist_llm.shards/1"
+SHARD_TABLE_NAME = "manifest-shards.arrow"
+FORMAT = "dist_llm.shards/2"
+LIST_FORMAT = "dist_llm.shards/1"
+"""The earlier format: the shard list inside the JSON."""
 TOKEN_DTYPE = "int32"
+SPLITS = ("train", "validation")
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("docs", pa.int64()),
+        pa.field("tokens", pa.int64()),
+        pa.field("bytes", pa.int64()),
+        pa.field("sha256", pa.binary(32)),
+    ]
+)
 
 _TOP_KEYS = ("format", "token_dtype", "tokenizer", "splits", "skipped", "args", "created_unix")
 _TOKENIZER_KEYS = ("kind", "path", "sha256", "vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id")
-_SPLIT_KEYS = ("docs", "tokens", "shards")
-_SHARD_KEYS = ("path", "docs", "tokens", "bytes", "sha256")
+_SPLIT_KEYS = ("docs", "tokens", "num_shards")
+_TABLE_KEYS = ("path", "bytes", "sha256")
+_LIST_SPLIT_KEYS = ("docs", "tokens", "shards")
+_LIST_SHARD_KEYS = ("path", "docs", "tokens", "bytes", "sha256")
+
+
+def _int64_view(column: pa.Int64Array) -> np.ndarray:
+    # Not `to_numpy()`: it imports pandas, about half a second of every rank's start.
+    return np.frombuffer(column.buffers()[1], np.int64, len(column), column.offset * 8)
+
+
+@dataclass(frozen=True, eq=False)
+class ShardTable:
+    """One split's shards as columns. Counts are numpy arrays; a path or checksum becomes a Python
+    string only when that shard is opened."""
+
+    paths: pa.StringArray
+    checksums: pa.FixedSizeBinaryArray
+    """sha256 of each shard file, 32 raw bytes each."""
+    docs: np.ndarray
+    tokens: np.ndarray
+    bytes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def path(self, index: int) -> str:
+        return self.paths[index].as_py()
+
+    def sha256(self, index: int) -> str:
+        return self.checksums[index].as_py().hex()
+
+    @classmethod
+    def from_batch(cls, batch: pa.RecordBatch) -> ShardTable:
+        """Columns of `batch` without copying them (views of the mapped table)."""
+        return cls(
+            paths=batch.column("path"),
+            checksums=batch.column("sha256"),
+            docs=_int64_view(batch.column("docs")),
+            tokens=_int64_view(batch.column("tokens")),
+            bytes=_int64_view(batch.column("bytes")),
+        )
+
+    @classmethod
+    def from_entries(cls, entries: list[dict]) -> ShardTable:
+        """From per-shard dicts with the table's columns as keys (what prep's unit records hold)."""
+        return cls.from_batch(
+            pa.record_batch(
+                [
+                    pa.array([e["path"] for e in entries], pa.string()),
+                    pa.array([e["docs"] for e in entries], pa.int64()),
+                    pa.array([e["tokens"] for e in entries], pa.int64()),
+                    pa.array([e["bytes"] for e in entries], pa.int64()),
+                    pa.array([bytes.fromhex(e["sha256"]) for e in entries], pa.binary(32)),
+                ],
+                schema=SHARD_SCHEMA,
+            )
+        )
+
+    def to_batch(self) -> pa.RecordBatch:
+        counts = [pa.array(c, pa.int64()) for c in (self.docs, self.tokens, self.bytes)]
+        return pa.record_batch([self.paths, *counts, self.checksums], schema=SHARD_SCHEMA)
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A read (or just written) manifest: the JSON header and each split's shard table."""
+
+    header: dict
+    shards: dict[str, ShardTable]
+
+    @property
+    def tokenizer(self) -> dict:
+        return self.header["tokenizer"]
 
 
 def manifest_path(data_dir: str) -> str:
@@ -38,10 +137,8 @@ def remove_manifest(data_dir: str) -> None:
     store.remove(manifest_path(data_dir))
 
 
-def build_manifest(
-    tokenizer: Tokenizer, tokenizer_rel_path: str, splits: dict, skipped: dict, args: dict
-) -> dict:
-    """Assemble the manifest dict in the documented key order."""
+def manifest_header(tokenizer: Tokenizer, tokenizer_rel_path: str, skipped: dict, args: dict) -> dict:
+    """The header's descriptive part in the documented key order (`write_manifest` adds the rest)."""
     return {
         "format": FORMAT,
         "token_dtype": TOKEN_DTYPE,
@@ -52,18 +149,48 @@ def build_manifest(
             "vocab_size": tokenizer.vocab_size,
             **tokenizer.special_ids(),
         },
-        "splits": splits,
+        "splits": {},
         "skipped": skipped,
         "args": args,
         "created_unix": time.time(),
     }
 
 
-def write_manifest(data_dir: str, manifest: dict) -> str:
-    """Atomically write `manifest.json` (tmp + os.replace, or one PUT); returns its path."""
-    path = manifest_path(data_dir)
-    store.write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
-    return path
+def fingerprint(tokenizer_sha256: str, table: ShardTable) -> str:
+    """Identifies a split's exact data (shard checksums + tokenizer), so a resume can refuse other
+    data; a local dataset and its copy in object storage share it. The hex checksums are hashed as
+    one string, which equals hashing them one after the other."""
+    digest = hashlib.sha256(tokenizer_sha256.encode())
+    raw = np.frombuffer(table.checksums.buffers()[1], np.uint8)
+    start = table.checksums.offset * 32
+    digest.update(raw[start : start + 32 * len(table)].tobytes().hex().encode())
+    return digest.hexdigest()[:16]
+
+
+def _split_block(table: ShardTable) -> dict:
+    return {"docs": int(table.docs.sum()), "tokens": int(table.tokens.sum()), "num_shards": len(table)}
+
+
+def write_manifest(data_dir: str, header: dict, shards: dict[str, ShardTable]) -> Manifest:
+    """Write the shard table, then `manifest.json` naming it (each atomically: tmp + rename, or one
+    PUT). The header's split totals and table entry are computed here from `shards`, so they always
+    agree with the table. Returns the manifest as written."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, SHARD_SCHEMA) as ipc:
+        for split in SPLITS:
+            ipc.write_batch(shards[split].to_batch())
+    table = sink.getvalue().to_pybytes()
+    store.write_bytes(join(data_dir, SHARD_TABLE_NAME), table)
+    header = header | {
+        "splits": {split: _split_block(shards[split]) for split in SPLITS},
+        "shard_table": {
+            "path": SHARD_TABLE_NAME,
+            "bytes": len(table),
+            "sha256": hashlib.sha256(table).hexdigest(),
+        },
+    }
+    store.write_bytes(manifest_path(data_dir), (json.dumps(header, indent=2) + "\n").encode())
+    return Manifest(header, {split: shards[split] for split in SPLITS})
 
 
 def _require(mapping: object, keys: tuple[str, ...], where: str, path: str) -> None:
@@ -78,14 +205,21 @@ def _require(mapping: object, keys: tuple[str, ...], where: str, path: str) -> N
             )
 
 
-def read_manifest(data_dir: str) -> dict:
-    """Load and validate `<data_dir>/manifest.json` (a local path or URI); raises DataError naming
-    file and key."""
+def _unreadable(path: str, error: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot read ({type(error).__name__}: {error}); check data.path, and for object "
+        "storage the endpoint (AWS_ENDPOINT_URL) and credentials"
+    )
+
+
+def read_header(data_dir: str) -> dict:
+    """Load and validate `<data_dir>/manifest.json` (a local path or URI) without its shard table:
+    enough for the tokenizer. Raises DataError naming the file and key."""
     path = manifest_path(data_dir)
     try:
         fs, fs_path = filesystem(path)
         with fs.open(fs_path, "r", encoding="utf-8") as fh:
-            manifest = json.load(fh)
+            header = json.load(fh)
     except FileNotFoundError as exc:
         raise DataError(
             f"{path}: not found; run `dist-llm prep --out {data_dir}` first "
@@ -93,20 +227,87 @@ def read_manifest(data_dir: str) -> dict:
         ) from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); re-run `dist-llm prep`") from exc
-    _require(manifest, _TOP_KEYS, "", path)
-    if manifest["format"] != FORMAT:
+    except Exception as exc:  # botocore, aiohttp and OSError subclasses all mean "cannot reach it"
+        raise _unreadable(path, exc) from None
+    _require(header, _TOP_KEYS, "", path)
+    if header["format"] not in (FORMAT, LIST_FORMAT):
         raise DataError(
-            f"{path}: key 'format' is {manifest['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`"
+            f"{path}: key 'format' is {header['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`"
         )
-    if manifest["token_dtype"] != TOKEN_DTYPE:
-        raise DataError(f"{path}: key 'token_dtype' is {manifest['token_dtype']!r}, expected {TOKEN_DTYPE!r}")
-    _require(manifest["tokenizer"], _TOKENIZER_KEYS, "tokenizer", path)
-    if not isinstance(manifest["tokenizer"]["eos_id"], int):
+    if header["token_dtype"] != TOKEN_DTYPE:
+        raise DataError(f"{path}: key 'token_dtype' is {header['token_dtype']!r}, expected {TOKEN_DTYPE!r}")
+    _require(header["tokenizer"], _TOKENIZER_KEYS, "tokenizer", path)
+    if not isinstance(header["tokenizer"]["eos_id"], int):
         raise DataError(f"{path}: key 'tokenizer.eos_id' must be an integer")
-    _require(manifest["splits"], ("train", "validation"), "splits", path)
-    for split, block in manifest["splits"].items():
-        _require(block, _SPLIT_KEYS, f"splits.{split}", path)
-        for index, shard in enumerate(block["shards"]):
-            _require(shard, _SHARD_KEYS, f"splits.{split}.shards[{index}]", path)
-    _require(manifest["skipped"], ("total", "by_reason"), "skipped", path)
-    return manifest
+    _require(header["splits"], SPLITS, "splits", path)
+    split_keys = _LIST_SPLIT_KEYS if header["format"] == LIST_FORMAT else _SPLIT_KEYS
+    for split in SPLITS:
+        _require(header["splits"][split], split_keys, f"splits.{split}", path)
+    if header["format"] == FORMAT:
+        _require(header.get("shard_table"), _TABLE_KEYS, "shard_table", path)
+    _require(header["skipped"], ("total", "by_reason"), "skipped", path)
+    return header
+
+
+def _from_list(header: dict, path: str) -> Manifest:
+    """A `dist_llm.shards/1` manifest as columns, its header shaped like a current one."""
+    shards = {}
+    for split in SPLITS:
+        for index, shard in enumerate(header["splits"][split]["shards"]):
+            _require(shard, _LIST_SHARD_KEYS, f"splits.{split}.shards[{index}]", path)
+        shards[split] = ShardTable.from_entries(header["splits"][split]["shards"])
+    splits = {split: {**header["splits"][split], **_split_block(shards[split])} for split in SPLITS}
+    for block in splits.values():
+        del block["shards"]
+    return Manifest(header | {"splits": splits}, shards)
+
+
+def _map_table(data_dir: str, entry: dict, cache_dir: str) -> pa.Buffer:
+    """The shard table's bytes, mapped: in place when local, else from a verified copy in the
+    node's data cache (downloaded once per node, like a shard)."""
+    uri = join(data_dir, entry["path"])
+    if is_local(data_dir):
+        local = uri.removeprefix("file://")
+    else:
+        local = cached_name(dataset_cache_dir(cache_dir, data_dir), entry["path"], entry["sha256"])
+        fetch(uri, local, entry["sha256"], entry["bytes"])
+    try:
+        data = pa.memory_map(local, "r").read_buffer()
+    except FileNotFoundError:
+        raise DataError(
+            f"{uri}: the shard table named by {MANIFEST_NAME} is missing; re-run `dist-llm prep`"
+        ) from None
+    if data.size != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DataError(
+            f"{uri}: does not match the size and sha256 {MANIFEST_NAME} records for it; the "
+            "dataset was modified or copied incompletely, re-run `dist-llm prep` or copy it again"
+        )
+    return data
+
+
+def read_manifest(data_dir: str, cache_dir: str = "") -> Manifest:
+    """The header and shard tables of the dataset at `data_dir` (a local path or URI); a remote
+    table is kept in `cache_dir` ("" = the default data cache). Raises DataError naming the file."""
+    header = read_header(data_dir)
+    path = manifest_path(data_dir)
+    if header["format"] == LIST_FORMAT:
+        return _from_list(header, path)
+    entry = header["shard_table"]
+    try:
+        data = _map_table(data_dir, entry, cache_dir)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise _unreadable(join(data_dir, entry["path"]), exc) from None
+    reader = pa.ipc.open_file(data)
+    if not reader.schema.equals(SHARD_SCHEMA) or reader.num_record_batches != len(SPLITS):
+        raise DataError(
+            f"{join(data_dir, entry['path'])}: not a shard table of format {FORMAT}; re-run `dist-llm prep`"
+        )
+    shards = {split: ShardTable.from_batch(reader.get_batch(i)) for i, split in enumerate(SPLITS)}
+    for split in SPLITS:
+        if _split_block(shards[split]) != {k: header["splits"][split][k] for k in _SPLIT_KEYS}:
+            raise DataError(
+                f"{path}: the totals of split {split!r} disagree with its shard table; re-run `dist-llm prep`"
+            )
+    return Manifest(header, shards)

@@ -1,11 +1,12 @@
-"""Merge: combine the unit records of a prep run (one or many parts) into `manifest.json`.
+"""Merge: combine the unit records of a prep run (one or many parts) into the manifest.
 
 The dataset's token stream is the units' shards in unit order, whichever machine wrote them, so
 merging N parts gives the same stream as one machine doing everything. Merge also does what
 needs the whole corpus: exact dedup across units (the first copy in corpus order wins; later
 copies are removed by rewriting the shards that hold them as `*.merged.arrow`), and the
 small-corpus rule (if validation would be empty, the last train document moves there). The
-manifest is written last and atomically: its presence means every shard it lists is complete.
+manifest (shard table, then `manifest.json`) is written last: its presence means every shard it
+lists is complete.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 from data_prep import store
 from data_prep.filters import HASH_BYTES
 from data_prep.identity import read_prep
-from data_prep.manifest import build_manifest, remove_manifest, write_manifest
+from data_prep.manifest import Manifest, ShardTable, manifest_header, remove_manifest, write_manifest
 from data_prep.tokenizer import load_tokenizer
 from data_prep.workers import RECORD_FORMAT, record_uri
 from data_prep.writer import SCHEMA, SPLITS, UNITS_DIR
@@ -117,8 +118,8 @@ def _load_hashes(out: str, shards: list[dict]) -> list[bytes]:
         return list(pool.map(load, shards))
 
 
-def merge(out: str, tokenizer_path: str | None = None) -> dict:
-    """Write `<out>/manifest.json` from all unit records; returns the manifest.
+def merge(out: str, tokenizer_path: str | None = None) -> Manifest:
+    """Write the manifest of `out` from all unit records; returns it.
 
     `tokenizer_path` is a local copy of the run's tokenizer when `out` is remote (its special ids
     go into the manifest); by default it is read from `out`.
@@ -138,7 +139,7 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
         )
     identity = prep["identity"]
     val_fraction = identity["val_fraction"]
-    splits: dict[str, dict] = {}
+    tables: dict[str, ShardTable] = {}
     removed_duplicates = 0
     kept_rows: dict[str, tuple[list[dict], list[np.ndarray]]] = {}
     for split in SPLITS:
@@ -169,11 +170,7 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
             entries = [e for e in pool.map(lambda a: _apply(out, *a), zip(shards, keeps)) if e]
         if split == "validation" and moved_entry:
             entries.append(moved_entry)
-        splits[split] = {
-            "docs": sum(e["docs"] for e in entries),
-            "tokens": sum(e["tokens"] for e in entries),
-            "shards": entries,
-        }
+        tables[split] = ShardTable.from_entries(entries)
 
     # update(), not `+`: Counter addition drops zero counts, and the manifest reports them.
     removed, skipped = Counter(duplicate=removed_duplicates), Counter(prep["skipped_inputs"])
@@ -181,27 +178,27 @@ def merge(out: str, tokenizer_path: str | None = None) -> dict:
         removed.update(record["removed"])
         skipped.update(record["skipped"])
     docs_read = sum(r["docs_read"] for r in records)
-    if splits["train"]["docs"] + splits["validation"]["docs"] == 0:
+    if sum(int(table.docs.sum()) for table in tables.values()) == 0:
         raise DataError(
             f"no documents left in {identity['inputs']}: read {docs_read}, removed "
             f"{dict(sorted(removed.items()))}, skipped {skipped}; check the inputs and filters"
         )
     tokenizer = load_tokenizer(tokenizer_path or store.local_copy(join(out, prep["tokenizer"])))
-    manifest = build_manifest(
+    header = manifest_header(
         tokenizer,
         prep["tokenizer"],
-        splits,
         skipped={"total": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         args=prep["args"],
     )
-    manifest["filters"] = {
+    header["filters"] = {
         "docs_read": docs_read,
         "removed": dict(sorted(removed.items())),
         **identity["filters"],
     }
-    manifest["units"] = prep["units"]
+    header["units"] = prep["units"]
     store.sync_local(out)  # every shard the manifest lists is on disk before the manifest is
-    write_manifest(out, manifest)
+    manifest = write_manifest(out, header, tables)
+    splits = manifest.header["splits"]
     log.info(
         "merged %d units: %d train / %d validation docs, %d tokens, %d duplicates removed, %.1fs -> %s",
         prep["units"],

@@ -24,7 +24,7 @@ from data_prep.default_corpus import build_default_corpus
 from data_prep.filters import FilterConfig
 from data_prep.identity import PREP_NAME, TOKENIZER_KEY, check_or_write, check_settings
 from data_prep.inputs import resolve_inputs
-from data_prep.manifest import MANIFEST_NAME, remove_manifest
+from data_prep.manifest import MANIFEST_NAME, SHARD_TABLE_NAME, Manifest, remove_manifest
 from data_prep.merge import merge, read_records
 from data_prep.parts import resolve_part
 from data_prep.planner import plan_units
@@ -193,7 +193,7 @@ def _validate(cfg: PrepConfig) -> int:
 
 def _start_over(out: str) -> None:
     """--force: remove what earlier prep runs wrote (and nothing else) from `out`."""
-    for name in (MANIFEST_NAME, PREP_NAME, SP_TOKENIZER_NAME):
+    for name in (MANIFEST_NAME, SHARD_TABLE_NAME, PREP_NAME, SP_TOKENIZER_NAME):
         store.remove(join(out, name))
     for name in (UNITS_DIR, HF_TOKENIZER_NAME):
         store.remove_prefix(join(out, name))
@@ -250,7 +250,7 @@ def _run_units(units: list[WorkUnit], job: UnitJob, workers: int, progress: bool
     )
 
 
-def prepare(cfg: PrepConfig) -> dict | None:
+def prepare(cfg: PrepConfig) -> Manifest | None:
     """Run this machine's part of the prep; returns the manifest once all parts are done."""
     workers = _validate(cfg)
     cfg.num_parts, cfg.part = resolve_part(cfg.num_parts, cfg.part)

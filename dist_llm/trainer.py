@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from data_prep.manifest import Manifest
 from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
 from dist_llm.callbacks.nonfinite import NonFiniteCallback
 from dist_llm.callbacks.profiling import ProfilingCallback
@@ -32,9 +33,9 @@ from dist_llm.seeding import derive_seed
 log = get_logger("trainer")
 
 
-def fill_vocab_size(cfg: Config, manifest: dict) -> None:
+def fill_vocab_size(cfg: Config, manifest: Manifest) -> None:
     """A model config with vocab_size 0 takes the dataset tokenizer's vocabulary."""
-    vocab = manifest["tokenizer"]["vocab_size"]
+    vocab = manifest.tokenizer["vocab_size"]
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab
 
@@ -49,7 +50,7 @@ class Trainer:
         pretrained = None
         if cfg.model.init_from:
             cfg.model, pretrained = adopt_pretrained(
-                cfg.model, self.data.manifest["tokenizer"]["vocab_size"], cfg.data.seq_len
+                cfg.model, self.data.manifest.tokenizer["vocab_size"], cfg.data.seq_len
             )
         cfg.model.validate()
         teacher = (lambda model: attach_teacher(model, cfg, world)) if cfg.distill.teacher else None

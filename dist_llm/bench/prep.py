@@ -135,7 +135,7 @@ def _prep(
         manifest = prepare(cfg)
         seconds = time.perf_counter() - started
     assert manifest is not None
-    splits = manifest["splits"].values()
+    splits = manifest.header["splits"].values()
     docs, tokens = sum(s["docs"] for s in splits), sum(s["tokens"] for s in splits)
     per_core = tokens / seconds / workers / baseline if baseline else 0.0
     return PrepBenchResult(

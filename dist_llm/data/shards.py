@@ -2,8 +2,8 @@
 
 Shards are Arrow IPC files with one `tokens: list<int32>` row per document (see data_prep).
 Their flattened value buffers are mapped, never copied, so reading a 100 GB dataset costs
-page-table entries, not RAM. Opening a split reads only its manifest entries: the cumulative token
-offsets become one numpy array, and a shard is mapped when a read first needs it. At most
+page-table entries, not RAM. Opening a split reads only its columns of the manifest's shard table:
+the cumulative token offsets become one numpy array, and a shard is mapped when a read first needs it. At most
 `max_open` shards stay mapped, the least recently read unmapped first, so a split of millions of
 shards stays far below the kernel's per-process limit on mappings (`vm.max_map_count`, 65,530 by
 default) and the open-file limit. A broken or missing shard raises DataError naming the file when it
@@ -13,32 +13,18 @@ first needs it, or earlier when `prefetch` asks for it, and maps the verified lo
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from data_prep.manifest import manifest_path, read_manifest
+from data_prep.manifest import Manifest, fingerprint, manifest_path, read_manifest
 from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir
 from dist_llm.errors import DataError
 from dist_llm.uri import is_local, join
 
 _TOKENS_TYPE = pa.list_(pa.int32())
-
-
-def open_manifest(data_dir: str) -> dict:
-    """`read_manifest` with storage errors (unreachable endpoint, bad credentials) as DataError."""
-    try:
-        return read_manifest(data_dir)
-    except DataError:
-        raise
-    except Exception as e:  # botocore, aiohttp and OSError subclasses all mean "cannot reach it"
-        raise DataError(
-            f"{manifest_path(data_dir)}: cannot read ({type(e).__name__}: {e}); check data.path, "
-            "and for object storage the endpoint (AWS_ENDPOINT_URL) and credentials"
-        ) from None
 
 
 def local_path(uri: str) -> str:
@@ -57,7 +43,7 @@ class TokenShards:
         self,
         data_dir: str,
         split: str,
-        manifest: dict | None = None,
+        manifest: Manifest | None = None,
         cache_dir: str = "",
         cache: ShardCache | None = None,
         max_open: int = 64,
@@ -65,18 +51,17 @@ class TokenShards:
         if max_open < 1:
             raise ValueError(f"max_open={max_open}: at least one shard must stay mapped to read it")
         self.data_dir = data_dir
-        self.manifest = manifest if manifest is not None else open_manifest(data_dir)
-        splits = self.manifest["splits"]
-        if split not in splits or not splits[split]["shards"]:
+        self.manifest = manifest if manifest is not None else read_manifest(data_dir, cache_dir)
+        tables = self.manifest.shards
+        if split not in tables or not len(tables[split]):
             raise DataError(
                 f"{manifest_path(data_dir)}: split {split!r} has no shards; "
-                f"available: {sorted(k for k, v in splits.items() if v['shards'])}"
+                f"available: {sorted(k for k, v in tables.items() if len(v))}"
             )
         self.split = split
-        self.entries: list[dict] = splits[split]["shards"]
-        tokens = np.fromiter((e["tokens"] for e in self.entries), dtype=np.int64, count=len(self.entries))
-        self._starts = np.zeros(len(tokens) + 1, dtype=np.int64)
-        np.cumsum(tokens, out=self._starts[1:])
+        self.table = tables[split]
+        self._starts = np.zeros(len(self.table) + 1, dtype=np.int64)
+        np.cumsum(self.table.tokens, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
         self.remote = not is_local(data_dir)
         self.max_open = max_open
@@ -87,15 +72,15 @@ class TokenShards:
             self._cache_dir = dataset_cache_dir(cache_dir, data_dir)
 
     def _uri(self, index: int) -> str:
-        return join(self.data_dir, self.entries[index]["path"])
+        return join(self.data_dir, self.table.path(index))
 
     def _fetch_args(self, index: int) -> tuple[str, str, str, int]:
-        entry = self.entries[index]
+        path, sha256 = self.table.path(index), self.table.sha256(index)
         return (
-            self._uri(index),
-            cached_name(self._cache_dir, entry["path"], entry["sha256"]),
-            entry["sha256"],
-            entry["bytes"],
+            join(self.data_dir, path),
+            cached_name(self._cache_dir, path, sha256),
+            sha256,
+            int(self.table.bytes[index]),
         )
 
     def _array(self, index: int) -> np.ndarray:
@@ -105,7 +90,7 @@ class TokenShards:
             self._open.move_to_end(index)
             return array
         path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
-        array = self._open[index] = self._map(path, self.entries[index]["tokens"])
+        array = self._open[index] = self._map(path, int(self.table.tokens[index]))
         while len(self._open) > self.max_open:
             # The mapping goes with its last reference: reads copy out and keep none.
             self._open.popitem(last=False)
@@ -155,12 +140,8 @@ class TokenShards:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the exact data (shard checksums + tokenizer), so a resume can refuse other data.
-        A local dataset and its copy in object storage have the same fingerprint."""
-        h = hashlib.sha256(self.manifest["tokenizer"]["sha256"].encode())
-        for shard in self.entries:
-            h.update(shard["sha256"].encode())
-        return h.hexdigest()[:16]
+        """See `data_prep.manifest.fingerprint`."""
+        return fingerprint(self.manifest.tokenizer["sha256"], self.table)
 
     def read(self, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Tokens [start, start+length) of the flat stream as int64, stitched across shard

@@ -1,7 +1,8 @@
 """From `DataConfig` to opened sources: manifests checked against each other, splits mapped or cached.
 
-`check_sources` reads only the manifests (small JSON files, local or remote), so the launcher can
-run it before any rank is spawned; `open_sources` then opens the splits in each rank.
+`check_sources` reads only the manifests (a JSON header and a columnar shard table each, local or
+remote), so the launcher can run it before any rank is spawned; `open_sources` then opens the splits
+in each rank.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data_prep import store
-from data_prep.manifest import read_manifest
+from data_prep.manifest import Manifest, read_header, read_manifest
 from dist_llm.config import Config, DataConfig, SourceConfig
 from dist_llm.data.batch import Collator
 from dist_llm.data.cache import ShardCache
@@ -17,7 +18,7 @@ from dist_llm.data.collate import build_collator
 from dist_llm.data.loader import TrainBatches
 from dist_llm.data.mixture import Source
 from dist_llm.data.packing import PackedSamples
-from dist_llm.data.shards import TokenShards, open_manifest
+from dist_llm.data.shards import TokenShards
 from dist_llm.errors import DataError
 from dist_llm.seeding import derive_seed
 from dist_llm.uri import join
@@ -29,26 +30,26 @@ def _label(source: SourceConfig) -> str:
     return f"data.sources {source.name!r} ({source.path})" if source.name else f"data.path {source.path}"
 
 
-def check_sources(cfg: DataConfig) -> tuple[list[dict], Collator]:
+def check_sources(cfg: DataConfig) -> tuple[list[Manifest], Collator]:
     """Every source's manifest (in config order) and the objective's collator (built from the shared
     tokenizer's ids), after checking that all share one tokenizer and that each split holds at least
     one sample of `data.seq_len`. Raises DataError naming paths."""
     sources = cfg.source_list()
-    manifests = [open_manifest(s.path) for s in sources]
-    first, first_manifest = sources[0], manifests[0]
-    collator = build_collator(cfg, first_manifest["tokenizer"])
+    manifests = [read_manifest(s.path, cfg.cache_dir) for s in sources]
+    first, first_sha = sources[0], manifests[0].tokenizer["sha256"]
+    collator = build_collator(cfg, manifests[0].tokenizer)
     window = collator.window(cfg.seq_len)
     for source, manifest in zip(sources, manifests):
-        if manifest["tokenizer"]["sha256"] != first_manifest["tokenizer"]["sha256"]:
+        if manifest.tokenizer["sha256"] != first_sha:
             raise DataError(
                 f"{source.path} and {first.path} were tokenized with different tokenizers "
-                f"(sha256 {manifest['tokenizer']['sha256'][:12]}... vs "
-                f"{first_manifest['tokenizer']['sha256'][:12]}...); a mixture needs one token "
+                f"(sha256 {manifest.tokenizer['sha256'][:12]}... vs "
+                f"{first_sha[:12]}...); a mixture needs one token "
                 "vocabulary: re-run `dist-llm prep --tokenizer <one tokenizer>` for "
                 f"{source.path}"
             )
         for split in SPLITS:
-            tokens = sum(shard["tokens"] for shard in manifest["splits"][split]["shards"])
+            tokens = manifest.header["splits"][split]["tokens"]
             if tokens < window.length:
                 raise DataError(
                     f"{_label(source)}: split {split!r} has {tokens} tokens, fewer than one "
@@ -63,11 +64,11 @@ def open_sources(
     collator: Collator,
     split: str,
     cache: ShardCache | None = None,
-    manifests: list[dict] | None = None,
+    manifests: list[Manifest] | None = None,
 ) -> list[Source]:
     """One `Source` per configured source over `split`; remote shards download through `cache`."""
     configs = cfg.source_list()
-    manifests = manifests or [open_manifest(s.path) for s in configs]
+    manifests = manifests or [read_manifest(s.path, cfg.cache_dir) for s in configs]
     window = collator.window(cfg.seq_len)
     return [
         Source(
@@ -89,7 +90,7 @@ class TrainingData:
 
     train: list[Source]
     validation: list[Source]
-    manifest: dict
+    manifest: Manifest
     """The first source's manifest (all sources share its tokenizer)."""
     collator: Collator
     cache: ShardCache
@@ -127,4 +128,4 @@ def train_batches(cfg: Config, data: TrainingData, dp_rank: int, dp: int) -> Tra
 
 def tokenizer_path(data_path: str) -> str:
     """A local path of the dataset's tokenizer (downloaded to a temp dir if the data is remote)."""
-    return store.local_copy(join(data_path, read_manifest(data_path)["tokenizer"]["path"]))
+    return store.local_copy(join(data_path, read_header(data_path)["tokenizer"]["path"]))

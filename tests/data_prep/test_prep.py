@@ -14,7 +14,7 @@ import pytest
 
 from data_prep.cli import add_arguments, run
 from data_prep.filters import doc_hash, is_validation
-from data_prep.manifest import read_manifest
+from data_prep.manifest import SHARD_TABLE_NAME, Manifest, ShardTable, read_manifest
 from data_prep.tokenizer import file_sha256, load_tokenizer
 from data_prep.writer import SCHEMA
 from dist_llm.errors import DataError
@@ -22,17 +22,17 @@ from dist_llm.errors import DataError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def prep(out: Path, *argv: object) -> dict:
+def prep(out: Path, *argv: object) -> Manifest:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert run(parser.parse_args([str(a) for a in argv] + ["--out", str(out), "--quiet"])) == 0
     return read_manifest(str(out))
 
 
-def shard_rows(out: Path, split_block: dict) -> list[list[int]]:
+def shard_rows(out: Path, table: ShardTable) -> list[list[int]]:
     rows = []
-    for shard in split_block["shards"]:
-        rows.extend(pa.ipc.open_file(str(out / shard["path"])).read_all().column("tokens").to_pylist())
+    for i in range(len(table)):
+        rows.extend(pa.ipc.open_file(str(out / table.path(i))).read_all().column("tokens").to_pylist())
     return rows
 
 
@@ -56,15 +56,16 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
         "--unit-mb",
         0.01,
     )
-    assert manifest["format"] == "dist_llm.shards/1" and manifest["token_dtype"] == "int32"
-    assert manifest["units"] > 2  # ~30 KB of JSONL in 10 KB units
-    tok_meta = manifest["tokenizer"]
+    header = manifest.header
+    assert header["format"] == "dist_llm.shards/2" and header["token_dtype"] == "int32"
+    assert header["units"] > 2  # ~30 KB of JSONL in 10 KB units
+    tok_meta = manifest.tokenizer
     assert tok_meta["path"] == "tokenizer.model" and tok_meta["kind"] == "sentencepiece"
     assert tok_meta["sha256"] == file_sha256(str(out / "tokenizer.model"))
     assert (tok_meta["vocab_size"], tok_meta["eos_id"], tok_meta["mask_id"]) == (512, 3, 4)
     assert (tok_meta["sep_id"], tok_meta["cls_id"], tok_meta["sentinel_ids"][:2]) == (5, 6, [7, 8])
-    assert manifest["skipped"] == {"total": 0, "by_reason": {}}
-    assert manifest["filters"]["docs_read"] == 300 and manifest["filters"]["removed"] == {"duplicate": 0}
+    assert header["skipped"] == {"total": 0, "by_reason": {}}
+    assert header["filters"]["docs_read"] == 300 and header["filters"]["removed"] == {"duplicate": 0}
     tok = load_tokenizer(str(out / tok_meta["path"]))
 
     expected = {
@@ -72,19 +73,20 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
         "validation": [d for d in corpus_docs if val(d, 0.1)],
     }
     assert expected["validation"] and expected["train"]
-    for split, block in manifest["splits"].items():
-        for shard in block["shards"]:
-            path = out / shard["path"]
-            assert shard["path"].startswith("units/u-") and shard["path"].endswith(".arrow")
-            assert path.stat().st_size == shard["bytes"]
-            assert file_sha256(str(path)) == shard["sha256"]
+    for split, shards in manifest.shards.items():
+        for i in range(len(shards)):
+            path = out / shards.path(i)
+            assert shards.path(i).startswith("units/u-") and shards.path(i).endswith(".arrow")
+            assert path.stat().st_size == shards.bytes[i]
+            assert file_sha256(str(path)) == shards.sha256(i)
             table = pa.ipc.open_file(str(path)).read_all()
             assert table.schema.equals(SCHEMA)
             lengths = [len(row) for row in table.column("tokens").to_pylist()]
-            assert (len(lengths), sum(lengths)) == (shard["docs"], shard["tokens"])
-            assert shard["tokens"] - lengths[-1] < 2000  # closes once the target is reached
-        rows = shard_rows(out, block)
-        assert block["docs"] == len(rows) == len(expected[split])
+            assert (len(lengths), sum(lengths)) == (shards.docs[i], shards.tokens[i])
+            assert shards.tokens[i] - lengths[-1] < 2000  # closes once the target is reached
+        rows = shard_rows(out, shards)
+        block = header["splits"][split]
+        assert block["docs"] == len(rows) == len(expected[split]) and block["num_shards"] == len(shards)
         assert block["tokens"] == sum(map(len, rows))
         assert all(row[-1] == tok.eos_id for row in rows)
         assert [tok.decode(row[:-1]) for row in rows] == expected[split]
@@ -107,11 +109,11 @@ def test_token_stream_is_identical_for_any_worker_count_and_unit_size(tmp_path, 
             "--unit-mb",
             unit_mb,
         )
-        streams[workers, unit_mb] = {s: shard_rows(out, b) for s, b in manifest["splits"].items()}
+        streams[workers, unit_mb] = {s: shard_rows(out, t) for s, t in manifest.shards.items()}
     first = streams[1, 0]
     assert all(stream == first for stream in streams.values())
     # Same plan, different worker count: byte-identical files.
-    for rel in ("units/u-000000/train-000.arrow", "manifest.json"):
+    for rel in ("units/u-000000/train-000.arrow", SHARD_TABLE_NAME, "manifest.json"):
         a, b = (tmp_path / "w1-0" / rel).read_bytes(), (tmp_path / "w2-0" / rel).read_bytes()
         assert a == b or rel == "manifest.json" and json.loads(a)["splits"] == json.loads(b)["splits"]
 
@@ -119,9 +121,9 @@ def test_token_stream_is_identical_for_any_worker_count_and_unit_size(tmp_path, 
 def test_add_bos_and_val_fraction_zero(tmp_path, corpus_jsonl, sp_model):
     out = tmp_path / "bos"
     manifest = prep(out, corpus_jsonl, "--tokenizer", sp_model, "--add-bos", "--val-fraction", 0)
-    rows = shard_rows(out, manifest["splits"]["train"])
+    rows = shard_rows(out, manifest.shards["train"])
     assert len(rows) == 300 and all(r[0] == 2 and r[-1] == 3 for r in rows)
-    assert manifest["splits"]["validation"] == {"docs": 0, "tokens": 0, "shards": []}
+    assert manifest.header["splits"]["validation"] == {"docs": 0, "tokens": 0, "num_shards": 0}
 
 
 def test_small_corpus_still_gets_one_validation_doc(tmp_path, sp_model, corpus_docs, jsonl_file):
@@ -129,8 +131,8 @@ def test_small_corpus_still_gets_one_validation_doc(tmp_path, sp_model, corpus_d
     out = tmp_path / "small"
     manifest = prep(out, jsonl_file("s.jsonl", docs), "--tokenizer", sp_model)
     tok = load_tokenizer(sp_model)
-    assert [tok.decode(r[:-1]) for r in shard_rows(out, manifest["splits"]["train"])] == docs[:2]
-    assert [tok.decode(r[:-1]) for r in shard_rows(out, manifest["splits"]["validation"])] == docs[2:]
+    assert [tok.decode(r[:-1]) for r in shard_rows(out, manifest.shards["train"])] == docs[:2]
+    assert [tok.decode(r[:-1]) for r in shard_rows(out, manifest.shards["validation"])] == docs[2:]
 
 
 def make_bad_inputs(root: Path, good_docs: list[str]) -> list[Path]:
@@ -145,7 +147,7 @@ def make_bad_inputs(root: Path, good_docs: list[str]) -> list[Path]:
 def test_skip_counts_bad_input_in_manifest(tmp_path, corpus_docs, sp_model):
     inputs = make_bad_inputs(tmp_path / "in", corpus_docs[:50])
     manifest = prep(tmp_path / "out", *inputs, "--tokenizer", sp_model, "--on-error", "skip")
-    assert manifest["skipped"] == {
+    assert manifest.header["skipped"] == {
         "total": 5,
         "by_reason": {
             "bad_json": 1,
@@ -155,7 +157,7 @@ def test_skip_counts_bad_input_in_manifest(tmp_path, corpus_docs, sp_model):
             "missing_path": 1,
         },
     }
-    docs = sum(block["docs"] for block in manifest["splits"].values())
+    docs = sum(block["docs"] for block in manifest.header["splits"].values())
     assert docs == 51  # 50 good docs + "ok doc"
 
     with pytest.raises(DataError, match=r"missing\.jsonl: input path does not exist"):
@@ -182,10 +184,11 @@ def test_filters_remove_and_count(tmp_path, sp_model, jsonl_file):
         "--normalize",
         "NFKC",
     )
-    assert manifest["filters"]["removed"] == {"duplicate": 1, "max_chars": 1, "min_chars": 1}
-    assert manifest["filters"]["docs_read"] == 6 and manifest["filters"]["normalize"] == "NFKC"
+    filters = manifest.header["filters"]
+    assert filters["removed"] == {"duplicate": 1, "max_chars": 1, "min_chars": 1}
+    assert filters["docs_read"] == 6 and filters["normalize"] == "NFKC"
     tok = load_tokenizer(sp_model)
-    texts = [tok.decode(r[:-1]) for r in shard_rows(out, manifest["splits"]["train"])]
+    texts = [tok.decode(r[:-1]) for r in shard_rows(out, manifest.shards["train"])]
     assert texts == ["a" * 50, "Fullwidth text here", "b" * 50]
 
     counts = [len(ids) for ids in tok.encode_batch(docs)]
@@ -204,12 +207,12 @@ def test_filters_remove_and_count(tmp_path, sp_model, jsonl_file):
         "--dedup",
         "none",
     )
-    assert manifest["filters"]["removed"] == {
+    assert manifest.header["filters"]["removed"] == {
         "duplicate": 0,
         "min_tokens": sum(c < low for c in counts),
         "max_tokens": sum(c > high for c in counts),
     }
-    assert manifest["splits"]["train"]["docs"] == sum(low <= c <= high for c in counts)
+    assert manifest.header["splits"]["train"]["docs"] == sum(low <= c <= high for c in counts)
 
 
 def test_dedup_across_units_keeps_the_first_copy(tmp_path, sp_model, corpus_docs, jsonl_file):
@@ -224,8 +227,8 @@ def test_dedup_across_units_keeps_the_first_copy(tmp_path, sp_model, corpus_docs
         manifest = prep(
             out, a, b, c, "--tokenizer", sp_model, "--unit-mb", unit_mb, "--workers", 2, "--val-fraction", 0
         )
-        assert manifest["filters"]["removed"]["duplicate"] == 5 + 30 + 60
-        streams.append({s: shard_rows(out, blk) for s, blk in manifest["splits"].items()})
+        assert manifest.header["filters"]["removed"]["duplicate"] == 5 + 30 + 60
+        streams.append({s: shard_rows(out, t) for s, t in manifest.shards.items()})
     assert streams[0] == streams[1]
     tok = load_tokenizer(sp_model)
     kept = [tok.decode(r[:-1]) for r in streams[0]["train"]]
@@ -235,11 +238,11 @@ def test_dedup_across_units_keeps_the_first_copy(tmp_path, sp_model, corpus_docs
 def test_hf_tokenizer_dir_is_copied_and_recorded(tmp_path, corpus_jsonl, corpus_docs, hf_tokenizer_dir):
     out = tmp_path / "out"
     manifest = prep(out, corpus_jsonl, "--tokenizer", hf_tokenizer_dir, "--workers", 2)
-    meta = manifest["tokenizer"]
+    meta = manifest.tokenizer
     assert meta["kind"] == "hf" and meta["path"] == "tokenizer"
     tok = load_tokenizer(str(out / "tokenizer"))
     assert meta["sha256"] == tok.sha256 == load_tokenizer(str(hf_tokenizer_dir)).sha256
-    rows = shard_rows(out, manifest["splits"]["train"])
+    rows = shard_rows(out, manifest.shards["train"])
     train_docs = [d for d in corpus_docs if not val(d)]
     assert rows[-1][-1] == meta["eos_id"] == tok.eos_id
     assert tok.decode(rows[0][:-1]) == train_docs[0]
@@ -250,10 +253,10 @@ def test_read_manifest_names_file_and_key(tmp_path, corpus_jsonl, sp_model):
         read_manifest(str(tmp_path))
     out = tmp_path / "out"
     prep(out, corpus_jsonl, "--tokenizer", sp_model)
-    manifest = json.loads((out / "manifest.json").read_text())
-    del manifest["splits"]["train"]["shards"][0]["sha256"]
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"manifest\.json: missing key 'splits\.train\.shards\[0\]\.sha256'"):
+    header = json.loads((out / "manifest.json").read_text())
+    del header["splits"]["train"]["num_shards"]
+    (out / "manifest.json").write_text(json.dumps(header))
+    with pytest.raises(DataError, match=r"manifest\.json: missing key 'splits\.train\.num_shards'"):
         read_manifest(str(out))
 
 

@@ -14,14 +14,14 @@ import pyarrow as pa
 import pytest
 
 from data_prep.cli import add_arguments, run
-from data_prep.manifest import read_manifest
+from data_prep.manifest import Manifest, read_manifest
 from data_prep.tokenizer import file_sha256
 from dist_llm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def prep(out: Path, *argv: object, env: dict | None = None) -> dict | None:
+def prep(out: Path, *argv: object, env: dict | None = None) -> Manifest | None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert run(parser.parse_args([str(a) for a in argv] + ["--out", str(out), "--quiet"])) == 0
@@ -32,10 +32,10 @@ def rows(path: Path) -> list[list[int]]:
     return pa.ipc.open_file(str(path)).read_all().column("tokens").to_pylist()
 
 
-def stream(out: Path, manifest: dict) -> dict[str, list]:
+def stream(out: Path, manifest: Manifest) -> dict[str, list]:
     return {
-        split: [row for shard in block["shards"] for row in rows(out / shard["path"])]
-        for split, block in manifest["splits"].items()
+        split: [row for i in range(len(table)) for row in rows(out / table.path(i))]
+        for split, table in manifest.shards.items()
     }
 
 
@@ -53,13 +53,14 @@ def test_rerun_reuses_finished_units_and_redoes_corrupt_ones(tmp_path, corpus, s
     args = (*corpus, "--tokenizer", sp_model, "--unit-mb", 0.005, "--workers", 2)
     first = prep(out, *args)
     before = mtimes(out)
-    assert first["units"] >= 6
+    assert first.header["units"] >= 6
     again = prep(out, *args)
     assert mtimes(out) == before  # every unit reused, nothing rewritten
     assert stream(out, again) == stream(out, first)
 
     # A corrupt shard (bit flip) and a missing one: only their units are redone.
-    bad = [first["splits"]["train"]["shards"][i]["path"] for i in (0, -1)]
+    train = first.shards["train"]
+    bad = [train.path(i) for i in (0, len(train) - 1)]
     shard = out / bad[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -70,8 +71,8 @@ def test_rerun_reuses_finished_units_and_redoes_corrupt_ones(tmp_path, corpus, s
     redone = {rel.split("/")[1].removesuffix(".json") for rel in changed}
     assert redone == {path.split("/")[1] for path in bad}  # exactly the two damaged units
     assert stream(out, fixed) == stream(out, first)
-    for block in fixed["splits"].values():  # the manifest never points at a corrupt shard
-        assert all(file_sha256(str(out / s["path"])) == s["sha256"] for s in block["shards"])
+    for table in fixed.shards.values():  # the manifest never points at a corrupt shard
+        assert all(file_sha256(str(out / table.path(i))) == table.sha256(i) for i in range(len(table)))
 
 
 def test_changed_arguments_or_inputs_are_refused_unless_forced(tmp_path, corpus, sp_model, corpus_docs):
@@ -86,7 +87,7 @@ def test_changed_arguments_or_inputs_are_refused_unless_forced(tmp_path, corpus,
         prep(out, *corpus, "--tokenizer", sp_model)
     assert not (out / "manifest.json").exists()  # a refused run still leaves no stale manifest
     manifest = prep(out, *corpus, "--tokenizer", sp_model, "--shard-tokens", 999, "--force")
-    assert manifest["filters"]["docs_read"] == 301
+    assert manifest.header["filters"]["docs_read"] == 301
 
 
 def test_sigkill_mid_run_leaves_no_manifest_and_the_rerun_finishes(tmp_path, corpus, sp_model):
@@ -105,7 +106,7 @@ def test_sigkill_mid_run_leaves_no_manifest_and_the_rerun_finishes(tmp_path, cor
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     done = len(list((out / "units").glob("u-*.json")))
-    assert 3 <= done < reference["units"]
+    assert 3 <= done < reference.header["units"]
     assert not (out / "manifest.json").exists()
     resumed = prep(out, *args)
     assert stream(out, resumed) == stream(clean, reference)
@@ -137,7 +138,9 @@ def test_parts_on_several_machines_merge_into_the_single_machine_stream(tmp_path
     merged = prep(out, *common, "--num-parts", 3, "--part", 1)  # the last part merges
     assert stream(out, merged) == stream(single, reference)
     again = prep(out, "merge")
-    assert again["splits"] == merged["splits"] == reference["splits"]
+    # The same shard table, byte for byte, whichever machine wrote which unit.
+    assert again.header["splits"] == merged.header["splits"] == reference.header["splits"]
+    assert again.header["shard_table"] == merged.header["shard_table"] == reference.header["shard_table"]
 
 
 def test_parts_need_a_shared_tokenizer(tmp_path, corpus):

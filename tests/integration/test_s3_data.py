@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import s3fs
 
-from data_prep.manifest import read_manifest
+from data_prep.manifest import MANIFEST_NAME, SHARD_TABLE_NAME, read_manifest
 from dist_llm.checkpoint.discovery import find_resumable
 from dist_llm.checkpoint.state import load_trainer_state
 from dist_llm.data import cache as cache_mod
+from dist_llm.data.cache import cached_name, dataset_cache_dir
 from dist_llm.data.shards import TokenShards
 from dist_llm.errors import DataError
 from tests.conftest import free_port, run_train, train_losses
@@ -26,9 +27,10 @@ def upload_dataset(local: str, bucket: str, prefix: str = "ds") -> str:
     """Copy what training reads (manifest, shards, tokenizer) to s3://bucket/prefix."""
     manifest = read_manifest(local)
     files = [
-        "manifest.json",
-        manifest["tokenizer"]["path"],
-        *(s["path"] for split in manifest["splits"].values() for s in split["shards"]),
+        MANIFEST_NAME,
+        manifest.header["shard_table"]["path"],
+        manifest.tokenizer["path"],
+        *(table.path(i) for table in manifest.shards.values() for i in range(len(table))),
     ]
     fs = s3fs.S3FileSystem()
     for rel in files:
@@ -80,12 +82,16 @@ def test_opening_an_s3_split_downloads_only_the_shards_read(tmp_path, s3_env):
     remote = upload_dataset(local, s3_env.new_bucket())
     cache_root = str(tmp_path / "cache")
     shards = TokenShards(remote, "train", cache_dir=cache_root)
-    assert len(shards.entries) >= 8 and cache_entries(cache_root) == [f"{os.listdir(cache_root)[0]}/uri.txt"]
-    last = shards.entries[-1]
+    folder = dataset_cache_dir(cache_root, remote)
+    table = cached_name(folder, SHARD_TABLE_NAME, read_manifest(local).header["shard_table"]["sha256"])
+    table = os.path.relpath(table, cache_root)  # the one file opening downloads
+    uri_txt = os.path.relpath(os.path.join(folder, "uri.txt"), cache_root)
+    assert len(shards.table) >= 8 and cache_entries(cache_root) == [table, f"{table}.lock", uri_txt]
+    last = shards.table.sha256(len(shards.table) - 1)
     window = shards.read(shards.num_tokens - 10, 10)
     assert np.array_equal(window, TokenShards(local, "train").read(shards.num_tokens - 10, 10))
-    arrows = [f for f in cache_entries(cache_root) if f.endswith(".arrow")]
-    assert len(arrows) == 1 and arrows[0].endswith(f"{last['sha256'][:16]}.arrow")
+    arrows = [f for f in cache_entries(cache_root) if f.endswith(".arrow") and f != table]
+    assert len(arrows) == 1 and arrows[0].endswith(f"{last[:16]}.arrow")
 
 
 def test_a_corrupt_object_is_refused_after_retries(tmp_path, s3_env, monkeypatch):
@@ -94,13 +100,14 @@ def test_a_corrupt_object_is_refused_after_retries(tmp_path, s3_env, monkeypatch
     )
     bucket = s3_env.new_bucket()
     remote = upload_dataset(local, bucket)
-    entry = read_manifest(local)["splits"]["train"]["shards"][0]
-    s3fs.S3FileSystem().pipe(f"{bucket}/ds/{entry['path']}", b"not the shard the manifest lists")
+    first = read_manifest(local).shards["train"].path(0)
+    s3fs.S3FileSystem().pipe(f"{bucket}/ds/{first}", b"not the shard the manifest lists")
     monkeypatch.setattr(cache_mod.time, "sleep", lambda s: None)
     with pytest.raises(DataError, match="download failed 3 times") as err:
         TokenShards(remote, "train", cache_dir=str(tmp_path / "cache")).read(0, 4)
-    assert f"{remote}/{entry['path']}" in str(err.value)
-    assert not [f for f in cache_entries(str(tmp_path / "cache")) if f.endswith(".arrow") or ".tmp-" in f]
+    assert f"{remote}/{first}" in str(err.value)
+    cached = cache_entries(str(tmp_path / "cache"))
+    assert not [f for f in cached if ".tmp-" in f or "/units/" in f]  # no shard and no partial copy
 
 
 def test_unreachable_endpoint_is_a_data_error_naming_the_uri(monkeypatch):

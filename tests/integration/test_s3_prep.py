@@ -12,7 +12,7 @@ import pytest
 import s3fs
 
 from data_prep.cli import add_arguments, run
-from data_prep.manifest import read_manifest
+from data_prep.manifest import SHARD_TABLE_NAME, read_manifest
 from dist_llm.errors import DataError
 from tests.data_prep.conftest import make_docs, write_jsonl
 
@@ -35,14 +35,15 @@ def test_prep_writes_shards_to_s3_and_resumes_there(tmp_path, s3_env):
     fs = s3fs.S3FileSystem()
     bucket_path = out.removeprefix("s3://")
     names = set(fs.find(bucket_path))
-    for block in manifest["splits"].values():
-        for shard in block["shards"]:
-            key = f"{bucket_path}/{shard['path']}"
-            assert key in names and fs.size(key) == shard["bytes"]
+    for table in manifest.shards.values():
+        for i in range(len(table)):
+            key = f"{bucket_path}/{table.path(i)}"
+            assert key in names and fs.size(key) == table.bytes[i]
             # The same bytes as a local run of the same command: s3 is only a destination.
-            assert fs.cat_file(key) == (local / shard["path"]).read_bytes()
+            assert fs.cat_file(key) == (local / table.path(i)).read_bytes()
     assert {f"{bucket_path}/tokenizer.model", f"{bucket_path}/prep.json"} <= names
-    assert manifest["splits"] == json.loads((local / "manifest.json").read_text())["splits"]
+    assert fs.cat_file(f"{bucket_path}/{SHARD_TABLE_NAME}") == (local / SHARD_TABLE_NAME).read_bytes()
+    assert manifest.header["splits"] == json.loads((local / "manifest.json").read_text())["splits"]
 
     # Resume: every unit is reused after checking its checksums; removing one unit's record
     # redoes exactly that unit.
@@ -57,10 +58,11 @@ def test_prep_writes_shards_to_s3_and_resumes_there(tmp_path, s3_env):
     changed = {p.split("/units/")[1].split("/")[0] for p, t in stamps().items() if before.get(p) != t}
     assert changed == {"u-000001", "u-000001.json"}
     again = read_manifest(out)
-    assert again["splits"] == manifest["splits"]
-    first = again["splits"]["train"]["shards"][0]
-    table = pa.ipc.open_file(pa.py_buffer(fs.cat_file(f"{bucket_path}/{first['path']}"))).read_all()
-    assert table.num_rows == first["docs"]
+    assert again.header["splits"] == manifest.header["splits"]
+    assert again.header["shard_table"] == manifest.header["shard_table"]
+    train = again.shards["train"]
+    table = pa.ipc.open_file(pa.py_buffer(fs.cat_file(f"{bucket_path}/{train.path(0)}"))).read_all()
+    assert table.num_rows == train.docs[0]
 
 
 def test_unreachable_output_store_is_a_clear_error(tmp_path, monkeypatch):

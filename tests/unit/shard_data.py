@@ -1,6 +1,6 @@
-"""Small prepared datasets for the data-loader tests, written straight in the manifest format
-(`dist_llm.shards/1`): milliseconds, no tokenizer training, independent of how `dist-llm prep`
-lays out its shards. Shards go into subdirectories, as prep's work units do."""
+"""Small prepared datasets for the data-loader tests, written straight in the manifest format by
+`write_manifest`: milliseconds, no tokenizer training, independent of how `dist-llm prep` lays out
+its shards. Shards go into subdirectories, as prep's work units do."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ import os
 
 import numpy as np
 import pyarrow as pa
+
+from data_prep.manifest import (
+    FORMAT,
+    LIST_FORMAT,
+    SHARD_TABLE_NAME,
+    SPLITS,
+    ShardTable,
+    read_manifest,
+    write_manifest,
+)
 
 SCHEMA = pa.schema([pa.field("tokens", pa.list_(pa.int32()))])
 
@@ -35,8 +45,8 @@ def make_dataset(
 ) -> str:
     """Write `split_docs` as Arrow shards of about `shard_tokens` tokens (a document is never split)
     plus a manifest; a split without documents has no shards."""
-    splits = {}
-    for split in ("train", "validation"):
+    tables = {}
+    for split in SPLITS:
         shards, pending = [], []
         docs = [np.asarray(d, dtype=np.int32) for d in split_docs.get(split, [])]
         for i, doc in enumerate(docs):
@@ -45,13 +55,9 @@ def make_dataset(
                 rel = f"units/u-{len(shards) // 2:06d}/{split}-{len(shards) % 2:03d}.arrow"
                 shards.append({"path": rel, **_write_shard(os.path.join(data_dir, rel), pending)})
                 pending = []
-        splits[split] = {
-            "docs": sum(s["docs"] for s in shards),
-            "tokens": sum(s["tokens"] for s in shards),
-            "shards": shards,
-        }
-    manifest = {
-        "format": "dist_llm.shards/1",
+        tables[split] = ShardTable.from_entries(shards)
+    header = {
+        "format": FORMAT,
         "token_dtype": "int32",
         "tokenizer": {
             "kind": "sentencepiece",
@@ -64,14 +70,38 @@ def make_dataset(
             "unk_id": 0,
             "mask_id": None,
         },
-        "splits": splits,
+        "splits": {},
         "skipped": {"total": 0, "by_reason": {}},
         "args": {"test": True},
         "created_unix": 0.0,
     }
-    with open(os.path.join(data_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
+    write_manifest(data_dir, header, tables)
     return data_dir
+
+
+def to_list_format(data_dir: str) -> None:
+    """Rewrite a dataset's manifest as earlier versions wrote it: every shard listed in the JSON
+    (`dist_llm.shards/1`), no shard table."""
+    manifest = read_manifest(data_dir)
+    splits = {}
+    for split, table in manifest.shards.items():
+        shards = [
+            {
+                "path": table.path(i),
+                "docs": int(table.docs[i]),
+                "tokens": int(table.tokens[i]),
+                "bytes": int(table.bytes[i]),
+                "sha256": table.sha256(i),
+            }
+            for i in range(len(table))
+        ]
+        splits[split] = {k: manifest.header["splits"][split][k] for k in ("docs", "tokens")} | {
+            "shards": shards
+        }
+    header = {k: v for k, v in manifest.header.items() if k != "shard_table"}
+    with open(os.path.join(data_dir, "manifest.json"), "w") as f:
+        json.dump(header | {"format": LIST_FORMAT, "splits": splits}, f, indent=1)
+    os.remove(os.path.join(data_dir, SHARD_TABLE_NAME))
 
 
 def counting_docs(num_docs: int, first_len: int = 7, first_token: int = 0) -> list[np.ndarray]:

@@ -7,7 +7,6 @@ s3://, no server); tests/integration/test_s3_data.py repeats the essentials agai
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import uuid
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_prep.manifest import SHARD_TABLE_NAME, read_manifest
 from dist_llm.data import cache as cache_mod
 from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir, fetch
 from dist_llm.data.collate import CausalLMCollator
@@ -50,26 +50,33 @@ def local_and_remote(tmp_path) -> tuple[str, str]:
 
 
 def cached_files(cache_root: str) -> list[str]:
+    """Cached shards (the manifest's cached shard table left out)."""
     found = []
     for root, _, files in os.walk(cache_root):
         found.extend(
-            os.path.relpath(os.path.join(root, f), cache_root) for f in files if f.endswith(".arrow")
+            os.path.relpath(os.path.join(root, f), cache_root)
+            for f in files
+            if f.endswith(".arrow") and not f.startswith(SHARD_TABLE_NAME.removesuffix(".arrow"))
         )
     return sorted(found)
 
 
-def test_opening_downloads_nothing_and_a_read_fetches_only_its_shards(local_and_remote, tmp_path):
+def test_opening_downloads_only_the_shard_table_and_a_read_fetches_only_its_shards(
+    local_and_remote, tmp_path
+):
     local, remote = local_and_remote
     cache_root = str(tmp_path / "cache")
     shards = TokenShards(remote, "train", cache_dir=cache_root)
-    assert len(shards.entries) >= 6 and shards.num_tokens == TokenShards(local, "train").num_tokens
+    assert len(shards.table) >= 6 and shards.num_tokens == TokenShards(local, "train").num_tokens
     assert cached_files(cache_root) == []
-    first = shards.entries[0]
-    assert np.array_equal(shards.read(0, 5), TokenShards(local, "train").read(0, 5))
     folder = dataset_cache_dir(cache_root, remote)
-    expected = os.path.relpath(cached_name(folder, first["path"], first["sha256"]), cache_root)
+    table = read_manifest(local).header["shard_table"]
+    assert os.path.exists(cached_name(folder, SHARD_TABLE_NAME, table["sha256"]))
+    path, sha256 = shards.table.path(0), shards.table.sha256(0)
+    assert np.array_equal(shards.read(0, 5), TokenShards(local, "train").read(0, 5))
+    expected = os.path.relpath(cached_name(folder, path, sha256), cache_root)
     assert cached_files(cache_root) == [expected]
-    assert first["sha256"][:16] in expected and open(os.path.join(folder, "uri.txt")).read() == remote + "\n"
+    assert sha256[:16] in expected and open(os.path.join(folder, "uri.txt")).read() == remote + "\n"
 
 
 def test_remote_copy_gives_the_same_batches_and_state(local_and_remote, tmp_path):
@@ -106,31 +113,31 @@ def test_prefetch_downloads_the_coming_steps_shards_and_no_others(local_and_remo
     cache._pool.shutdown(wait=True)  # let started downloads finish before looking
     folder = dataset_cache_dir(cache_root, remote)
     expected = sorted(
-        os.path.relpath(cached_name(folder, e["path"], e["sha256"]), cache_root)
-        for e in (shards.entries[i] for i in needed)
+        os.path.relpath(cached_name(folder, shards.table.path(i), shards.table.sha256(i)), cache_root)
+        for i in needed
     )
     assert cached_files(cache_root) == expected
-    assert len(expected) < len(shards.entries)
+    assert len(expected) < len(shards.table)
 
 
-def _corrupt_remote_shard(remote: str) -> tuple[str, dict]:
-    manifest = json.loads(fsspec.filesystem("memory").cat(f"{remote}/manifest.json"))
-    entry = manifest["splits"]["train"]["shards"][0]
-    uri = f"{remote}/{entry['path']}"
+def _corrupt_remote_shard(local: str, remote: str) -> tuple[str, str]:
+    """Flip a byte of the first train shard in storage; returns its URI and listed sha256."""
+    train = read_manifest(local).shards["train"]
+    uri = f"{remote}/{train.path(0)}"
     data = bytearray(fsspec.filesystem("memory").cat(uri))
     data[len(data) // 2] ^= 0xFF
     fsspec.filesystem("memory").pipe(uri, bytes(data))
-    return uri, entry
+    return uri, train.sha256(0)
 
 
 def test_corrupt_object_is_never_used_and_fails_naming_the_uri(local_and_remote, tmp_path, monkeypatch):
-    _, remote = local_and_remote
-    uri, entry = _corrupt_remote_shard(remote)
+    local, remote = local_and_remote
+    uri, sha256 = _corrupt_remote_shard(local, remote)
     monkeypatch.setattr(cache_mod.time, "sleep", lambda s: None)
     shards = TokenShards(remote, "train", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match=f"download failed {cache_mod.ATTEMPTS} times") as err:
         shards.read(0, 5)
-    assert uri in str(err.value) and entry["sha256"] in str(err.value)
+    assert uri in str(err.value) and sha256 in str(err.value)
     assert cached_files(str(tmp_path / "cache")) == []  # neither under its name nor as a temp
 
 
@@ -148,9 +155,9 @@ def test_a_corrupt_transfer_is_retried(local_and_remote, tmp_path, monkeypatch):
             return size, hashlib.sha256(open(tmp, "rb").read()).hexdigest()
         return size, sha
 
+    shards = TokenShards(remote, "train", cache_dir=str(tmp_path / "cache"))  # fetches the shard table
     monkeypatch.setattr(cache_mod, "_copy", flaky_copy)
     monkeypatch.setattr(cache_mod.time, "sleep", lambda s: None)
-    shards = TokenShards(remote, "train", cache_dir=str(tmp_path / "cache"))
     assert np.array_equal(shards.read(0, 40), TokenShards(local, "train").read(0, 40))
     assert len(calls) == 2
 
@@ -158,8 +165,8 @@ def test_a_corrupt_transfer_is_retried(local_and_remote, tmp_path, monkeypatch):
 def test_a_partial_cached_file_is_downloaded_again(local_and_remote, tmp_path):
     local, remote = local_and_remote
     cache_root = str(tmp_path / "cache")
-    entry = TokenShards(local, "train").entries[0]
-    target = cached_name(dataset_cache_dir(cache_root, remote), entry["path"], entry["sha256"])
+    train = TokenShards(local, "train").table
+    target = cached_name(dataset_cache_dir(cache_root, remote), train.path(0), train.sha256(0))
     os.makedirs(os.path.dirname(target))
     with open(target, "wb") as f:
         f.write(b"partial")
@@ -167,16 +174,16 @@ def test_a_partial_cached_file_is_downloaded_again(local_and_remote, tmp_path):
         f.write(b"stale")
     shards = TokenShards(remote, "train", cache_dir=cache_root)
     assert np.array_equal(shards.read(0, 30), TokenShards(local, "train").read(0, 30))
-    assert os.path.getsize(target) == entry["bytes"] and not os.path.exists(target + ".tmp-99999-1")
+    assert os.path.getsize(target) == train.bytes[0] and not os.path.exists(target + ".tmp-99999-1")
 
 
 def test_missing_object_names_the_uri(local_and_remote, tmp_path):
     _, remote = local_and_remote
     shards = TokenShards(remote, "train", cache_dir=str(tmp_path / "cache"))
-    uri = f"{remote}/{shards.entries[1]['path']}"
+    uri = f"{remote}/{shards.table.path(1)}"
     fsspec.filesystem("memory").rm(uri)
     with pytest.raises(DataError, match="missing from storage") as err:
-        shards.read(shards.entries[0]["tokens"], 2)  # the first tokens of shard 1
+        shards.read(int(shards.table.tokens[0]), 2)  # the first tokens of shard 1
     assert uri in str(err.value)
 
 

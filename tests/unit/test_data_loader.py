@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 import pytest
 import torch
 
-from data_prep.manifest import read_manifest, write_manifest
+from data_prep.manifest import SHARD_TABLE_NAME, Manifest, read_manifest, write_manifest
 from dist_llm.config import load_config
 from dist_llm.data.collate import CausalLMCollator
 from dist_llm.data.loader import DataState, TrainBatches, eval_batches
@@ -49,7 +49,7 @@ def counting_dataset(tmp_path) -> tuple[str, np.ndarray]:
 def test_read_stitches_across_shards_exactly(counting_dataset):
     data_dir, stream = counting_dataset
     shards = TokenShards(data_dir, "train")
-    assert len(read_manifest(data_dir)["splits"]["train"]["shards"]) >= 5
+    assert len(read_manifest(data_dir).shards["train"]) >= 5
     assert shards.num_tokens == len(stream)
     assert np.array_equal(shards.read(0, len(stream)), stream)
     # Every window of a few lengths, so every shard boundary is crossed at every offset.
@@ -77,17 +77,18 @@ def test_read_outside_stream_raises(counting_dataset):
         shards.read(-1, 2)
 
 
-def _first_shard(data_dir: str) -> tuple[str, dict]:
+def _first_shard(data_dir: str) -> tuple[str, Manifest]:
     manifest = read_manifest(data_dir)
-    entry = manifest["splits"]["train"]["shards"][0]
-    return os.path.join(data_dir, entry["path"]), manifest
+    return os.path.join(data_dir, manifest.shards["train"].path(0)), manifest
 
 
 def test_token_count_disagreeing_with_manifest_raises_naming_file(counting_dataset):
     data_dir, _ = counting_dataset
     path, manifest = _first_shard(data_dir)
-    manifest["splits"]["train"]["shards"][0]["tokens"] += 1
-    write_manifest(data_dir, manifest)
+    train = manifest.shards["train"]
+    tokens = train.tokens.copy()
+    tokens[0] += 1
+    write_manifest(data_dir, manifest.header, manifest.shards | {"train": replace(train, tokens=tokens)})
     with pytest.raises(DataError, match="manifest says") as err:
         TokenShards(data_dir, "train").read(0, 1)
     assert path in str(err.value)
@@ -115,17 +116,18 @@ def test_missing_shard_raises_naming_file(counting_dataset):
 
 
 def _mapped_shards(data_dir: str) -> set[str]:
-    """Files under `data_dir` that this process has memory-mapped right now."""
+    """Shards under `data_dir` that this process has memory-mapped right now (the manifest's shard
+    table stays mapped while the split is open)."""
     with open("/proc/self/maps", encoding="utf-8") as f:
         paths = {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
-    return {p for p in paths if p.startswith(data_dir)}
+    return {p for p in paths if p.startswith(data_dir) and os.path.basename(p) != SHARD_TABLE_NAME}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts mappings through /proc")
 def test_shards_open_lazily_and_at_most_max_open_stay_mapped(counting_dataset):
     data_dir, stream = counting_dataset
     shards = TokenShards(data_dir, "train", max_open=2)
-    assert len(shards.entries) >= 5 and not _mapped_shards(data_dir)
+    assert len(shards.table) >= 5 and not _mapped_shards(data_dir)
     most = 0
     for start in [*range(0, len(stream) - 7, 7), *range(len(stream) - 8, 0, -11)]:
         assert np.array_equal(shards.read(start, 8), stream[start : start + 8])
@@ -135,12 +137,12 @@ def test_shards_open_lazily_and_at_most_max_open_stay_mapped(counting_dataset):
 
 def test_a_broken_shard_fails_when_read_naming_it_not_at_open(counting_dataset):
     data_dir, stream = counting_dataset
-    manifest = read_manifest(data_dir)
-    last = manifest["splits"]["train"]["shards"][-1]
-    os.remove(os.path.join(data_dir, last["path"]))
+    train = read_manifest(data_dir).shards["train"]
+    last = train.path(len(train) - 1)
+    os.remove(os.path.join(data_dir, last))
     shards = TokenShards(data_dir, "train")
     assert np.array_equal(shards.read(0, 20), stream[:20])
-    with pytest.raises(DataError, match=last["path"]):
+    with pytest.raises(DataError, match=last):
         shards.read(len(stream) - 1, 1)
 
 
@@ -154,7 +156,7 @@ def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_co
     DataError naming the file or maps the right number of int32 tokens; no raw Arrow error escapes."""
     data_dir, _ = counting_dataset
     path, manifest = _first_shard(data_dir)
-    expected = manifest["splits"]["train"]["shards"][0]["tokens"]
+    expected = int(manifest.shards["train"].tokens[0])
     original = open(path, "rb").read()
     # Header and footer hold the schema and record-batch metadata; the middle is token data.
     positions = [*range(0, 200), *range(len(original) - 300, len(original))]
