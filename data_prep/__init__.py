@@ -9,7 +9,7 @@ Modules, in data-flow order:
 - `filters` — normalization, length filters, the document hash (dedup + split rule).
 - `tokenizer` — `train_sentencepiece`, `load_tokenizer` (sentencepiece .model or local HF dir).
 - `workers` — each unit read, filtered, tokenized and written by one pool worker; unit records.
-- `writer` — `list<int32>` Arrow IPC shards of a unit plus their document hashes.
+- `writer` — `list<uint16>` (or uint32) Arrow IPC shards of a unit plus their document hashes.
 - `store` — atomic writes/reads to a local dir or an object-store prefix.
 - `identity` — `prep.json`: the settings a resume must match.
 - `parts` — which part of a multi-machine prep this process runs.

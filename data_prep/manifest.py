@@ -10,8 +10,10 @@ prep deletes the header when it starts, so a header's presence means "the table 
 shard listed there are complete". All paths are relative to the data directory. Token ids other
 than `eos_id` may be null for foreign (HF) tokenizers that lack that token.
 
-Datasets written before the table existed (`dist_llm.shards/1`, every shard listed inside the
-JSON) still load: their list becomes the same columns.
+Shards hold uint16 token ids when the vocabulary has at most 65,536 entries (half the bytes of
+uint32 on disk, in the page cache and on the network), else uint32. Datasets written before the
+table existed (`dist_llm.shards/1`: every shard listed inside the JSON, int32 ids) still load:
+their list becomes the same columns.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ SHARD_TABLE_NAME = "manifest-shards.arrow"
 FORMAT = "dist_llm.shards/2"
 LIST_FORMAT = "dist_llm.shards/1"
 """The earlier format: the shard list inside the JSON."""
-TOKEN_DTYPE = "int32"
+TOKEN_DTYPES = {FORMAT: ("uint16", "uint32"), LIST_FORMAT: ("int32",)}
 SPLITS = ("train", "validation")
 SHARD_SCHEMA = pa.schema(
     [
@@ -127,6 +129,21 @@ class Manifest:
     def tokenizer(self) -> dict:
         return self.header["tokenizer"]
 
+    @property
+    def token_type(self) -> pa.DataType:
+        """The Arrow type of the token ids in every shard."""
+        return pa.from_numpy_dtype(np.dtype(self.header["token_dtype"]))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned type holding every id of a `vocab_size`-entry vocabulary."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def shard_schema(token_type: pa.DataType) -> pa.Schema:
+    """A shard's one column: a list of token ids per document."""
+    return pa.schema([pa.field("tokens", pa.list_(token_type))])
+
 
 def manifest_path(data_dir: str) -> str:
     return join(data_dir, MANIFEST_NAME)
@@ -141,7 +158,7 @@ def manifest_header(tokenizer: Tokenizer, tokenizer_rel_path: str, skipped: dict
     """The header's descriptive part in the documented key order (`write_manifest` adds the rest)."""
     return {
         "format": FORMAT,
-        "token_dtype": TOKEN_DTYPE,
+        "token_dtype": token_dtype(tokenizer.vocab_size).name,
         "tokenizer": {
             "kind": tokenizer.kind,
             "path": tokenizer_rel_path,
@@ -234,8 +251,11 @@ def read_header(data_dir: str) -> dict:
         raise DataError(
             f"{path}: key 'format' is {header['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`"
         )
-    if header["token_dtype"] != TOKEN_DTYPE:
-        raise DataError(f"{path}: key 'token_dtype' is {header['token_dtype']!r}, expected {TOKEN_DTYPE!r}")
+    if header["token_dtype"] not in TOKEN_DTYPES[header["format"]]:
+        raise DataError(
+            f"{path}: key 'token_dtype' is {header['token_dtype']!r}, expected one of "
+            f"{TOKEN_DTYPES[header['format']]}; re-run `dist-llm prep`"
+        )
     _require(header["tokenizer"], _TOKENIZER_KEYS, "tokenizer", path)
     if not isinstance(header["tokenizer"]["eos_id"], int):
         raise DataError(f"{path}: key 'tokenizer.eos_id' must be an integer")

@@ -27,7 +27,7 @@ from data_prep.identity import read_prep
 from data_prep.manifest import Manifest, ShardTable, manifest_header, remove_manifest, write_manifest
 from data_prep.tokenizer import load_tokenizer
 from data_prep.workers import RECORD_FORMAT, record_uri
-from data_prep.writer import SCHEMA, SPLITS, UNITS_DIR
+from data_prep.writer import SPLITS, UNITS_DIR
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
 from dist_llm.uri import join
@@ -66,7 +66,7 @@ def first_occurrences(hashes: list[bytes]) -> list[np.ndarray]:
 
 def _write_table(out: str, rel: str, table: pa.Table) -> dict:
     sink = io.BytesIO()
-    with pa.ipc.new_file(sink, SCHEMA) as ipc:
+    with pa.ipc.new_file(sink, table.schema) as ipc:
         ipc.write_table(table.combine_chunks())
     data = sink.getvalue()
     store.write_bytes(join(out, rel), data, durable=False)

@@ -24,7 +24,7 @@ NUM_SENTINELS = 32
 # Fixed ids 4, 5, 6, then 7.. for the T5 span-corruption sentinels.
 SPECIAL_TOKENS = ("<mask>", "<sep>", "<cls>") + tuple(f"<extra_id_{i}>" for i in range(NUM_SENTINELS))
 MODEL_TYPES = ("bpe", "unigram")
-TOKEN_DTYPE_MAX = 2**31 - 1  # shards store int32 token ids
+TOKEN_DTYPE_MAX = 2**32  # shards store uint32 token ids at most
 
 
 def file_sha256(path: str) -> str:
@@ -171,7 +171,7 @@ def load_tokenizer(path: str) -> Tokenizer:
             "or a local Hugging Face tokenizer directory, or omit --tokenizer to train one"
         )
     if tokenizer.vocab_size > TOKEN_DTYPE_MAX:
-        raise DataError(f"{path}: vocab size {tokenizer.vocab_size} does not fit int32 token ids")
+        raise DataError(f"{path}: vocab size {tokenizer.vocab_size} does not fit uint32 token ids")
     return tokenizer
 
 

@@ -18,13 +18,16 @@ import numpy as np
 
 from data_prep import store
 from data_prep.filters import DocumentFilter, FilterConfig, validation_mask
+from data_prep.manifest import token_dtype
 from data_prep.readers import ErrorPolicy, read_unit
 from data_prep.tokenizer import Tokenizer, load_tokenizer
 from data_prep.units import ReadOptions, WorkUnit
 from data_prep.writer import SPLITS, UnitShardWriter, unit_dir
 from dist_llm.uri import join
 
-RECORD_FORMAT = "dist_llm.prep_unit/1"
+RECORD_FORMAT = "dist_llm.prep_unit/2"
+"""Changes when shards change form (2: uint16/uint32 ids), so an earlier run's units are redone,
+never mixed into a dataset with the new ones."""
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 
@@ -69,6 +72,7 @@ class _UnitProcessor:
     def __init__(self, job: UnitJob) -> None:
         self.job = job
         self.tokenizer: Tokenizer = load_tokenizer(job.tokenizer_path)
+        self.dtype = token_dtype(self.tokenizer.vocab_size)
 
     def __call__(self, unit: WorkUnit) -> dict:
         record = verified_record(self.job, unit.index)
@@ -116,7 +120,7 @@ class _UnitProcessor:
         # One flat array per batch, EOS (and BOS) put in with numpy inserts.
         sizes = np.fromiter((len(encoded[i]) for i in kept), dtype=np.int64, count=len(kept))
         flat = np.fromiter(
-            itertools.chain.from_iterable(encoded[i] for i in kept), dtype=np.int32, count=int(sizes.sum())
+            itertools.chain.from_iterable(encoded[i] for i in kept), dtype=self.dtype, count=int(sizes.sum())
         )
         ends = np.cumsum(sizes)
         flat = np.insert(flat, ends, self.tokenizer.eos_id)

@@ -1,10 +1,11 @@
 """Arrow IPC shards of one work unit, plus the document hashes merge needs for corpus-wide dedup.
 
 Shard layout: `<out>/units/u-NNNNNN/<split>-KKK.arrow`, an Arrow IPC *file* (random access, can
-be memory-mapped by the loader) with exactly one column `tokens: list<int32>`, one row per
-document. A shard closes once it holds >= `shard_tokens` tokens; documents are never split, so a
-shard may exceed the target by one document. Next to each shard, `<split>-KKK.hashes` holds the
-16-byte hash of each row's document, in row order.
+be memory-mapped by the loader) with exactly one column `tokens: list<uint16>` (`list<uint32>`
+for a vocabulary over 65,536 entries, see `manifest.token_dtype`), one row per document. A shard
+closes once it holds >= `shard_tokens` tokens; documents are never split, so a shard may exceed
+the target by one document. Next to each shard, `<split>-KKK.hashes` holds the 16-byte hash of
+each row's document, in row order.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import pyarrow as pa
 
 from data_prep import store
 from data_prep.filters import HASH_BYTES
+from data_prep.manifest import shard_schema
 from dist_llm.errors import DataError
 from dist_llm.uri import join
 
 SPLITS = ("train", "validation")
-SCHEMA = pa.schema([pa.field("tokens", pa.list_(pa.int32()))])
-MAX_SHARD_TOKENS = 2**30  # list<int32> offsets must stay below 2**31 even with one huge document
+MAX_SHARD_TOKENS = 2**30  # int32 list offsets must stay below 2**31 even with one huge document
 UNITS_DIR = "units"
 
 
@@ -31,7 +32,8 @@ def unit_dir(index: int) -> str:
 
 
 def shard_bytes(values: np.ndarray, lengths: np.ndarray) -> bytes:
-    """One Arrow IPC file whose `tokens` rows are `values` (int32) cut into `lengths` pieces."""
+    """One Arrow IPC file whose `tokens` rows are `values` (token ids, in the dataset's dtype) cut
+    into `lengths` pieces."""
     if len(values) >= 2**31:
         raise DataError(
             f"a shard would hold {len(values)} tokens, more than int32 list offsets allow; "
@@ -39,10 +41,11 @@ def shard_bytes(values: np.ndarray, lengths: np.ndarray) -> bytes:
         )
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    schema = shard_schema(column.type.value_type)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, SCHEMA) as ipc:
-        ipc.write_batch(pa.record_batch([column], schema=SCHEMA))
+    with pa.ipc.new_file(sink, schema) as ipc:
+        ipc.write_batch(pa.record_batch([column], schema=schema))
     return sink.getvalue().to_pybytes()
 
 

@@ -1,6 +1,7 @@
 """Memory-mapped token shards of one dataset split, seen as one flat token stream.
 
-Shards are Arrow IPC files with one `tokens: list<int32>` row per document (see data_prep).
+Shards are Arrow IPC files with one `tokens: list<uint16>` row per document (`list<uint32>` for a
+large vocabulary, `list<int32>` in datasets of the earlier manifest format; see data_prep).
 Their flattened value buffers are mapped, never copied, so reading a 100 GB dataset costs
 page-table entries, not RAM. Opening a split reads only its columns of the manifest's shard table:
 the cumulative token offsets become one numpy array, and a shard is mapped when a read first needs it. At most
@@ -19,12 +20,10 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from data_prep.manifest import Manifest, fingerprint, manifest_path, read_manifest
+from data_prep.manifest import Manifest, fingerprint, manifest_path, read_manifest, shard_schema
 from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir
 from dist_llm.errors import DataError
 from dist_llm.uri import is_local, join
-
-_TOKENS_TYPE = pa.list_(pa.int32())
 
 
 def local_path(uri: str) -> str:
@@ -60,6 +59,7 @@ class TokenShards:
             )
         self.split = split
         self.table = tables[split]
+        self._schema = shard_schema(self.manifest.token_type)
         self._starts = np.zeros(len(self.table) + 1, dtype=np.int64)
         np.cumsum(self.table.tokens, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
@@ -90,7 +90,7 @@ class TokenShards:
             self._open.move_to_end(index)
             return array
         path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
-        array = self._open[index] = self._map(path, int(self.table.tokens[index]))
+        array = self._open[index] = self._map(path, int(self.table.tokens[index]), self._schema)
         while len(self._open) > self.max_open:
             # The mapping goes with its last reference: reads copy out and keep none.
             self._open.popitem(last=False)
@@ -110,16 +110,16 @@ class TokenShards:
                     self._cache.prefetch(*self._fetch_args(index))
 
     @staticmethod
-    def _map(path: str, expected_tokens: int) -> np.ndarray:
+    def _map(path: str, expected_tokens: int, schema: pa.Schema) -> np.ndarray:
         # A corrupt footer/schema can surface as any Arrow error (or a missing column) at any of
         # these calls, not only when opening, so all of them sit inside the try.
         try:
             reader = pa.ipc.open_file(pa.memory_map(path, "r"))
             table = reader.read_all()
-            if table.schema.names != ["tokens"] or table.schema.field("tokens").type != _TOKENS_TYPE:
+            if not table.schema.equals(schema):
                 raise DataError(
-                    f"{path}: schema is {table.schema.to_string()!r}, expected one column "
-                    f"'tokens: {_TOKENS_TYPE}'; re-run `dist-llm prep` for this dataset"
+                    f"{path}: schema is {table.schema.to_string()!r}, expected "
+                    f"{schema.to_string()!r} as the manifest says; re-run `dist-llm prep` for this dataset"
                 )
             chunks = table.column("tokens").chunks
             # Prep writes one record batch per shard: its values are a view of the mapping.

@@ -14,9 +14,8 @@ import pytest
 
 from data_prep.cli import add_arguments, run
 from data_prep.filters import doc_hash, is_validation
-from data_prep.manifest import SHARD_TABLE_NAME, Manifest, ShardTable, read_manifest
+from data_prep.manifest import SHARD_TABLE_NAME, Manifest, ShardTable, read_manifest, shard_schema
 from data_prep.tokenizer import file_sha256, load_tokenizer
-from data_prep.writer import SCHEMA
 from dist_llm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +56,8 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
         0.01,
     )
     header = manifest.header
-    assert header["format"] == "dist_llm.shards/2" and header["token_dtype"] == "int32"
+    # 512 tokens: ids fit uint16, half the bytes of uint32
+    assert header["format"] == "dist_llm.shards/2" and header["token_dtype"] == "uint16"
     assert header["units"] > 2  # ~30 KB of JSONL in 10 KB units
     tok_meta = manifest.tokenizer
     assert tok_meta["path"] == "tokenizer.model" and tok_meta["kind"] == "sentencepiece"
@@ -80,7 +80,7 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
             assert path.stat().st_size == shards.bytes[i]
             assert file_sha256(str(path)) == shards.sha256(i)
             table = pa.ipc.open_file(str(path)).read_all()
-            assert table.schema.equals(SCHEMA)
+            assert table.schema.equals(shard_schema(pa.uint16()))
             lengths = [len(row) for row in table.column("tokens").to_pylist()]
             assert (len(lengths), sum(lengths)) == (shards.docs[i], shards.tokens[i])
             assert shards.tokens[i] - lengths[-1] < 2000  # closes once the target is reached

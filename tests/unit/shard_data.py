@@ -18,19 +18,21 @@ from data_prep.manifest import (
     SPLITS,
     ShardTable,
     read_manifest,
+    shard_schema,
+    token_dtype,
     write_manifest,
 )
 
-SCHEMA = pa.schema([pa.field("tokens", pa.list_(pa.int32()))])
 
-
-def _write_shard(path: str, docs: list[np.ndarray]) -> dict:
+def _write_shard(path: str, docs: list[np.ndarray], dtype: np.dtype) -> dict:
     offsets = np.zeros(len(docs) + 1, dtype=np.int32)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
-    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(docs), type=pa.int32()))
+    values = np.concatenate(docs).astype(dtype)
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    schema = shard_schema(column.type.value_type)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as ipc:
-        ipc.write_batch(pa.record_batch([column], schema=SCHEMA))
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as ipc:
+        ipc.write_batch(pa.record_batch([column], schema=schema))
     data = open(path, "rb").read()
     return {
         "docs": len(docs),
@@ -41,29 +43,35 @@ def _write_shard(path: str, docs: list[np.ndarray]) -> dict:
 
 
 def make_dataset(
-    data_dir: str, split_docs: dict[str, list[np.ndarray]], shard_tokens: int, tokenizer_sha: str = "0" * 64
+    data_dir: str,
+    split_docs: dict[str, list[np.ndarray]],
+    shard_tokens: int,
+    tokenizer_sha: str = "0" * 64,
+    vocab_size: int = 100_000,
 ) -> str:
     """Write `split_docs` as Arrow shards of about `shard_tokens` tokens (a document is never split)
-    plus a manifest; a split without documents has no shards."""
+    plus a manifest; a split without documents has no shards. Token ids are stored as prep stores
+    them for `vocab_size` (uint32 by default, so any test id up to 2**32 - 1 fits)."""
+    dtype = token_dtype(vocab_size)
     tables = {}
     for split in SPLITS:
         shards, pending = [], []
-        docs = [np.asarray(d, dtype=np.int32) for d in split_docs.get(split, [])]
+        docs = split_docs.get(split, [])
         for i, doc in enumerate(docs):
             pending.append(doc)
             if sum(len(d) for d in pending) >= shard_tokens or i == len(docs) - 1:
                 rel = f"units/u-{len(shards) // 2:06d}/{split}-{len(shards) % 2:03d}.arrow"
-                shards.append({"path": rel, **_write_shard(os.path.join(data_dir, rel), pending)})
+                shards.append({"path": rel, **_write_shard(os.path.join(data_dir, rel), pending, dtype)})
                 pending = []
         tables[split] = ShardTable.from_entries(shards)
     header = {
         "format": FORMAT,
-        "token_dtype": "int32",
+        "token_dtype": dtype.name,
         "tokenizer": {
             "kind": "sentencepiece",
             "path": "tokenizer.model",
             "sha256": tokenizer_sha,
-            "vocab_size": 100_000,
+            "vocab_size": vocab_size,
             "bos_id": 1,
             "eos_id": 2,
             "pad_id": None,
@@ -80,27 +88,23 @@ def make_dataset(
 
 
 def to_list_format(data_dir: str) -> None:
-    """Rewrite a dataset's manifest as earlier versions wrote it: every shard listed in the JSON
-    (`dist_llm.shards/1`), no shard table."""
+    """Rewrite a dataset as earlier versions wrote it: int32 token ids, every shard listed in the
+    JSON (`dist_llm.shards/1`), no shard table."""
     manifest = read_manifest(data_dir)
     splits = {}
     for split, table in manifest.shards.items():
-        shards = [
-            {
-                "path": table.path(i),
-                "docs": int(table.docs[i]),
-                "tokens": int(table.tokens[i]),
-                "bytes": int(table.bytes[i]),
-                "sha256": table.sha256(i),
-            }
-            for i in range(len(table))
-        ]
+        shards = []
+        for i in range(len(table)):
+            path = os.path.join(data_dir, table.path(i))
+            docs = pa.ipc.open_file(path).read_all().column("tokens").to_numpy()
+            shards.append({"path": table.path(i), **_write_shard(path, list(docs), np.dtype(np.int32))})
         splits[split] = {k: manifest.header["splits"][split][k] for k in ("docs", "tokens")} | {
             "shards": shards
         }
     header = {k: v for k, v in manifest.header.items() if k != "shard_table"}
+    header |= {"format": LIST_FORMAT, "token_dtype": "int32", "splits": splits}
     with open(os.path.join(data_dir, "manifest.json"), "w") as f:
-        json.dump(header | {"format": LIST_FORMAT, "splits": splits}, f, indent=1)
+        json.dump(header, f, indent=1)
     os.remove(os.path.join(data_dir, SHARD_TABLE_NAME))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.manifest import SHARD_TABLE_NAME, Manifest, read_manifest, write_manifest
+from data_prep.manifest import SHARD_TABLE_NAME, Manifest, read_manifest, shard_schema, write_manifest
 from dist_llm.config import load_config
 from dist_llm.data.collate import CausalLMCollator
 from dist_llm.data.loader import DataState, TrainBatches, eval_batches
@@ -60,7 +60,7 @@ def test_read_stitches_across_shards_exactly(counting_dataset):
 
 def test_read_with_non_counting_values_matches_concatenation(tmp_path):
     rng = np.random.default_rng(0)
-    docs = [rng.integers(0, 2**31 - 1, size=int(rng.integers(1, 30)), dtype=np.int32) for _ in range(30)]
+    docs = [rng.integers(0, 2**32 - 1, size=int(rng.integers(1, 30)), dtype=np.uint32) for _ in range(30)]
     data_dir = make_dataset(str(tmp_path / "ds"), {"train": docs}, shard_tokens=40)
     shards = TokenShards(data_dir, "train")
     stream = np.concatenate(docs).astype(np.int64)
@@ -153,7 +153,7 @@ def test_max_open_shards_below_one_is_refused():
 
 def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_count(counting_dataset):
     """Whatever a flipped byte breaks (schema, footer, offsets), the loader either reports a
-    DataError naming the file or maps the right number of int32 tokens; no raw Arrow error escapes."""
+    DataError naming the file or maps the right number of uint32 tokens; no raw Arrow error escapes."""
     data_dir, _ = counting_dataset
     path, manifest = _first_shard(data_dir)
     expected = int(manifest.shards["train"].tokens[0])
@@ -167,12 +167,12 @@ def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_co
         with open(path, "wb") as f:
             f.write(corrupt)
         try:
-            values = TokenShards._map(path, expected)
+            values = TokenShards._map(path, expected, shard_schema(manifest.token_type))
         except DataError as e:
             assert path in str(e)
             errors += 1
             continue
-        assert values.dtype == np.int32 and len(values) == expected
+        assert values.dtype == np.uint32 and len(values) == expected
     assert errors > 0
 
 
