@@ -4,11 +4,12 @@ Two files. `manifest-shards.arrow`, the shard table, holds one row per shard (pa
 bytes, sha256): the train split's rows as one Arrow record batch, the validation split's as a
 second. A rank maps it and reads its columns as arrays, so a million shards cost a few arrays and
 no parsing, where a JSON list would cost a million Python objects per rank. `manifest.json`, the
-header, is small: format, token dtype, tokenizer, per-split totals, and the table's name, size and
-sha256, which the loader checks. The table is written first and the header last, atomically, and
-prep deletes the header when it starts, so a header's presence means "the table it names and every
-shard listed there are complete". All paths are relative to the data directory. Token ids other
-than `eos_id` may be null for foreign (HF) tokenizers that lack that token.
+header, is small: format, token dtype, tokenizer, per-split totals and fingerprints, and the
+table's name, size and sha256, which the loader checks. The table is written first and the header
+last, atomically, and prep deletes the header when it starts, so a header's presence means "the
+table it names and every shard listed there are complete". All paths are relative to the data
+directory. Token ids other than `eos_id` may be null for foreign (HF) tokenizers that lack that
+token.
 
 Shards hold uint16 token ids when the vocabulary has at most 65,536 entries (half the bytes of
 uint32 on disk, in the page cache and on the network), else uint32. Datasets written before the
@@ -54,7 +55,8 @@ SHARD_SCHEMA = pa.schema(
 
 _TOP_KEYS = ("format", "token_dtype", "tokenizer", "splits", "skipped", "args", "created_unix")
 _TOKENIZER_KEYS = ("kind", "path", "sha256", "vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id")
-_SPLIT_KEYS = ("docs", "tokens", "num_shards")
+_TOTAL_KEYS = ("docs", "tokens", "num_shards")
+_SPLIT_KEYS = (*_TOTAL_KEYS, "fingerprint")
 _TABLE_KEYS = ("path", "bytes", "sha256")
 _LIST_SPLIT_KEYS = ("docs", "tokens", "shards")
 _LIST_SHARD_KEYS = ("path", "docs", "tokens", "bytes", "sha256")
@@ -173,19 +175,26 @@ def manifest_header(tokenizer: Tokenizer, tokenizer_rel_path: str, skipped: dict
     }
 
 
-def fingerprint(tokenizer_sha256: str, table: ShardTable) -> str:
+def _fingerprint(tokenizer_sha256: str, table: ShardTable) -> str:
     """Identifies a split's exact data (shard checksums + tokenizer), so a resume can refuse other
-    data; a local dataset and its copy in object storage share it. The hex checksums are hashed as
-    one string, which equals hashing them one after the other."""
+    data; a local dataset and its copy in object storage share it. Computed once, when the manifest
+    is written, not by every rank at every start. The hex checksums are hashed as one string, which
+    equals hashing them one by one: a checkpoint taken on a dataset of the earlier format, whose
+    fingerprint is computed here on load, still resumes."""
     digest = hashlib.sha256(tokenizer_sha256.encode())
-    raw = np.frombuffer(table.checksums.buffers()[1], np.uint8)
-    start = table.checksums.offset * 32
-    digest.update(raw[start : start + 32 * len(table)].tobytes().hex().encode())
+    if len(table):
+        checksums = table.checksums
+        raw = memoryview(checksums.buffers()[1])[checksums.offset * 32 : (checksums.offset + len(table)) * 32]
+        digest.update(raw.hex().encode())
     return digest.hexdigest()[:16]
 
 
-def _split_block(table: ShardTable) -> dict:
+def _totals(table: ShardTable) -> dict:
     return {"docs": int(table.docs.sum()), "tokens": int(table.tokens.sum()), "num_shards": len(table)}
+
+
+def _split_block(table: ShardTable, tokenizer_sha256: str) -> dict:
+    return _totals(table) | {"fingerprint": _fingerprint(tokenizer_sha256, table)}
 
 
 def write_manifest(data_dir: str, header: dict, shards: dict[str, ShardTable]) -> Manifest:
@@ -199,7 +208,7 @@ def write_manifest(data_dir: str, header: dict, shards: dict[str, ShardTable]) -
     table = sink.getvalue().to_pybytes()
     store.write_bytes(join(data_dir, SHARD_TABLE_NAME), table)
     header = header | {
-        "splits": {split: _split_block(shards[split]) for split in SPLITS},
+        "splits": {split: _split_block(shards[split], header["tokenizer"]["sha256"]) for split in SPLITS},
         "shard_table": {
             "path": SHARD_TABLE_NAME,
             "bytes": len(table),
@@ -276,7 +285,11 @@ def _from_list(header: dict, path: str) -> Manifest:
         for index, shard in enumerate(header["splits"][split]["shards"]):
             _require(shard, _LIST_SHARD_KEYS, f"splits.{split}.shards[{index}]", path)
         shards[split] = ShardTable.from_entries(header["splits"][split]["shards"])
-    splits = {split: {**header["splits"][split], **_split_block(shards[split])} for split in SPLITS}
+    tokenizer_sha256 = header["tokenizer"]["sha256"]
+    splits = {
+        split: {**header["splits"][split], **_split_block(shards[split], tokenizer_sha256)}
+        for split in SPLITS
+    }
     for block in splits.values():
         del block["shards"]
     return Manifest(header | {"splits": splits}, shards)
@@ -326,7 +339,7 @@ def read_manifest(data_dir: str, cache_dir: str = "") -> Manifest:
         )
     shards = {split: ShardTable.from_batch(reader.get_batch(i)) for i, split in enumerate(SPLITS)}
     for split in SPLITS:
-        if _split_block(shards[split]) != {k: header["splits"][split][k] for k in _SPLIT_KEYS}:
+        if _totals(shards[split]) != {k: header["splits"][split][k] for k in _TOTAL_KEYS}:
             raise DataError(
                 f"{path}: the totals of split {split!r} disagree with its shard table; re-run `dist-llm prep`"
             )

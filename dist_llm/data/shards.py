@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from data_prep.manifest import Manifest, fingerprint, manifest_path, read_manifest, shard_schema
+from data_prep.manifest import Manifest, manifest_path, read_manifest, shard_schema
 from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir
 from dist_llm.errors import DataError
 from dist_llm.uri import is_local, join
@@ -59,6 +59,9 @@ class TokenShards:
             )
         self.split = split
         self.table = tables[split]
+        self.fingerprint: str = self.manifest.header["splits"][split]["fingerprint"]
+        """Identifies the split's exact data (shard checksums + tokenizer), so a resume can refuse
+        other data; recorded in the manifest when it was written."""
         self._schema = shard_schema(self.manifest.token_type)
         self._starts = np.zeros(len(self.table) + 1, dtype=np.int64)
         np.cumsum(self.table.tokens, out=self._starts[1:])
@@ -137,11 +140,6 @@ class TokenShards:
                 "the shard is stale or corrupt, re-run `dist-llm prep`"
             )
         return values
-
-    @property
-    def fingerprint(self) -> str:
-        """See `data_prep.manifest.fingerprint`."""
-        return fingerprint(self.manifest.tokenizer["sha256"], self.table)
 
     def read(self, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Tokens [start, start+length) of the flat stream as int64, stitched across shard

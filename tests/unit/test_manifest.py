@@ -49,6 +49,7 @@ def test_header_is_small_and_names_the_verified_table(dataset):
         "docs": 40,
         "tokens": int(train.tokens.sum()),
         "num_shards": len(train),
+        "fingerprint": TokenShards(dataset, "train").fingerprint,
     }
     assert train.tokens.dtype == np.int64 and train.path(0).endswith(".arrow") and len(train.sha256(0)) == 64
 
@@ -80,6 +81,17 @@ def test_a_changed_or_missing_table_is_refused_naming_it(dataset):
     assert path in str(err.value)
 
 
+def test_the_fingerprint_is_read_from_the_header_not_computed_at_open(dataset, monkeypatch):
+    manifest = read_manifest(dataset)
+    fingerprints = {
+        split: manifest.header["splits"][split]["fingerprint"] for split in ("train", "validation")
+    }
+    assert len(set(fingerprints.values())) == 2 and all(len(f) == 16 for f in fingerprints.values())
+    monkeypatch.setattr(manifest_mod, "_fingerprint", lambda *a: pytest.fail("hashed shard entries at open"))
+    for split, expected in fingerprints.items():
+        assert TokenShards(dataset, split).fingerprint == expected
+
+
 def test_a_dataset_of_the_earlier_list_format_still_loads(dataset):
     """int32 shards listed inside manifest.json: the same stream, and the fingerprint earlier versions
     computed (so a run resumed on such a dataset accepts it)."""
@@ -92,7 +104,12 @@ def test_a_dataset_of_the_earlier_list_format_still_loads(dataset):
     assert (header["format"], header["token_dtype"]) == (LIST_FORMAT, "int32")
 
     old = read_manifest(dataset)
-    assert old.header["splits"] == before.header["splits"] and old.token_type == pa.int32()
+    for split in ("train", "validation"):  # fingerprints differ: int32 shards have other checksums
+        totals = ("docs", "tokens", "num_shards")
+        assert [old.header["splits"][split][k] for k in totals] == [
+            before.header["splits"][split][k] for k in totals
+        ]
+    assert old.token_type == pa.int32()
     for split in ("train", "validation"):
         a, b = old.shards[split], before.shards[split]
         assert [a.path(i) for i in range(len(a))] == [b.path(i) for i in range(len(b))]
@@ -171,6 +188,6 @@ def test_a_million_shards_open_as_arrays(tmp_path, dataset):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(shards.table) == 1_000_000 and shards.table.path(999_999) == "units/u-062499/train-015.arrow"
-    assert shards.num_tokens == int(shards.table.tokens.sum())
+    assert shards.num_tokens == int(shards.table.tokens.sum()) and len(shards.fingerprint) == 16
     assert peak < 24 * 2**20, f"{peak / 2**20:.1f} MiB allocated"
     assert seconds < 5, f"{seconds:.2f} s"  # about 0.2 s alone; generous for a loaded CI machine
