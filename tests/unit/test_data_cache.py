@@ -109,8 +109,8 @@ def test_prefetch_downloads_the_coming_steps_shards_and_no_others(local_and_remo
         start = step * 4 + 2
         for sample in batches.order.sample_ids(start, 2):
             needed.update(shards.shards_of(sample[1] * SEQ, SEQ + 1))
-    cache.close()
-    cache._pool.shutdown(wait=True)  # let started downloads finish before looking
+    # Wait for every queued download (close() would cancel the queued ones by design).
+    cache._pool.shutdown(wait=True)
     folder = dataset_cache_dir(cache_root, remote)
     expected = sorted(
         os.path.relpath(cached_name(folder, shards.table.path(i), shards.table.sha256(i)), cache_root)
