@@ -188,12 +188,21 @@ def _wait_for(uri: str) -> None:
 
 
 def _load(engine: Any, load_dir: str) -> None:
-    # The LR schedule is ours (set every step), so there is no scheduler state to restore.
+    # Hyperparameters come from the config (the LR schedule is set every step), not the checkpoint:
+    # DeepSpeed's ZeRO-3 universal load copies group 0's onto every group, decaying the norm gains.
+    hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     path, _ = engine.load_checkpoint(
         load_dir, tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load its checkpoint files (tag {TAG!r}) from {load_dir}")
+    for group, kept in zip(engine.optimizer.param_groups, hyperparameters, strict=True):
+        group.update(kept)
+    # The ZeRO-3 universal load also gives every partition the same step-count tensor, which each
+    # group's update would then advance: one count per partition, as saved.
+    for state in getattr(engine.optimizer, "optimizer", engine.optimizer).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def _to_universal(tag_dir: str, out_dir: str) -> None:
