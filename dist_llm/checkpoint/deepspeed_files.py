@@ -49,6 +49,7 @@ FAILED = "FAILED"  # written by rank 0 when the conversion fails, with the reaso
 _OPTIM_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 _PARTITIONED_MODULE_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt$")
 _MODULE_FILE = re.compile(r"^mp_rank_\d+_model_states\.pt$")
+_SWAPPED_OPTIMIZER = re.compile(r"(?:^|/)offloaded_tensors/rank(\d+)/")  # NVMe optimizer offload
 
 
 def snapshot_files(engine: Any) -> dict[str, list[memoryview]]:
@@ -94,7 +95,7 @@ def saved_dp_size(names: list[str]) -> int:
 def read_by(name: str, rank: int) -> bool:
     """Whether DeepSpeed's `load_checkpoint` on data-parallel rank `rank` reads file `name`."""
     base = name.rsplit("/", 1)[-1]
-    own = _OPTIM_FILE.search(base) or _PARTITIONED_MODULE_FILE.search(base)
+    own = _SWAPPED_OPTIMIZER.search(name) or _OPTIM_FILE.search(base) or _PARTITIONED_MODULE_FILE.search(base)
     return (own is not None and int(own.group(1)) == rank) or _MODULE_FILE.match(base) is not None
 
 
