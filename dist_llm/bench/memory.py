@@ -63,6 +63,8 @@ def bench_memory(
     config: str, overrides: list[str], ranks: list[int], steps: int, work_dir: str | None = None
 ) -> list[MemoryResult]:
     results = []
+    if work_dir:
+        os.makedirs(work_dir, exist_ok=True)
     for nproc in ranks:
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench-memory-") as tmp:
             run = [

@@ -49,6 +49,7 @@ FAILED = "FAILED"  # written by rank 0 when the conversion fails, with the reaso
 _OPTIM_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 _PARTITIONED_MODULE_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt$")
 _MODULE_FILE = re.compile(r"^mp_rank_\d+_model_states\.pt$")
+_SWAPPED_OPTIMIZER = re.compile(r"(?:^|/)offloaded_tensors/rank(\d+)/")  # NVMe optimizer offload
 
 
 def snapshot_files(engine: Any) -> dict[str, list[memoryview]]:
@@ -94,7 +95,7 @@ def saved_dp_size(names: list[str]) -> int:
 def read_by(name: str, rank: int) -> bool:
     """Whether DeepSpeed's `load_checkpoint` on data-parallel rank `rank` reads file `name`."""
     base = name.rsplit("/", 1)[-1]
-    own = _OPTIM_FILE.search(base) or _PARTITIONED_MODULE_FILE.search(base)
+    own = _SWAPPED_OPTIMIZER.search(name) or _OPTIM_FILE.search(base) or _PARTITIONED_MODULE_FILE.search(base)
     return (own is not None and int(own.group(1)) == rank) or _MODULE_FILE.match(base) is not None
 
 
@@ -188,12 +189,21 @@ def _wait_for(uri: str) -> None:
 
 
 def _load(engine: Any, load_dir: str) -> None:
-    # The LR schedule is ours (set every step), so there is no scheduler state to restore.
+    # Hyperparameters come from the config (the LR schedule is set every step), not the checkpoint:
+    # DeepSpeed's ZeRO-3 universal load copies group 0's onto every group, decaying the norm gains.
+    hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     path, _ = engine.load_checkpoint(
         load_dir, tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load its checkpoint files (tag {TAG!r}) from {load_dir}")
+    for group, kept in zip(engine.optimizer.param_groups, hyperparameters, strict=True):
+        group.update(kept)
+    # The ZeRO-3 universal load also gives every partition the same step-count tensor, which each
+    # group's update would then advance: one count per partition, as saved.
+    for state in getattr(engine.optimizer, "optimizer", engine.optimizer).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def _to_universal(tag_dir: str, out_dir: str) -> None:

@@ -8,7 +8,6 @@ sections, so the two engines train the same model the same way.
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import AbstractContextManager
 from typing import Callable
@@ -26,7 +25,7 @@ from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_devi
 from dist_llm.engine.deepspeed_memory import zero_memory_report
 from dist_llm.engine.device import to_device
 from dist_llm.engine.optim import build_adamw, param_groups
-from dist_llm.errors import ConfigError, DistLLMError
+from dist_llm.errors import ConfigError
 from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
 from dist_llm.seeding import derive_seed
@@ -83,6 +82,14 @@ class DeepSpeedEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
         )
+        if self.engine.zero_optimization_stage() == 0 and not all(
+            g.get("fused") for g in optimizer.param_groups
+        ):
+            # Stage 0 skips a non-finite step through the fused kernel's found_inf input.
+            raise ConfigError(
+                f"DeepSpeed ZeRO stage 0 on {world.device.type} has no fused AdamW to skip "
+                "non-finite steps with; use engine.zero_stage >= 1"
+            )
 
     @property
     def zero_optimizer(self) -> torch.optim.Optimizer:
@@ -115,33 +122,24 @@ class DeepSpeedEngine:
                 self.engine.step()
                 vars(self.zero_optimizer).pop("found_inf", None)
             loss += micro_loss.detach().float()
-        if unsharded_norm is not None and not math.isfinite(unsharded_norm):
-            skipped = True  # stage 0: the fused AdamW skipped it (found_inf)
+        if unsharded_norm is not None:
+            skipped = ~torch.isfinite(unsharded_norm)  # stage 0: the fused AdamW skipped it (found_inf)
+            norm = unsharded_norm
         else:
-            # ZeRO 1-3 skip a step whose gradient norm is not finite themselves and count it.
+            # ZeRO 1-3 skip a step whose gradient norm is not finite themselves and count it
+            # (they decide on the host; those reads are DeepSpeed's own).
             skipped = self.engine.skipped_steps > skipped_before
-        norm = self.engine.get_global_grad_norm() if unsharded_norm is None else unsharded_norm
-        # None when a user's JSON turns off zero_optimization.compute_grad_norm.
-        return StepResult(
-            loss=loss / len(micro_batches),
-            skipped=skipped,
-            grad_norm=torch.as_tensor(float("nan") if norm is None else float(norm)),
-        )
+            # None when a user's JSON turns off zero_optimization.compute_grad_norm.
+            norm = torch.as_tensor(float("nan") if (n := self.engine.get_global_grad_norm()) is None else n)
+        return StepResult(loss=loss / len(micro_batches), skipped=skipped, grad_norm=norm)
 
-    def _stage0_norm(self) -> float:
+    def _stage0_norm(self) -> torch.Tensor:
         """Without ZeRO DeepSpeed clips but neither keeps the norm nor skips non-finite steps; the
         gradients are all-reduced here, so the norm is global and every rank decides alike. Our
-        fused AdamW skips on the device when told (`found_inf`), as in the torch engine."""
+        fused AdamW skips on the device when told (`found_inf`), as in the torch engine: no host read."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads).item()
-        optimizer = self.zero_optimizer
-        if not math.isfinite(norm):
-            if not all(group.get("fused") for group in optimizer.param_groups):
-                raise DistLLMError(
-                    "non-finite gradients with DeepSpeed ZeRO stage 0 and a non-fused optimizer "
-                    "cannot be skipped; use engine.zero_stage >= 1"
-                )
-            optimizer.found_inf = torch.ones((), device=grads[0].device)
+        norm = torch.nn.utils.get_total_norm(grads)
+        self.zero_optimizer.found_inf = (~torch.isfinite(norm)).float()
         return norm
 
     @torch.no_grad()

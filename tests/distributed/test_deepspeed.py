@@ -1,7 +1,8 @@
 """DeepSpeed engine on 2 real ranks (gloo, CPU, fp32) against plain data parallelism on the torch
 engine: the same initial weights and loss curve for ZeRO-1/2/3 and ZeRO-3 with CPU offload, bitwise
 resume, eval of a ZeRO-3 checkpoint (read tensor by tensor from DeepSpeed's partition files),
-resume on another world size in both directions, and the per-rank memory each stage holds. Runs are shared between tests."""
+resume on another world size in both directions, and the per-rank memory each stage holds. Runs
+are shared between tests."""
 
 from __future__ import annotations
 
@@ -138,6 +139,7 @@ def test_each_rank_reads_only_the_files_deepspeed_loads_for_it():
     zero3 = [
         *(f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(3)),
         *(f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)),
+        *(f"offloaded_tensors/rank{r:02d}/optimizer/{r}.tensor.swp" for r in range(3)),
     ]
     read = {
         (stage, rank): [n for n in names if read_by(f"deepspeed/{n}", rank)]
@@ -148,6 +150,7 @@ def test_each_rank_reads_only_the_files_deepspeed_loads_for_it():
     assert read["3", 2] == [
         "zero_pp_rank_2_mp_rank_00_model_states.pt",
         "bf16_zero_pp_rank_2_mp_rank_00_optim_states.pt",
+        "offloaded_tensors/rank02/optimizer/2.tensor.swp",
     ]
 
 
