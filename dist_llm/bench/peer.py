@@ -205,6 +205,7 @@ def bench_peer(
                     f"checkpoint.dir={tmp}/checkpoints",
                     f"logging.run_dir={tmp}",
                     "logging.wandb.enabled=false",
+                    "logging.tensorboard.enabled=false",
                 ],
                 1,
             )

@@ -14,6 +14,7 @@ from dist_llm.distributed import all_reduce_sum
 from dist_llm.log import get_logger
 from dist_llm.metrics.peak import peak_tflops
 from dist_llm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from dist_llm.metrics.tensorboard_sink import TensorBoardSink
 from dist_llm.metrics.wandb_sink import WandbSink
 from dist_llm.models import flops_per_token
 
@@ -66,6 +67,8 @@ class MetricsCallback(Callback):
                 self.sinks.append(JsonlSink(os.path.join(cfg.logging.run_dir, "metrics.jsonl")))
             if cfg.logging.wandb.enabled:
                 self.sinks.append(WandbSink(cfg, resumed=trainer.step > 0))
+            if cfg.logging.tensorboard.enabled:
+                self.sinks.append(TensorBoardSink(cfg.logging.run_dir, resumed_step=trainer.step))
 
     def on_step_end(self, trainer: "Trainer", m: dict[str, Any]) -> None:
         step = m["step"]

@@ -16,6 +16,7 @@ from dist_llm.config.sections import (
     LoggingConfig,
     OptimConfig,
     SourceConfig,
+    TensorBoardConfig,
     TrainConfig,
     WandbConfig,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "LoggingConfig",
     "OptimConfig",
     "SourceConfig",
+    "TensorBoardConfig",
     "TrainConfig",
     "WandbConfig",
     "config_from_dict",

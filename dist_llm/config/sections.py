@@ -5,6 +5,7 @@ message)` raises a ConfigError naming the file:line (or override) that set `key`
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -457,6 +458,20 @@ class WandbConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    enabled: bool = False
+    """Write rank 0's metric records as TensorBoard scalars under <run_dir>/tensorboard."""
+
+    def validate(self, fail: Fail) -> None:
+        if self.enabled and importlib.util.find_spec("tensorboard") is None:
+            fail(
+                "logging.tensorboard.enabled",
+                "logging.tensorboard.enabled=true needs the tensorboard package: "
+                "`pip install tensorboard`, or set logging.tensorboard.enabled=false",
+            )
+
+
+@dataclass
 class LoggingConfig:
     run_dir: str = "runs/tiny"
     """Where metrics.jsonl, config.yaml and (by default) checkpoints go."""
@@ -467,6 +482,7 @@ class LoggingConfig:
     profile_steps: str = ""
     """Steps FIRST-LAST to profile into <run_dir>/breakdown/rank<r>.json (`dist-llm bench`); empty = off."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
 
 
 @dataclass

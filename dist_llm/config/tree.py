@@ -58,7 +58,7 @@ class Config:
         def fail(key: str, message: str) -> None:
             raise ConfigError(f"{self.where(key, origin)}: {message}")
 
-        for section in (self.train, self.optim, self.checkpoint, self.launch):
+        for section in (self.train, self.optim, self.checkpoint, self.launch, self.logging.tensorboard):
             section.validate(fail)
         try:
             self.model.validate(require_vocab=False)

@@ -1,1 +1,1 @@
-"""Metric sinks (console, JSONL, W&B) and the MFU peak."""
+"""Metric sinks (console, JSONL, W&B, TensorBoard) and the MFU peak."""

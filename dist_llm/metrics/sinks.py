@@ -1,8 +1,9 @@
 """Where metrics go: console (human, with ETA) and JSONL (machine, one line per record).
 
-W&B is `wandb_sink`. A record is one of: a training step (`loss`, ...), a validation (`val_loss`,
-...), a checkpoint snapshot (`checkpoint_blocked_s`) or a checkpoint outcome (`checkpoint_committed`
-or `checkpoint_failed`). All carry `step`; consumers pick the kind they read by its keys."""
+W&B is `wandb_sink`, TensorBoard `tensorboard_sink`. A record is one of: a training step (`loss`,
+...), a validation (`val_loss`, ...), a checkpoint snapshot (`checkpoint_blocked_s`) or a checkpoint
+outcome (`checkpoint_committed` or `checkpoint_failed`). All carry `step`; consumers pick the kind
+they read by its keys."""
 
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ class ConsoleSink:
 
     def close(self, failed: bool = False) -> None:
         pass
+
+
+def grouped_key(key: str) -> str:
+    """Our flat record keys grouped into dashboard sections (W&B, TensorBoard): eval/, checkpoint/,
+    memory/, train/."""
+    if key.startswith("val_"):
+        return f"eval/{key}"
+    if key.startswith("checkpoint_"):
+        return f"checkpoint/{key.removeprefix('checkpoint_')}"
+    if key.endswith("_bytes"):
+        return f"memory/{key.removeprefix('memory_')}"
+    return f"train/{key}"
 
 
 def format_eta(seconds: float | None) -> str:

@@ -13,21 +13,11 @@ from typing import Any
 from dist_llm.config import Config
 from dist_llm.errors import ConfigError
 from dist_llm.log import get_logger
+from dist_llm.metrics.sinks import grouped_key
 
 log = get_logger("metrics")
 
 RUN_ID_FILE = "wandb_run_id"
-
-
-def wandb_key(key: str) -> str:
-    """Our flat record keys grouped into W&B sections: eval/, checkpoint/, memory/, train/."""
-    if key.startswith("val_"):
-        return f"eval/{key}"
-    if key.startswith("checkpoint_"):
-        return f"checkpoint/{key.removeprefix('checkpoint_')}"
-    if key.endswith("_bytes"):
-        return f"memory/{key.removeprefix('memory_')}"
-    return f"train/{key}"
 
 
 def _previous_run_id(run_dir: str) -> str | None:
@@ -91,11 +81,11 @@ class WandbSink:
     def write(self, m: dict[str, Any]) -> None:
         # Records of one step (train, validation, checkpoint) share `step`: W&B merges them into one
         # row and commits it when a later step arrives, so none is dropped as out of order.
-        numbers = {wandb_key(k): v for k, v in m.items() if k != "step" and not isinstance(v, str)}
+        numbers = {grouped_key(k): v for k, v in m.items() if k != "step" and not isinstance(v, str)}
         self.run.log(numbers, step=m["step"])
         for k, v in m.items():
             if isinstance(v, str):  # e.g. checkpoint_uri: the latest value, not a chart
-                self.run.summary[wandb_key(k)] = v
+                self.run.summary[grouped_key(k)] = v
 
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)

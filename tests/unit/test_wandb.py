@@ -19,7 +19,8 @@ from wandb.proto import wandb_internal_pb2
 
 from dist_llm.config import load_config
 from dist_llm.errors import ConfigError
-from dist_llm.metrics.wandb_sink import RUN_ID_FILE, WandbSink, wandb_key
+from dist_llm.metrics.sinks import grouped_key
+from dist_llm.metrics.wandb_sink import RUN_ID_FILE, WandbSink
 from tests.conftest import make_trainer, read_metrics, run_train
 
 WANDB = ["logging.wandb.enabled=true", "logging.wandb.tags=ci, tiny"]
@@ -111,7 +112,7 @@ def _assert_logged_as_in_jsonl(run: OfflineRun, records: list[dict]) -> None:
         row = run.history[record["step"]]
         for k, v in record.items():
             if k != "step" and not isinstance(v, str):
-                assert row[wandb_key(k)] == v, (record["step"], k)
+                assert row[grouped_key(k)] == v, (record["step"], k)
 
 
 def _train_steps(run: OfflineRun) -> list[int]:
