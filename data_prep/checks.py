@@ -37,19 +37,13 @@ def chunk_checks(values: bytes | memoryview, sha256: bytes, first: int, chunk_by
     """The checks of `values`, which are chunks `first`, `first + 1`, ... of the token ids of the
     shard whose file has this sha256 (32 raw bytes); the last chunk may be short."""
     view = memoryview(values)
-    count = -(-len(view) // chunk_bytes)
-    base = int.from_bytes(sha256[:4], "little")
-    checks = np.fromiter(
-        (
-            zlib.crc32(
-                view[i * chunk_bytes : (i + 1) * chunk_bytes], (base + (first + i) * _STEP) & 0xFFFFFFFF
-            )
-            for i in range(count)
-        ),
-        dtype="<u4",
-        count=count,
-    )
-    return checks.tobytes()
+    indices = first + np.arange(-(-len(view) // chunk_bytes), dtype=np.uint64)
+    starts = ((int.from_bytes(sha256[:4], "little") + indices * _STEP) & 0xFFFFFFFF).tolist()
+    crc32 = zlib.crc32
+    checks = [
+        crc32(view[i : i + chunk_bytes], start) for i, start in zip(range(0, len(view), chunk_bytes), starts)
+    ]
+    return np.array(checks, dtype="<u4").tobytes()
 
 
 def values_span(data: bytes) -> tuple[int, int]:
