@@ -2,14 +2,14 @@
 
 Two files. `manifest-shards.arrow`, the shard table, holds one row per shard (path, docs, tokens,
 bytes, sha256, values_offset): the train split's rows as one Arrow record batch, the validation
-split's as a second. A rank maps it and reads its columns as arrays, so a million shards cost a few arrays and
-no parsing, where a JSON list would cost a million Python objects per rank. `manifest.json`, the
-header, is small: format, token dtype, tokenizer, per-split totals and fingerprints, and the
-table's name, size and sha256, which the loader checks. The table is written first and the header
-last, atomically, and prep deletes the header when it starts, so a header's presence means "the
-table it names and every shard listed there are complete". All paths are relative to the data
-directory. Token ids other than `eos_id` may be null for foreign (HF) tokenizers that lack that
-token.
+split's as a second. A rank maps it and reads its columns as arrays, so a million shards cost a
+few arrays and no parsing, where a JSON list would cost a million Python objects per rank.
+`manifest.json`, the header, is small: format, token dtype, chunk size, tokenizer, per-split totals
+and fingerprints, and the table's name, size and sha256, which the loader checks. The table is
+written first and the header last, atomically, and prep deletes the header when it starts, so a
+header's presence means "the table it names and every shard listed there are complete". All paths
+are relative to the data directory. Token ids other than `eos_id` may be null for foreign (HF)
+tokenizers that lack that token.
 
 Shards hold uint16 token ids when the vocabulary has at most 65,536 entries (half the bytes of
 uint32 on disk, in the page cache and on the network), else uint32. `values_offset` (where a
@@ -133,8 +133,9 @@ class ShardTable:
     def to_batch(self) -> pa.RecordBatch:
         """The table as written by this version (with offsets)."""
         assert self.values_offsets is not None, "a table without offsets is only ever read"
-        counts = [pa.array(c, pa.int64()) for c in (self.docs, self.tokens, self.bytes, self.values_offsets)]
-        return pa.record_batch([self.paths, *counts[:3], self.checksums, counts[3]], schema=SHARD_SCHEMA)
+        counts = [pa.array(c, pa.int64()) for c in (self.docs, self.tokens, self.bytes)]
+        offsets = pa.array(self.values_offsets, pa.int64())
+        return pa.record_batch([self.paths, *counts, self.checksums, offsets], schema=SHARD_SCHEMA)
 
 
 @dataclass(frozen=True, eq=False)

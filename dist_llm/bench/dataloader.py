@@ -122,7 +122,7 @@ def _upload(local: str, uri: str, whole_shards: bool) -> None:
 def _local_s3(work_dir: str, dataset: str) -> Iterator[tuple[S3Server, list[tuple[str, str, str]]]]:
     """A SeaweedFS holding both copies of `dataset`, its credentials in this process's environment
     (and so in the training runs'); yields the server and (uri, bucket, reads) per copy."""
-    import s3fs
+    import s3fs  # optional (the s3 extra): only --s3 needs it
 
     server = SeaweedFS(Path(work_dir))
     saved = dict(os.environ)

