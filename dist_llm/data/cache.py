@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
-from dist_llm.uri import filesystem
+from dist_llm.uri import download as stream_to_file
 
 log = get_logger("data")
 
@@ -47,7 +47,6 @@ LOW_WATER = 0.9
 """An eviction pass deletes entries until the cache holds this share of its bound."""
 STALE_TEMP_S = 3600.0
 """A temp file this old was left by a killed process; an eviction pass deletes it."""
-_CHUNK = 8 << 20
 _LABEL = "uri.txt"
 _USAGE = "usage"
 _EVICTING = "evict.lock"
@@ -84,17 +83,10 @@ def verified_copy(uri: str, sha256: str, size: int) -> Download:
     """Download of the whole object `uri`, checked against its size and sha256."""
 
     def download(tmp: str) -> None:
-        fs, path = filesystem(uri)
-        digest = hashlib.sha256()
-        count = 0
-        with fs.open(path, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(_CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-                count += len(chunk)
-        if count != size or digest.hexdigest() != sha256:
+        count, digest = stream_to_file(uri, tmp)
+        if count != size or digest != sha256:
             raise Corrupt(
-                f"received {count} bytes with sha256 {digest.hexdigest()}, the manifest says {size} "
+                f"received {count} bytes with sha256 {digest}, the manifest says {size} "
                 f"bytes with sha256 {sha256}"
             )
 
