@@ -1,16 +1,20 @@
 """Command line for data prep: `dist-llm prep ...` and `python -m data_prep ...`.
 
 Thin on purpose: parse, build a `PrepConfig`, call `prepare` (or `merge` for
-`dist-llm prep merge --out DIR`; a corpus file literally named `merge` is passed as `./merge`).
+`dist-llm prep merge --out DIR`, which takes the work-split arguments too; a corpus file
+literally named `merge` is passed as `./merge`).
 Errors are raised as `DataError` so the one top-level handler prints them as a single line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
+from data_prep.dedup import PIECE_KEYS
 from data_prep.filters import DEDUP_MODES, NORMALIZATIONS, FilterConfig
 from data_prep.merge import merge
+from data_prep.parts import resolve_part
 from data_prep.pipeline import PrepConfig, prepare
 from data_prep.readers import FORMATS, ON_ERROR, TEXT_SPLITS
 from data_prep.tokenizer import MODEL_TYPES
@@ -60,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     work = parser.add_argument_group("work split, resume")
     work.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: CPU count; 1 = no pool)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (merge: threads; default: CPU count; 1 = no pool)",
     )
     work.add_argument(
         "--unit-mb",
@@ -75,6 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="machines sharing this prep (default: SLURM array or torchrun env, else 1)",
     )
     work.add_argument("--part", type=int, default=None, help="which part this machine runs (0-based)")
+    work.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="parts stop after their units, for a merge spread over the machines: then run "
+        "`prep merge --out DIR` on every part at the same time (e.g. one srun step)",
+    )
+    work.add_argument(
+        "--dedup-piece-keys",
+        type=int,
+        default=PIECE_KEYS,
+        help="document hashes one merge process sorts at once; bounds merge memory, not the "
+        "result (default: %(default)s, about 150 MB)",
+    )
     work.add_argument(
         "--force",
         action="store_true",
@@ -164,6 +184,8 @@ def config_from_args(args: argparse.Namespace) -> PrepConfig:
         on_error=args.on_error,
         num_parts=args.num_parts,
         part=args.part,
+        dedup_piece_keys=args.dedup_piece_keys,
+        merge=not args.no_merge,
         force=args.force,
         progress=not args.quiet,
     )
@@ -177,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
                 f"`prep merge` takes no inputs, got {args.inputs[1:]}; it merges the parts "
                 "already written to --out"
             )
-        merge(args.out)
+        num_parts, part = resolve_part(args.num_parts, args.part)
+        workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+        merge(args.out, None, num_parts, part, workers, args.dedup_piece_keys)
         return 0
     prepare(config_from_args(args))
     return 0

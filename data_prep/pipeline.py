@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from data_prep import store
 from data_prep.atomic import TMP_SUFFIX, publish
+from data_prep.dedup import MERGE_DIR, PIECE_KEYS, piece_count
 from data_prep.default_corpus import build_default_corpus
 from data_prep.filters import FilterConfig
 from data_prep.identity import PREP_NAME, TOKENIZER_KEY, check_or_write, check_settings
@@ -45,6 +46,17 @@ HF_TOKENIZER_NAME = "tokenizer"
 DEFAULT_CORPUS_DIR = "default_corpus"
 HF_CACHE_DIR = "hf_cache"
 MIB = 1 << 20
+# PrepConfig fields that shape how a run works, not what it writes.
+_HOW_TO_RUN = (
+    "workers",
+    "num_parts",
+    "part",
+    "force",
+    "progress",
+    "tokenizer_only",
+    "dedup_piece_keys",
+    "merge",
+)
 PROGRESS_LOG_S = 30.0  # how often prep logs its progress when stderr is not a terminal
 
 
@@ -72,6 +84,8 @@ class PrepConfig:
     on_error: str = "raise"  # raise | skip (and count) bad input
     num_parts: int | None = None  # machines sharing this prep; None = from the environment or 1
     part: int | None = None  # which of them this is
+    dedup_piece_keys: int = PIECE_KEYS  # document hashes one merge process sorts at once
+    merge: bool = True  # the last part to finish merges; False leaves it to `dist-llm prep merge`
     force: bool = False  # discard an existing run in `out` whose settings differ
     progress: bool = True  # progress bar on stderr when it is a terminal
 
@@ -188,6 +202,7 @@ def _validate(cfg: PrepConfig) -> int:
         raise DataError(f"--unit-mb {cfg.unit_mb} must be >= 0 (0 = automatic)")
     cfg.filters.validate()
     ErrorPolicy(cfg.on_error)
+    piece_count(0, cfg.dedup_piece_keys)  # refuses a bad value before any work, not at merge
     return workers
 
 
@@ -195,7 +210,7 @@ def _start_over(out: str) -> None:
     """--force: remove what earlier prep runs wrote (and nothing else) from `out`."""
     for name in (MANIFEST_NAME, SHARD_TABLE_NAME, PREP_NAME, SP_TOKENIZER_NAME):
         store.remove(join(out, name))
-    for name in (UNITS_DIR, HF_TOKENIZER_NAME):
+    for name in (UNITS_DIR, MERGE_DIR, HF_TOKENIZER_NAME):
         store.remove_prefix(join(out, name))
 
 
@@ -281,7 +296,7 @@ def prepare(cfg: PrepConfig) -> Manifest | None:
     tokenizer, tokenizer_rel, tokenizer_local = _tokenizer(cfg, units, opts, prep)
     _check_tokenizer(cfg, tokenizer)
     args = dataclasses.asdict(cfg) | {"inputs": inputs}
-    for key in ("workers", "num_parts", "part", "force", "progress", "tokenizer_only"):
+    for key in _HOW_TO_RUN:
         args.pop(key)  # not part of what the data is; the manifest must not depend on them
     identity = check_or_write(
         cfg.out,
@@ -311,6 +326,9 @@ def prepare(cfg: PrepConfig) -> Manifest | None:
     mine = [u for u in units if u.index % cfg.num_parts == cfg.part]
     label = "prep" if cfg.num_parts == 1 else f"prep part {cfg.part}/{cfg.num_parts}"
     _run_units(mine, job, workers, cfg.progress, label)
+    if not cfg.merge:
+        log.info("%s done; merge with `dist-llm prep merge --out %s` once every part is", label, cfg.out)
+        return None
     if cfg.num_parts > 1:
         _, missing = read_records(cfg.out, len(units), identity)
         if missing:  # the last part to finish merges; until then the others just stop
@@ -322,4 +340,4 @@ def prepare(cfg: PrepConfig) -> Manifest | None:
                 cfg.out,
             )
             return None
-    return merge(cfg.out, tokenizer_local)
+    return merge(cfg.out, tokenizer_local, workers=workers, piece_keys=cfg.dedup_piece_keys)

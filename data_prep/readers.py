@@ -250,16 +250,19 @@ def _without_bom(lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, byte
     yield from lines
 
 
-def _next_line_start(stream: _Stream, start: int) -> int | None:
-    """Offset of the first line starting at or after `start` (> 0): just past the first newline
-    at or after `start - 1`, so a line starting exactly at `start` is kept. None: no such line."""
+def _next_line_start(stream: _Stream, start: int, stop: int) -> int | None:
+    """Offset of the first line starting in [start, stop) (start > 0): just past the first newline
+    at or after `start - 1`, so a line starting exactly at `start` is kept. None: no such line.
+    The scan ends at `stop`: inside one huge line every unit would otherwise read to its end."""
     stream.seek(start - 1)
     pos = start - 1
     for block in stream.blocks():
-        cut = block.find(b"\n")
+        cut = block.find(b"\n", 0, stop - 1 - pos)
         if cut >= 0:
             return pos + cut + 1
         pos += len(block)
+        if pos >= stop - 1:
+            return None
     return None
 
 
@@ -337,8 +340,8 @@ def _text_segment(seg: Segment, opts: ReadOptions, policy: ErrorPolicy) -> Itera
             lines = _without_bom(lines) if head.startswith(_UTF8_BOM) else lines
             prev_blank = True
         else:
-            pos = _next_line_start(stream, seg.start)
-            if pos is None or pos >= stop:
+            pos = _next_line_start(stream, seg.start, stop)
+            if pos is None:
                 return
             prev_blank = _prev_line_blank(stream, pos) if paragraphs else True
             stream.seek(pos)

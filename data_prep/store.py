@@ -17,6 +17,7 @@ from data_prep.atomic import atomic_write_bytes
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
 from dist_llm.uri import filesystem, is_local, put_object
+from dist_llm.uri import read_range as _read_range
 
 log = get_logger("data_prep.store")
 ATTEMPTS = 5
@@ -86,6 +87,20 @@ def read_bytes(uri: str) -> bytes | None:
             return fh.read()
     except FileNotFoundError:
         return None
+
+
+def read_range(uri: str, offset: int, length: int) -> bytes:
+    """`length` bytes of the object from `offset` (one ranged GET on object stores)."""
+    try:
+        data = _read_range(uri, offset, length)
+    except FileNotFoundError:
+        data = b""
+    if len(data) != length:
+        raise DataError(
+            f"{uri}: missing or shorter than its record says (bytes {offset}..{offset + length}); "
+            "re-run the prep command (it redoes units whose files fail their checksum), then merge"
+        )
+    return data
 
 
 def read_json(uri: str) -> dict | None:

@@ -3,6 +3,19 @@
 One small `Tokenizer` interface hides the backend so the worker pool, the manifest and later
 `generate` never branch on it. Trained models are lossless (identity normalisation, byte
 fallback, whitespace kept) because the shards must decode back to exactly the input text.
+
+A document longer than `LONG_CHARS` is tokenized in pieces of at most `PIECE_CHARS` characters
+(`encode_long`): a tokenizer needs tens of bytes per character while it encodes, so one 100 MB
+document would otherwise take GBs, and sentencepiece is slower per character the longer its
+input (16 KiB pieces encode about twice as fast as 64 KiB ones, 1 MiB ones slower still). Pieces
+end just before a space that follows a non-space character. Both kinds of tokenizer prep uses
+pre-split text there (sentencepiece before each whitespace mark, GPT-2 style byte-level BPE
+before a space-led word), so no token spans that point and the pieces' ids equal the whole
+document's. Only where the last half of a piece's window has no such space (8 KiB without a
+space, say a run of base64) is the cut made mid-word, and there that word is tokenized as two:
+the ids differ from the whole document's at that point, the text decodes the same. A tokenizer
+that does not split at spaces (it fails a probe sentence encoded in two pieces) refuses
+documents over `LONG_CHARS` instead. Shorter documents are always encoded whole.
 """
 
 from __future__ import annotations
@@ -14,7 +27,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from data_prep.atomic import atomic_write_bytes
 from dist_llm.errors import DataError
@@ -25,6 +40,25 @@ NUM_SENTINELS = 32
 SPECIAL_TOKENS = ("<mask>", "<sep>", "<cls>") + tuple(f"<extra_id_{i}>" for i in range(NUM_SENTINELS))
 MODEL_TYPES = ("bpe", "unigram")
 TOKEN_DTYPE_MAX = 2**32  # shards store uint32 token ids at most
+LONG_CHARS = 1 << 20  # longer documents are tokenized in pieces ...
+PIECE_CHARS = 1 << 14  # ... of at most this many characters
+_PROBE = ("Split text into pieces at spaces", " and check that the ids stay the same.")
+
+
+def piece_bounds(text: str, limit: int = PIECE_CHARS) -> Iterator[tuple[int, int]]:
+    """[start, stop) of consecutive pieces of at most `limit` (>= 2) characters covering `text`,
+    each ending before a space that follows a non-space character in the second half of its
+    window, or at the limit when the window has none."""
+    start = 0
+    while len(text) - start > limit:
+        low = start + limit // 2
+        stop = text.rfind(" ", low, start + limit)
+        while stop >= 0 and text[stop - 1].isspace():
+            stop = text.rfind(" ", low, stop)
+        stop = stop if stop >= 0 else start + limit
+        yield start, stop
+        start = stop
+    yield start, len(text)
 
 
 def file_sha256(path: str) -> str:
@@ -70,6 +104,22 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
 
+    def _encode_rest(self, text: str) -> list[int]:
+        """Ids of `text` as the continuation of a document (no marks for a text's start)."""
+        return self.encode(text)
+
+    def splits_at_spaces(self) -> bool:
+        """Whether encoding in `piece_bounds` pieces gives the whole text's ids (a probe)."""
+        return self.encode("".join(_PROBE)) == self.encode(_PROBE[0]) + self._encode_rest(_PROBE[1])
+
+    def encode_long(self, text: str, dtype: np.dtype) -> np.ndarray:
+        """Ids of a document of any length, in `dtype`, encoded `piece_bounds` piece by piece."""
+        pieces = []
+        for start, stop in piece_bounds(text):
+            encode = self.encode if start == 0 else self._encode_rest
+            pieces.append(np.asarray(encode(text[start:stop]), dtype=dtype))
+        return np.concatenate(pieces)
+
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
@@ -108,6 +158,18 @@ class SentencePieceTokenizer(Tokenizer):
         self.pad_id, self.unk_id = self._optional(self._sp.pad_id()), self._optional(self._sp.unk_id())
         self.mask_id = self.token_to_id("<mask>")
         self.sep_id, self.cls_id = self.token_to_id("<sep>"), self.token_to_id("<cls>")
+        self._sp_rest = self._without_dummy_prefix(path)
+
+    def _without_dummy_prefix(self, path: str) -> spm.SentencePieceProcessor:
+        """The model with `add_dummy_prefix` off: it marks a text's start as if a space preceded
+        it, which a piece in the middle of a document must not get."""
+        model = sentencepiece_model_pb2.ModelProto()
+        with open(path, "rb") as fh:
+            model.ParseFromString(fh.read())
+        if not model.normalizer_spec.add_dummy_prefix:
+            return self._sp
+        model.normalizer_spec.add_dummy_prefix = False
+        return spm.SentencePieceProcessor(model_proto=model.SerializeToString())
 
     @staticmethod
     def _optional(token_id: int) -> int | None:
@@ -120,6 +182,9 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # One thread: parallelism comes from the process pool; threads here would oversubscribe.
         return self._sp.encode(texts, num_threads=1)
+
+    def _encode_rest(self, text: str) -> list[int]:
+        return self._sp_rest.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))

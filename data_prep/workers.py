@@ -9,6 +9,7 @@ storage means the unit is complete; a re-run verifies the listed checksums and r
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import multiprocessing
 from collections.abc import Iterator
@@ -17,17 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep import store
+from data_prep.dedup import keys_file
 from data_prep.filters import DocumentFilter, FilterConfig, validation_mask
 from data_prep.manifest import token_dtype
-from data_prep.readers import ErrorPolicy, read_unit
-from data_prep.tokenizer import Tokenizer, load_tokenizer
+from data_prep.readers import Document, ErrorPolicy, read_unit
+from data_prep.tokenizer import LONG_CHARS, Tokenizer, load_tokenizer
 from data_prep.units import ReadOptions, WorkUnit
 from data_prep.writer import SPLITS, UnitShardWriter, unit_dir
+from dist_llm.errors import DataError
 from dist_llm.uri import join
 
-RECORD_FORMAT = "dist_llm.prep_unit/3"
-"""Changes when shards change form (2: uint16/uint32 ids; 3: checks files for range reads), so an
-earlier run's units are redone, never mixed into a dataset with the new ones."""
+RECORD_FORMAT = "dist_llm.prep_unit/4"
+"""Changes when a unit's files change form (2: uint16/uint32 ids; 3: checks files for range
+reads; 4: one sorted keys file per unit for merge's bucketed dedup instead of a hashes file per
+shard), so an earlier run's units are redone, never mixed into a dataset with the new ones."""
+KEYS_NAME = "dedup.keys"
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 
@@ -56,15 +61,15 @@ def verified_record(job: UnitJob, index: int) -> dict | None:
     record = store.read_json(record_uri(job.out, index))
     if not record or record.get("format") != RECORD_FORMAT or record.get("identity") != job.identity:
         return None
+    files = []
     for block in record["splits"].values():
         for shard in block["shards"]:
-            for path, sha256 in (
-                ("path", "sha256"),
-                ("checks", "checks_sha256"),
-                ("hashes", "hashes_sha256"),
-            ):
-                if store.sha256(join(job.out, shard[path])) != shard[sha256]:
-                    return None
+            files += [(shard["path"], shard["sha256"]), (shard["checks"], shard["checks_sha256"])]
+    if record["keys"]:
+        files.append((record["keys"]["path"], record["keys"]["sha256"]))
+    for path, sha256 in files:
+        if store.sha256(join(job.out, path)) != sha256:
+            return None
     return record
 
 
@@ -75,6 +80,7 @@ class _UnitProcessor:
         self.job = job
         self.tokenizer: Tokenizer = load_tokenizer(job.tokenizer_path)
         self.dtype = token_dtype(self.tokenizer.vocab_size)
+        self.splits_at_spaces = self.tokenizer.splits_at_spaces()
 
     def __call__(self, unit: WorkUnit) -> dict:
         record = verified_record(self.job, unit.index)
@@ -84,6 +90,8 @@ class _UnitProcessor:
         policy = ErrorPolicy(job.on_error)
         doc_filter = DocumentFilter(job.filters)
         writers = {s: UnitShardWriter(job.out, unit.index, s, job.shard_tokens) for s in SPLITS}
+        # The hash of each written document per split, in row order: the unit's dedup keys.
+        digests: dict[str, list[bytes]] = {s: [] for s in SPLITS}
         docs_read = 0
         batch: list[tuple[str, bytes]] = []
         chars = 0
@@ -92,19 +100,26 @@ class _UnitProcessor:
             kept = doc_filter.text(doc.text)
             if kept is None:
                 continue
+            if len(kept[0]) > LONG_CHARS:
+                if batch:  # first, so documents keep their order
+                    self._encode(batch, doc_filter, writers, digests)
+                    batch, chars = [], 0
+                self._encode_long(doc, *kept, doc_filter, writers, digests)
+                continue
             batch.append(kept)
             chars += len(kept[0])
             if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-                self._encode(batch, doc_filter, writers)
+                self._encode(batch, doc_filter, writers, digests)
                 batch, chars = [], 0
         if batch:
-            self._encode(batch, doc_filter, writers)
+            self._encode(batch, doc_filter, writers, digests)
         record = {
             "format": RECORD_FORMAT,
             "identity": job.identity,
             "unit": unit.index,
             "docs_read": docs_read,
             "splits": {split: writer.close() for split, writer in writers.items()},
+            "keys": self._write_keys(unit.index, digests) if job.filters.dedup == "exact" else None,
             "removed": dict(sorted(doc_filter.removed.items())),
             "skipped": dict(sorted(policy.counts.items())),
         }
@@ -112,34 +127,78 @@ class _UnitProcessor:
         store.write_json(record_uri(job.out, unit.index), record, durable=False)
         return record | {"reused": False}
 
+    def _write_keys(self, index: int, digests: dict[str, list[bytes]]) -> dict:
+        data, bits = keys_file(digests["train"] + digests["validation"])
+        rel = f"{unit_dir(index)}/{KEYS_NAME}"
+        store.write_bytes(join(self.job.out, rel), data, durable=False)
+        return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bits": bits}
+
     def _encode(
-        self, batch: list[tuple[str, bytes]], doc_filter: DocumentFilter, writers: dict[str, UnitShardWriter]
+        self,
+        batch: list[tuple[str, bytes]],
+        doc_filter: DocumentFilter,
+        writers: dict[str, UnitShardWriter],
+        digests: dict[str, list[bytes]],
     ) -> None:
         encoded = self.tokenizer.encode_batch([text for text, _ in batch])
         kept = [i for i, ids in enumerate(encoded) if doc_filter.tokens(len(ids))]
         if not kept:
             return
-        # One flat array per batch, EOS (and BOS) put in with numpy inserts.
+        # One flat array per batch: per-document arrays would cost a visible share of the time.
         sizes = np.fromiter((len(encoded[i]) for i in kept), dtype=np.int64, count=len(kept))
         flat = np.fromiter(
             itertools.chain.from_iterable(encoded[i] for i in kept), dtype=self.dtype, count=int(sizes.sum())
         )
+        self._write(flat, sizes, [batch[i][1] for i in kept], writers, digests)
+
+    def _encode_long(
+        self,
+        doc: Document,
+        text: str,
+        digest: bytes,
+        doc_filter: DocumentFilter,
+        writers: dict[str, UnitShardWriter],
+        digests: dict[str, list[bytes]],
+    ) -> None:
+        """A document over LONG_CHARS, tokenized in pieces: the tokenizer's working memory stays that
+        of one piece (the text and its ids still cost a few bytes per character)."""
+        if not self.splits_at_spaces:
+            raise DataError(
+                f"{doc.source} (document at {doc.offset}): {len(text):,} characters, more than the "
+                f"{LONG_CHARS:,} prep tokenizes at once, and the tokenizer {self.job.tokenizer_path} "
+                "does not split text at spaces, so pieces could change its ids; drop such "
+                f"documents with --max-chars {LONG_CHARS}"
+            )
+        ids = self.tokenizer.encode_long(text, self.dtype)
+        if doc_filter.tokens(len(ids)):
+            self._write(ids, np.array([len(ids)]), [digest], writers, digests)
+
+    def _write(
+        self,
+        flat: np.ndarray,
+        sizes: np.ndarray,
+        kept_digests: list[bytes],
+        writers: dict[str, UnitShardWriter],
+        digests: dict[str, list[bytes]],
+    ) -> None:
+        """Documents `flat` cut into `sizes` go to their split with EOS (and BOS) put in."""
         ends = np.cumsum(sizes)
         flat = np.insert(flat, ends, self.tokenizer.eos_id)
         if self.job.add_bos:
-            flat = np.insert(flat, ends - sizes + np.arange(len(kept)), self.tokenizer.bos_id)
+            flat = np.insert(flat, ends - sizes + np.arange(len(sizes)), self.tokenizer.bos_id)
         lengths = sizes + 1 + self.job.add_bos
-        digests = [batch[i][1] for i in kept]
-        validation = validation_mask(digests, self.job.val_fraction)
+        validation = validation_mask(kept_digests, self.job.val_fraction)
         if not validation.any():
-            writers["train"].add(flat, lengths, digests)
+            writers["train"].add(flat, lengths)
+            digests["train"].extend(kept_digests)
             return
         per_token = np.repeat(validation, lengths)
         for split, docs, tokens in (
             ("train", ~validation, ~per_token),
             ("validation", validation, per_token),
         ):
-            writers[split].add(flat[tokens], lengths[docs], [d for d, keep in zip(digests, docs) if keep])
+            writers[split].add(flat[tokens], lengths[docs])
+            digests[split].extend(d for d, keep in zip(kept_digests, docs) if keep)
 
 
 _processor: _UnitProcessor | None = None

@@ -1,12 +1,11 @@
-"""Arrow IPC shards of one work unit, plus the document hashes merge needs for corpus-wide dedup.
+"""Arrow IPC shards of one work unit.
 
 Shard layout: `<out>/units/u-NNNNNN/<split>-KKK.arrow`, an Arrow IPC *file* (random access, can
 be memory-mapped by the loader) with exactly one column `tokens: list<uint16>` (`list<uint32>`
 for a vocabulary over 65,536 entries, see `manifest.token_dtype`), one row per document. A shard
 closes once it holds >= `shard_tokens` tokens; documents are never split, so a shard may exceed
 the target by one document. Next to each shard, `<split>-KKK.checks` holds the checks that let a
-reader verify byte ranges of its token ids (see `checks`), and `<split>-KKK.hashes` the 16-byte
-hash of each row's document, in row order.
+reader verify byte ranges of its token ids (see `checks`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import pyarrow as pa
 
 from data_prep import store
 from data_prep.checks import CHUNK_BYTES, checks_path, chunk_checks, values_span
-from data_prep.filters import HASH_BYTES
 from data_prep.manifest import shard_schema
 from dist_llm.errors import DataError
 from dist_llm.uri import join
@@ -70,20 +68,14 @@ def write_shard(out: str, rel_path: str, data: bytes) -> dict:
     }
 
 
-def publish_shard(out: str, rel_path: str, values: np.ndarray, lengths: np.ndarray, hashes: bytes) -> dict:
-    """Write one shard, its checks and its hashes file; returns the shard's record (paths relative
-    to `out`)."""
-    hashes_rel = rel_path.removesuffix(".arrow") + ".hashes"
-    # Hashes and checks first: a shard under its final name always has both next to it. No fsync
-    # per file: the unit record holds every checksum and a resume verifies them (see store).
-    store.write_bytes(join(out, hashes_rel), hashes, durable=False)
+def publish_shard(out: str, rel_path: str, values: np.ndarray, lengths: np.ndarray) -> dict:
+    """Write one shard and its checks; returns the shard's record (paths relative to `out`). No
+    fsync per file: the unit record holds every checksum and a resume verifies them (see store)."""
     return {
         "path": rel_path,
         "docs": len(lengths),
         "tokens": len(values),
         **write_shard(out, rel_path, shard_bytes(values, lengths)),
-        "hashes": hashes_rel,
-        "hashes_sha256": hashlib.sha256(hashes).hexdigest(),
     }
 
 
@@ -102,12 +94,10 @@ class UnitShardWriter:
         self.shards: list[dict] = []
         self._values: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
-        self._hashes: list[bytes] = []
         self._tokens = 0
 
-    def add(self, values: np.ndarray, lengths: np.ndarray, digests: list[bytes]) -> None:
-        """Append documents (`values` cut into `lengths`, one digest each), in order."""
-        assert len(lengths) == len(digests) and all(len(d) == HASH_BYTES for d in digests)
+    def add(self, values: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents (`values` cut into `lengths`), in order."""
         while len(lengths):
             ends = np.cumsum(lengths)
             # The shard closes with the document that reaches the target.
@@ -116,15 +106,14 @@ class UnitShardWriter:
             used = int(ends[take - 1])
             self._values.append(values[:used])
             self._lengths.append(lengths[:take])
-            self._hashes.extend(digests[:take])
             self._tokens += used
-            values, lengths, digests = values[used:], lengths[take:], digests[take:]
+            values, lengths = values[used:], lengths[take:]
             if self._tokens >= self.shard_tokens:
                 self._flush()
 
     def close(self) -> dict:
         """Write the last partial shard; returns this split's block of the unit record."""
-        if self._hashes:
+        if self._lengths:
             self._flush()
         return {
             "docs": sum(s["docs"] for s in self.shards),
@@ -140,7 +129,6 @@ class UnitShardWriter:
                 rel,
                 np.concatenate(self._values),
                 np.concatenate(self._lengths),
-                b"".join(self._hashes),
             )
         )
-        self._values, self._lengths, self._hashes, self._tokens = [], [], [], 0
+        self._values, self._lengths, self._tokens = [], [], 0

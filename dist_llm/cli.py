@@ -93,6 +93,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     pr.add_argument("--work-dir", help="keep the corpus and outputs here (default: a temp dir, removed)")
     pr.add_argument("--json", help="also write the results to this JSON file")
+    dd = kinds.add_parser(
+        "dedup", help="peak memory of prep's merge (exact dedup) as the document count grows"
+    )
+    dd.add_argument("--docs", default="100000,1000000", help="comma-separated document counts")
+    dd.add_argument(
+        "--piece-keys", default="65536,2097152", help="comma-separated --dedup-piece-keys to merge with"
+    )
+    dd.add_argument("--workers", type=int, default=2, help="prep workers (the merge measured runs one)")
+    dd.add_argument("--unit-mb", type=float, default=1.0, help="prep --unit-mb, the same for every corpus")
+    ld = kinds.add_parser("long-doc", help="peak memory of prep on one single-line document")
+    ld.add_argument("--mb", type=float, default=100.0, help="size of the document")
+    for k in (dd, ld):
+        k.add_argument("--tokenizer", help="tokenizer to use (default: train one on the default corpus)")
+        k.add_argument("--work-dir", help="keep the corpora and outputs here (default: a temp dir, removed)")
+        k.add_argument("--json", help="also write the results to this JSON file")
     c = kinds.add_parser(
         "checkpoint",
         help="training time blocked per checkpoint (async vs synchronous "
@@ -215,6 +230,21 @@ def _run_bench(args: argparse.Namespace):
             args.unit_mb,
             baseline=not args.no_baseline,
         )
+    if args.kind == "dedup":
+        from dist_llm.bench import prep_scale
+
+        return prep_scale, prep_scale.bench_dedup(
+            [int(d) for d in args.docs.split(",")],
+            [int(k) for k in args.piece_keys.split(",")],
+            args.workers,
+            args.tokenizer,
+            args.work_dir,
+            args.unit_mb,
+        )
+    if args.kind == "long-doc":
+        from dist_llm.bench import prep_scale
+
+        return prep_scale, prep_scale.bench_long_doc(args.mb, args.tokenizer, args.work_dir)
     if args.kind == "checkpoint":
         from dist_llm.bench import checkpoint
 

@@ -1,11 +1,10 @@
-"""Filters, corpus-wide dedup masks and part selection: small pure functions, tested directly."""
+"""Filters and part selection: small pure functions, tested directly."""
 
 from __future__ import annotations
 
 import pytest
 
 from data_prep.filters import DocumentFilter, FilterConfig, doc_hash, is_validation
-from data_prep.merge import first_occurrences
 from data_prep.parts import resolve_part
 from dist_llm.errors import DataError
 
@@ -41,13 +40,6 @@ def test_split_decision_is_stable_and_proportional():
     assert 0.09 < share < 0.11
     assert not any(is_validation(d, 0.0) for d in digests)
     assert doc_hash("é") == doc_hash("é") != doc_hash("e")
-
-
-def test_first_occurrences_across_shards_keeps_the_first_copy_in_corpus_order():
-    a, b, c = doc_hash("a"), doc_hash("b"), doc_hash("c")
-    masks = first_occurrences([a + b, b"", c + a, b + c + doc_hash("d")])
-    assert [m.tolist() for m in masks] == [[True, True], [], [True, False], [False, False, True]]
-    assert first_occurrences([]) == []
 
 
 def test_part_comes_from_flags_then_slurm_array_then_torchrun():

@@ -17,7 +17,7 @@ from data_prep.checks import CHUNK_BYTES, checks_path, chunk_checks
 from data_prep.cli import add_arguments, run
 from data_prep.filters import doc_hash, is_validation
 from data_prep.manifest import SHARD_TABLE_NAME, Manifest, ShardTable, read_manifest, shard_schema
-from data_prep.tokenizer import file_sha256, load_tokenizer
+from data_prep.tokenizer import LONG_CHARS, PIECE_CHARS, SentencePieceTokenizer, file_sha256, load_tokenizer
 from dist_llm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +168,38 @@ def make_bad_inputs(root: Path, good_docs: list[str]) -> list[Path]:
     (root / "empty.txt").write_bytes(b"")
     (root / "broken.jsonl").write_text('{"text": "ok doc"}\n{not json}\n{"body": "x"}\n', encoding="utf-8")
     return [root, root / "missing.jsonl"]
+
+
+def test_a_multi_mb_single_line_document_is_tokenized_in_bounded_pieces(
+    tmp_path, sp_model, corpus_docs, jsonl_file, monkeypatch
+):
+    long_doc = " ".join(corpus_docs) * 60  # 2.9 MB on one JSONL line
+    docs = corpus_docs[:20] + [long_doc] + corpus_docs[20:40]
+    path = jsonl_file("long.jsonl", docs)
+    longest = []  # the longest text each tokenizer call got
+    encode_batch, encode_rest = SentencePieceTokenizer.encode_batch, SentencePieceTokenizer._encode_rest
+    monkeypatch.setattr(
+        SentencePieceTokenizer,
+        "encode_batch",
+        lambda s, t: longest.append(max(map(len, t))) or encode_batch(s, t),
+    )
+    monkeypatch.setattr(
+        SentencePieceTokenizer, "_encode_rest", lambda s, t: longest.append(len(t)) or encode_rest(s, t)
+    )
+    args = (path, "--tokenizer", sp_model, "--workers", 1, "--val-fraction", 0)
+    manifest = prep(tmp_path / "out", *args)
+    assert len(long_doc) > 2 * LONG_CHARS and max(longest) <= PIECE_CHARS
+    tok = load_tokenizer(sp_model)
+    assert [tok.decode(row[:-1]) for row in shard_rows(tmp_path / "out", manifest.shards["train"])] == docs
+
+    # A tokenizer whose pieces would not give the whole document's ids refuses it, naming the fix.
+    monkeypatch.setattr(SentencePieceTokenizer, "_encode_rest", SentencePieceTokenizer.encode)
+    with pytest.raises(
+        DataError, match=rf"long.jsonl .*does not split text at spaces.*--max-chars {LONG_CHARS}"
+    ):
+        prep(tmp_path / "refused", *args)
+    dropped = prep(tmp_path / "dropped", *args, "--max-chars", LONG_CHARS)
+    assert dropped.header["filters"]["removed"]["max_chars"] == 1
 
 
 def test_skip_counts_bad_input_in_manifest(tmp_path, corpus_docs, sp_model):

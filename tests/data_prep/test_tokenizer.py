@@ -1,6 +1,13 @@
+import numpy as np
 import pytest
 
-from data_prep.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_sentencepiece
+from data_prep.tokenizer import (
+    PIECE_CHARS,
+    SPECIAL_TOKENS,
+    load_tokenizer,
+    piece_bounds,
+    train_sentencepiece,
+)
 from dist_llm.errors import DataError
 
 
@@ -59,3 +66,42 @@ def test_hf_tokenizer_directory(hf_tokenizer_dir, corpus_docs):
     assert tok.vocab_size >= 300
     assert tok.decode(tok.encode(corpus_docs[0])) == corpus_docs[0]
     assert len(tok.sha256) == 64
+
+
+def test_piece_bounds_end_before_a_space_after_a_word_and_respect_the_limit():
+    text = "ab  cd efg\nh " * 40 + "x" * 50 + " tail"
+    bounds = list(piece_bounds(text, 16))
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(0 < stop - start <= 16 for start, stop in bounds)
+
+    def after_word(i: int) -> bool:
+        return text[i] == " " and not text[i - 1].isspace()
+
+    for start, stop in bounds[:-1]:
+        # The last such space in the window's second half, else (in the run of x) the limit.
+        spaces = [i for i in range(start + 8, start + 16) if after_word(i)]
+        assert stop == (spaces[-1] if spaces else start + 16)
+    assert any(stop - start == 16 for start, stop in bounds)
+    assert list(piece_bounds("short", 16)) == [(0, 5)]
+
+
+def test_a_long_document_in_pieces_gets_the_ids_of_the_whole(sp_model, hf_tokenizer_dir, corpus_docs):
+    # Newlines, double spaces and non-ASCII included; several pieces.
+    text = " ".join(corpus_docs) * 6
+    assert len(list(piece_bounds(text))) >= 4
+    for tok in (load_tokenizer(sp_model), load_tokenizer(str(hf_tokenizer_dir))):
+        assert tok.splits_at_spaces()
+        ids = tok.encode_long(text, np.dtype(np.uint16))
+        assert ids.dtype == np.uint16 and ids.tolist() == tok.encode(text)
+
+
+def test_a_piece_cut_inside_a_word_changes_ids_only_there_and_still_decodes(sp_model):
+    # No space in the first window: the cut falls at PIECE_CHARS, inside the run of letters.
+    tok = load_tokenizer(sp_model)
+    text = "ab" * (PIECE_CHARS // 2 + 10) + " and then words."
+    ids = tok.encode_long(text, np.dtype(np.uint16)).tolist()
+    assert tok.decode(ids) == text
+    whole = tok.encode(text)
+    head = tok.encode(text[:PIECE_CHARS])
+    assert ids[: len(head)] == head and ids[-5:] == whole[-5:]
