@@ -152,7 +152,7 @@ def _written(record: dict) -> list[tuple[str, str]]:
 
 
 def _rewrite(plan: _Plan, unit: int) -> dict:
-    """Step 2 for one unit: its final shard entries, reused while the files written still match."""
+    """Step 2 for one unit: its final shard records, reused while the files written still match."""
     uri = _unit_record_uri(plan.out, unit)
     record = store.read_json(uri)
     if _current(record, plan) and all(
@@ -179,7 +179,7 @@ def _rewrite(plan: _Plan, unit: int) -> dict:
 
 
 def _move(out: str, train_shards: list[dict], row: int) -> dict:
-    """Write train row `row` of a unit as the validation split's extra shard; its entry."""
+    """Write train row `row` of a unit as the validation split's extra shard; its record."""
     for shard in train_shards:
         if row < shard["docs"]:
             return _write_table(out, MOVED_VALIDATION, _read_table(out, shard["path"]).slice(row, 1))
