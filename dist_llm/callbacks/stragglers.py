@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,12 +39,15 @@ class StragglerCallback(Callback):
         self.profiler: LightProfiler | None = None
         self.bench_window: tuple[int, int] | None = None
         self.hosts: list[str] | None = None
+        self.cost_s = 0.0
+        """Time spent starting the profiler for the check in progress."""
 
     def on_train_start(self, trainer: "Trainer") -> None:
         self.interval = trainer.cfg.train.straggler_interval
         if not self.interval:
             return
-        # Kineto prints two lines per start and stop on every rank; it reads this on first use.
+        # Kineto prints two lines per start and stop on every rank (level 6 silences it, its errors
+        # too: set KINETO_LOG_LEVEL to see them); it reads this on first use.
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         self.profiler = LightProfiler(trainer.world.device)
         if trainer.cfg.logging.profile_steps:
@@ -75,26 +79,33 @@ class StragglerCallback(Callback):
             or torch.autograd._profiler_enabled()  # someone else's profiler: this rank sends no row
         ):
             return
+        start = time.perf_counter()
         self.profiler.start()
+        self.cost_s += time.perf_counter() - start
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         if not self.interval:
             return
         assert self.profiler is not None
         if trainer.step % self.interval == 0 and self._sampled(trainer.step):
+            start = time.perf_counter()
             steps = self.profiler.stop() if self.profiler.running else []
-            self._gather(trainer, steps)
+            self._gather(trainer, steps, start)
         self._maybe_start(trainer.step, trainer.stop_step)
 
-    def _gather(self, trainer: "Trainer", steps: list[dict[str, float]]) -> None:
+    def _gather(self, trainer: "Trainer", steps: list[dict[str, float]], start: float) -> None:
         row = torch.tensor(rank_row(steps), dtype=torch.float64, device=trainer.world.device)
         table = all_gather_rows(row).tolist()
         if self.hosts is None:  # once: a rank's host does not change within a run
             self.hosts = [str(h) for h in all_gather_object(socket.gethostname())]
+        # What this check cost outside the recorded steps (profiler start and stop, the gather); the
+        # recorded steps' own extra time shows in their step_time_s.
+        cost_ms, self.cost_s = 1000 * (self.cost_s + time.perf_counter() - start), 0.0
         if not trainer.world.is_main:
             return
         times = RankTimes(table, self.hosts, trainer.cfg.train.straggler_threshold)
         record = times.record(trainer.step, len(steps))
+        record["ranks_check_ms"] = cost_ms
         window = self._window(trainer.step)
         stragglers = times.stragglers()
         if stragglers:

@@ -43,9 +43,9 @@ STEP_FACTOR = 10.0
 RECENT_STEPS = 100
 STARTUP_S = 1800.0
 STORE_TIMEOUT_S = 10.0
+"""How long one store call may block (a store in a frozen rank 0 answers nothing)."""
 EXITS = {"failed": "training raised an error", "hung": "it timed out as hung"}
 """How a rank that published its exit left, for peers that see its process gone."""
-"""How long one store call may block (a store in a frozen rank 0 answers nothing)."""
 
 
 def beat_period(timeout_s: float) -> float:
@@ -143,7 +143,8 @@ class HangWatchdog(Callback):
         self._stop("finished")
 
     def close(self, trainer: "Trainer") -> None:
-        # Training raised. If a peer on this host died, that is most likely why: say so.
+        # Still running here means training raised; a peer on this host that died is the likely
+        # cause, so `_stop` looks for one before saying this rank failed.
         self._stop("failed")
 
     def _stop(self, state: str) -> None:
@@ -269,6 +270,8 @@ class HangWatchdog(Callback):
                 lines = hang_report(self.world_size, before, after, states)
             else:
                 lines = [f"the heartbeat store at {self.store.where} does not answer"]
+                if self.store.where.endswith("in rank 0"):
+                    lines.append("it runs in rank 0's process: rank 0 is likely the rank that stopped")
             log.error(
                 "hang: %s. Exiting with %d so that torchrun --max-restarts or the scheduler restarts "
                 "the job from its last committed checkpoint",

@@ -3,10 +3,10 @@ records only what a breakdown needs.
 
 `dist-llm bench` profiles everything (`torch.profiler.profile`, every operator). The straggler check
 profiles a few steps every `train.straggler_interval` while training goes on, so it records only
-the user-scope events: our phase markers and the collectives (gloo names each one from enqueue to
-completion, as a user-scope event), plus, on CUDA, the device kernels (NCCL's among them). Measured
-on the tiny test model (CPU): starting and stopping it costs about 1 ms, and a step recorded this
-way takes no measurable extra time, where the full profiler adds ~35 ms to a 38 ms step.
+the user-scope events: phase markers (ours and FSDP's) and the collectives (gloo records each one
+as a user-scope event), plus, on CUDA, the device kernels (NCCL's among them). Measured on the test
+model (CPU, one rank): the full profiler adds ~35 ms to a 38 ms step, this one ~2 ms to a 110 ms
+step, and starting plus stopping it ~1 ms (BENCHMARKS.md has the 2-rank figures).
 """
 
 from __future__ import annotations
