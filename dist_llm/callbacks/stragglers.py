@@ -94,7 +94,9 @@ class StragglerCallback(Callback):
         self._maybe_start(trainer.step, trainer.stop_step)
 
     def _gather(self, trainer: "Trainer", steps: list[dict[str, float]], start: float) -> None:
-        row = torch.tensor(rank_row(steps), dtype=torch.float64, device=trainer.world.device)
+        row = torch.tensor(
+            rank_row(steps, trainer.dims.pp_rank), dtype=torch.float64, device=trainer.world.device
+        )
         table = all_gather_rows(row).tolist()
         if self.hosts is None:  # once: a rank's host does not change within a run
             self.hosts = [str(h) for h in all_gather_object(socket.gethostname())]
@@ -110,18 +112,17 @@ class StragglerCallback(Callback):
         stragglers = times.stragglers()
         if stragglers:
             log.warning(
-                "straggler(s) over steps %d-%d (time per step outside communication, more than "
-                "%.0f%% over the median %.1f ms): %s",
+                "straggler(s) over steps %d-%d (own work per step, step less waiting for others, "
+                "more than %.0f%% above the median rank): %s",
                 window.start,
                 window.stop - 1,
                 100 * times.threshold,
-                times.median_busy,
                 "; ".join(times.describe(s) for s in stragglers),
             )
         elif "ranks_slowest" in record:
             log.info(
-                "rank timings over steps %d-%d: median %.1f ms per step outside communication, "
-                "slowest rank %d (+%.0f%%); no straggler",
+                "rank timings over steps %d-%d: median own work %.1f ms per step, slowest rank %d "
+                "(+%.0f%%); no straggler",
                 window.start,
                 window.stop - 1,
                 times.median_busy,

@@ -204,8 +204,8 @@ def plot_ranks(h: RunHistory, path: str) -> str:
         top, f"Time per step by rank (mean of {len(h.ranks)} checks; red: named a straggler)", "rank", "ms"
     )
     for r in ranks:
-        xs = [rec["step"] for rec, b in zip(h.ranks, busy) if r in b]
-        ys = [100 * (b[r] / rec["ranks_busy_ms"] - 1) for rec, b in zip(h.ranks, busy) if r in b]
+        xs = [rec["step"] for rec in h.ranks if f"rank{r}_excess" in rec]
+        ys = [100 * rec[f"rank{r}_excess"] for rec in h.ranks if f"rank{r}_excess" in rec]
         if named[r]:
             bottom.plot(xs, ys, marker="o", lw=1.4, label=f"rank {r}")
         else:
@@ -214,7 +214,9 @@ def plot_ranks(h: RunHistory, path: str) -> str:
     for t in thresholds:
         bottom.axhline(100 * t, color="tab:red", ls="--", lw=1.0, label=f"threshold +{100 * t:.0f}%")
     _mark_resumes(bottom, h.resumed_at)
-    _finish(bottom, "Own work vs the median rank (grey: never a straggler)", "step", "excess over median (%)")
+    _finish(
+        bottom, "Own work vs the median rank of its stage (grey: never a straggler)", "step", "excess (%)"
+    )
     return _save(fig, path)
 
 

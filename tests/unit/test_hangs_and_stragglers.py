@@ -93,15 +93,15 @@ def test_timeout_is_sized_from_the_slowest_recent_step(monkeypatch):
     assert wd.step == 4
 
 
-def row(step: float, comm: float, forward: float = 10.0) -> list[float]:
+def row(step: float, comm: float, forward: float = 10.0, stage: int = 0) -> list[float]:
     values = {"step": step, "data": 1, "forward": forward, "backward": 20, "optimizer": 2, "comm_ops": comm}
-    return [values.get(f, math.nan) for f in FIELDS]
+    return [*(values.get(f, math.nan) for f in FIELDS), stage]
 
 
 def test_the_rank_the_others_wait_for_is_the_straggler():
     # Every step takes 100 ms on every rank; rank 2 spends 10 ms in collectives, the others 50-52:
     # they waited ~40 ms a step for it. Rank 4's own profiler was busy: it sent no row.
-    table = [row(100, 50), row(100, 52), row(100, 10, forward=60), row(100, 51), [math.nan] * len(FIELDS)]
+    table = [row(100, 50), row(100, 52), row(100, 10, forward=60), row(100, 51), row(math.nan, math.nan)]
     times = RankTimes(table, ["a", "a", "b", "b", "c"], threshold=0.2)
     assert times.ranks == [0, 1, 2, 3]
     assert times.wait == {0: 40, 1: 42, 2: 0, 3: 41}
@@ -116,5 +116,9 @@ def test_the_rank_the_others_wait_for_is_the_straggler():
     # Flat keys, numbers only (but the stragglers' names), so every sink takes the record as it is.
     assert all(isinstance(v, (int, float)) for k, v in record.items() if k != "stragglers")
     assert "rank 2 on b: +68% (busy 100.0/59.5" in times.describe(straggler)
-    even = RankTimes([row(100, 50), row(100, 45)], ["a", "a"], threshold=0.2)
-    assert even.stragglers() == [] and even.record(5, 5)["stragglers"] == ""
+    # Pipeline stages do different work: each rank is compared within its own stage only.
+    stages = [row(100, 50, stage=0), row(100, 48, stage=0), row(100, 10, stage=1), row(100, 12, stage=1)]
+    even = RankTimes(stages, ["a"] * 4, threshold=0.2)
+    assert even.wait == {0: 2, 1: 0, 2: 0, 3: 2} and even.stragglers() == []
+    record = even.record(5, 5)
+    assert record["stragglers"] == "" and math.isclose(record["rank2_excess"], 100 / 99 - 1)
