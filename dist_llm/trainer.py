@@ -16,6 +16,8 @@ from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, Metri
 from dist_llm.callbacks.nonfinite import NonFiniteCallback
 from dist_llm.callbacks.profiling import ProfilingCallback
 from dist_llm.callbacks.signals import PreemptionCallback
+from dist_llm.callbacks.stragglers import StragglerCallback
+from dist_llm.callbacks.watchdog import HangWatchdog
 from dist_llm.checkpoint.restore import restore_newest
 from dist_llm.config import Config
 from dist_llm.data.sources import open_training_data, train_batches
@@ -70,14 +72,18 @@ class Trainer:
         # Ranks of one tensor/pipeline-parallel group read the same data: slice by data-parallel rank.
         self.dims = self.engine.dims
         self.batches = train_batches(cfg, self.data, self.dims.dp_rank, self.dims.dp)
-        # Preemption first: its handlers are restored last, after the final checkpoint is written.
+        # The watchdog first: it watches from the evaluation at step 0 to the final checkpoint
+        # (teardown runs in reverse) and is closed first. Then preemption: its handlers are
+        # restored after the final checkpoint is written.
         self.callbacks = [
+            HangWatchdog(),
             PreemptionCallback(),
             NonFiniteCallback(),
             MetricsCallback(),
             EvalCallback(self.data.validation, self.data.collator),
             CheckpointCallback(),
             ProfilingCallback(),
+            StragglerCallback(),
             *(callbacks or []),
         ]
         self.stop_requested = False

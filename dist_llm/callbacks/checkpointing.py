@@ -14,6 +14,7 @@ from dist_llm.callbacks.base import Callback
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.writer import CheckpointWriter
 from dist_llm.errors import CheckpointError
+from dist_llm.metrics.phases import CHECKPOINT, phase
 
 if TYPE_CHECKING:
     from dist_llm.trainer import Trainer
@@ -29,7 +30,8 @@ class CheckpointCallback(Callback):
     def _save(self, trainer: "Trainer") -> None:
         assert self.writer is not None
         start = time.perf_counter()
-        blocked = self.writer.save(trainer.step, trainer.engine, trainer.state())
+        with phase(CHECKPOINT, trainer.world.device):
+            blocked = self.writer.save(trainer.step, trainer.engine, trainer.state())
         self.last_saved = trainer.step
         if trainer.world.is_main and (blocked is not None or trainer.step in self.writer.failed_steps):
             self.started[trainer.step] = start  # not for a skipped save: it has no outcome
@@ -68,7 +70,8 @@ class CheckpointCallback(Callback):
         if self.last_saved != trainer.step:
             self._save(trainer)
         assert self.writer is not None
-        self.writer.wait()
+        with phase(CHECKPOINT, trainer.world.device):
+            self.writer.wait()
         self._report_outcomes(trainer)
         if self.last_saved in self.writer.failed_steps:
             raise CheckpointError(

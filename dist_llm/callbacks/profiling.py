@@ -14,16 +14,15 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dist_llm.callbacks.base import Callback
 from dist_llm.callbacks.metrics import memory_now
 from dist_llm.errors import ConfigError
 from dist_llm.log import get_logger
-from dist_llm.metrics.breakdown import Span, is_communication, mean_breakdown, step_breakdowns
+from dist_llm.metrics.breakdown import mean_breakdown
 from dist_llm.metrics.peak import measured_peaks
-from dist_llm.metrics.phases import PHASES, STEP
+from dist_llm.metrics.step_profiler import steps_from_events
 
 if TYPE_CHECKING:
     from dist_llm.trainer import Trainer
@@ -98,19 +97,9 @@ class ProfilingCallback(Callback):
     def _finish(self, trainer: "Trainer") -> None:
         assert self.profiler is not None
         self.profiler.stop()
-        markers, comm = [], []
-        # The raw Kineto events: profile.events() builds a tree of Python objects (~60 us an event,
-        # seconds for a few steps of a small model) that the breakdown does not need.
-        # On CUDA a marker also appears as a device-side annotation: the host one is the phase.
-        for e in self.profiler.profiler.kineto_results.events():
-            name, on_device = e.name(), e.device_type() != DeviceType.CPU
-            if (name == STEP or name in PHASES) and not on_device:
-                markers.append(Span(name, e.start_ns(), e.end_ns()))
-            elif is_communication(name, on_device):
-                comm.append(Span(name, e.start_ns(), e.end_ns()))
+        steps = steps_from_events(self.profiler.profiler.kineto_results.events())
         self.profiler = None
         self.window = None  # one window per run
-        steps = step_breakdowns(markers, comm)
         if not steps:
             log.warning("logging.profile_steps=%s: no step was profiled", trainer.cfg.logging.profile_steps)
             return

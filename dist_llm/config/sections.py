@@ -188,6 +188,16 @@ class TrainConfig:
     on_bad_steps: Literal["stop", "rollback"] = "stop"
     """stop: exit with an error; rollback: reload weights/optimizer from the last committed
     checkpoint and go on with the data after the bad batches."""
+    hang_timeout_s: Optional[float] = None
+    """A rank that leaves no phase (data, forward, backward, optimizer, eval batch, checkpoint) for
+    this long is hung: stacks dumped, stalled ranks named, exit 124. null = max(300, 10 x the
+    slowest of the last 100 steps), 1800 before the first step; 0 = off (e.g. under a debugger)."""
+    straggler_interval: int = 100
+    """Every N steps, gather each rank's step and phase times over the last few steps and name
+    ranks slower than the median (`straggler_threshold`); 0 = off."""
+    straggler_threshold: float = 0.2
+    """A rank whose time outside communication exceeds the median over ranks by more than this
+    fraction is reported as a straggler."""
 
     def validate(self, fail: Fail) -> None:
         positive = (
@@ -201,9 +211,22 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 fail(f"train.{key}", f"train.{key}={getattr(self, key)} must be > 0")
-        for key in ("eval_interval", "exit_at_step"):
+        for key in ("eval_interval", "exit_at_step", "straggler_interval"):
             if getattr(self, key) < 0:
                 fail(f"train.{key}", f"train.{key}={getattr(self, key)} must be >= 0")
+        hang = self.hang_timeout_s
+        if hang is not None and not (hang == 0 or 1 <= hang < math.inf):
+            fail(
+                "train.hang_timeout_s",
+                f"train.hang_timeout_s={hang}: give seconds >= 1, 0 to turn the watchdog off, "
+                "or null to size it from the measured step times",
+            )
+        if not 0 < self.straggler_threshold < math.inf:
+            fail(
+                "train.straggler_threshold",
+                f"train.straggler_threshold={self.straggler_threshold} must be > 0 (a fraction "
+                "of the median: 0.2 = 20% slower)",
+            )
         if self.precision == "fp16" and not _cuda_available():
             fail("train.precision", "train.precision=fp16 needs CUDA (fp16 loss scaling); use bf16 on CPU")
 

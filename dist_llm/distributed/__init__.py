@@ -13,6 +13,8 @@ This module exports the world (imported everywhere); the parallelisms live in th
 
 from dist_llm.distributed.world import (
     World,
+    all_gather_object,
+    all_gather_rows,
     all_reduce_sum,
     all_reduce_sum_async,
     barrier,
@@ -24,6 +26,8 @@ from dist_llm.distributed.world import (
 
 __all__ = [
     "World",
+    "all_gather_object",
+    "all_gather_rows",
     "all_reduce_sum",
     "all_reduce_sum_async",
     "barrier",

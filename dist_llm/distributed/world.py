@@ -83,3 +83,21 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
+    """Every rank's copy of a small 1-D tensor, stacked by rank, on the host."""
+    if not dist.is_initialized():
+        return row.cpu().unsqueeze(0)
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return torch.stack(rows).cpu()
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's value of a picklable object, by rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

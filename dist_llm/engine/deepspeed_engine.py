@@ -26,7 +26,7 @@ from dist_llm.engine.deepspeed_memory import zero_memory_report
 from dist_llm.engine.device import to_device
 from dist_llm.engine.optim import build_adamw, param_groups
 from dist_llm.errors import ConfigError
-from dist_llm.metrics.phases import BACKWARD, FORWARD, OPTIMIZER, phase
+from dist_llm.metrics.phases import BACKWARD, EVAL, FORWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
 from dist_llm.seeding import derive_seed
 
@@ -146,7 +146,8 @@ class DeepSpeedEngine:
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         # Through the DeepSpeed engine: under ZeRO-3 its hooks gather the sharded parameters.
         self.engine.eval()
-        loss = self.engine(**to_device(batch, self.world.device))
+        with phase(EVAL, self.world.device):
+            loss = self.engine(**to_device(batch, self.world.device))
         self.engine.train()
         return loss.detach().float()
 

@@ -34,7 +34,7 @@ from dist_llm.engine.base import Batch, MicroBatches, StepResult
 from dist_llm.engine.device import autocast, to_device
 from dist_llm.engine.optim import build_adamw, step_if_finite
 from dist_llm.errors import ConfigError
-from dist_llm.metrics.phases import BACKWARD, FORWARD, FORWARD_BACKWARD, OPTIMIZER, phase
+from dist_llm.metrics.phases import BACKWARD, EVAL, FORWARD, FORWARD_BACKWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
 from dist_llm.seeding import derive_seed
 
@@ -201,7 +201,7 @@ class TorchEngine:
     @torch.no_grad()
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
-        with loss_context(self.dims.tp), autocast(self.device, self.precision):
+        with phase(EVAL, self.device), loss_context(self.dims.tp), autocast(self.device, self.precision):
             batch = to_device(batch, self.device)
             if self.pipeline is not None:
                 loss = self.pipeline.forward_loss(batch["input_ids"], batch["labels"])

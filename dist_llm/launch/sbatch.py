@@ -38,6 +38,9 @@ class SbatchSpec:
     signal_before_s: int = 300
     """SIGUSR1 reaches the job this long before its time limit: time to finish a step and commit a
     checkpoint. SLURM checks the signal time about once a minute, so leave at least 60 s slack."""
+    max_restarts: int = 3
+    """torchrun restarts of all ranks within the job after a failure (a rank that died, or timed out
+    as hung: `train.hang_timeout_s`), each from the last committed checkpoint."""
     rdzv_port: int = 0
     """c10d rendezvous port on the first node; 0 = 20000 + job id % 10000, so jobs sharing a node
     do not collide."""
@@ -55,6 +58,8 @@ class SbatchSpec:
     def check(self) -> None:
         if self.nodes < 1:
             raise ConfigError(f"--nodes {self.nodes} must be >= 1")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts} must be >= 0")
         if self.gpus_per_node < 0 or self.nproc_per_node < 0:
             raise ConfigError("--gpus-per-node and --nproc-per-node must be >= 0")
         if self.ranks_per_node < 1:
@@ -101,6 +106,7 @@ def node_command(spec: SbatchSpec) -> list[str]:
         spec.nodes,
         rdzv_endpoint="${MASTER_ADDR}:${MASTER_PORT}",
         rdzv_id="${SLURM_JOB_ID}",
+        max_restarts=spec.max_restarts,
         shutdown_timeout_s=max(30, spec.signal_before_s - 30),
         python=spec.python,
     )

@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="SIGUSR1 this long before the time limit starts checkpoint-and-requeue",
     )
     s.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restart all ranks in place this often after a failure (a dead or hung rank)",
+    )
+    s.add_argument(
         "--rdzv-port",
         type=int,
         default=0,
@@ -93,6 +99,7 @@ def _spec(args: argparse.Namespace) -> SbatchSpec:
         time=args.time,
         account=args.account,
         signal_before_s=args.signal_before,
+        max_restarts=args.max_restarts,
         rdzv_port=args.rdzv_port,
         workdir=args.workdir,
         python=args.python,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dist_llm.metrics.phases import PHASES, STEP
+from dist_llm.metrics.phases import PHASES, STEP, short
 
 Interval = tuple[float, float]
 
@@ -27,10 +27,6 @@ def is_communication(name: str, on_device: bool) -> bool:
     """A collective's interval: gloo's host-side work, or an NCCL kernel on the device (its host
     events are launches only and are left out)."""
     return name.startswith("nccl") if on_device else name.startswith("gloo:")
-
-
-def short(phase: str) -> str:
-    return phase.rsplit("/", 1)[-1]
 
 
 def _union(intervals: list[Interval]) -> list[Interval]:
@@ -61,15 +57,22 @@ def _overlap(a: list[Interval], b: list[Interval]) -> float:
 
 def step_breakdowns(markers: list[Span], comm: list[Span]) -> list[dict[str, float]]:
     """Per profiled step (one STEP marker each), milliseconds of: `step`, each phase present, `comm`
-    (all collectives), `comm_in_<phase>`, `comm_exposed`, `other`, from spans in nanoseconds."""
+    (all collectives), `comm_ops` (the collectives' durations summed, overlaps counted each time:
+    `rank_timing` compares it across ranks), `comm_in_<phase>`, `comm_exposed`, `other`, from spans
+    in nanoseconds."""
     steps = sorted((m for m in markers if m.name == STEP), key=lambda m: m.start)
     out = []
     for s in steps:
         inside = [m for m in markers if m.name in PHASES and s.start <= m.start < s.end]
-        comm_union = _union(
-            [(max(c.start, s.start), min(c.end, s.end)) for c in comm if c.end > s.start and c.start < s.end]
-        )
-        row = {"step": (s.end - s.start) / 1e6, "comm": _length(comm_union) / 1e6}
+        clipped = [
+            (max(c.start, s.start), min(c.end, s.end)) for c in comm if c.end > s.start and c.start < s.end
+        ]
+        comm_union = _union(clipped)
+        row = {
+            "step": (s.end - s.start) / 1e6,
+            "comm": _length(comm_union) / 1e6,
+            "comm_ops": _length(clipped) / 1e6,
+        }
         in_phases, comm_inside = 0.0, 0.0
         for name in PHASES:
             spans = _union([(m.start, m.end) for m in inside if m.name == name])

@@ -1,9 +1,10 @@
 """Where metrics go: console (human, with ETA) and JSONL (machine, one line per record).
 
 W&B is `wandb_sink`, TensorBoard `tensorboard_sink`. A record is one of: a training step (`loss`,
-...), a validation (`val_loss`, ...), a checkpoint snapshot (`checkpoint_blocked_s`) or a checkpoint
-outcome (`checkpoint_committed` or `checkpoint_failed`). All carry `step`; consumers pick the kind
-they read by its keys."""
+...), a validation (`val_loss`, ...), a checkpoint snapshot (`checkpoint_blocked_s`), a checkpoint
+outcome (`checkpoint_committed` or `checkpoint_failed`) or per-rank timings (`ranks_busy_ms`,
+`rank<r>_..._ms`; `metrics.rank_timing`). All carry `step`; consumers pick the kind they read by its
+keys."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class ConsoleSink:
             return
         if "checkpoint_committed" in m or "checkpoint_failed" in m:
             return  # the writer already logged the outcome
+        if "straggler_count" in m:
+            return  # the straggler check already logged it, with the details
         eta = m.get("eta_s")
         log.info(
             "step %d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | ETA %s",
@@ -60,11 +63,13 @@ class ConsoleSink:
 
 def grouped_key(key: str) -> str:
     """Our flat record keys grouped into dashboard sections (W&B, TensorBoard): eval/, checkpoint/,
-    memory/, train/."""
+    memory/, ranks/ (per-rank timings, stragglers), train/."""
     if key.startswith("val_"):
         return f"eval/{key}"
     if key.startswith("checkpoint_"):
         return f"checkpoint/{key.removeprefix('checkpoint_')}"
+    if key.startswith(("rank", "straggler")):
+        return f"ranks/{key}"
     if key.endswith("_bytes"):
         return f"memory/{key.removeprefix('memory_')}"
     return f"train/{key}"

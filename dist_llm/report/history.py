@@ -36,6 +36,8 @@ class RunHistory:
     step is when training noticed), with checkpoint_save_s; by checkpoint step."""
     failed: list[dict[str, Any]] = field(default_factory=list)
     """Checkpoint outcome records of saves that did not commit (`checkpoint_failed` = its step)."""
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    """Per-rank timing records (`metrics.rank_timing`: rank<r>_busy_ms, stragglers), by step."""
     resumed_at: list[int] = field(default_factory=list)
     """First logged train step of each attempt after the first: one entry per resume."""
 
@@ -61,6 +63,7 @@ _KEYS = {
     "saves": "step",
     "committed": "checkpoint_committed",
     "failed": "checkpoint_failed",
+    "ranks": "step",
 }
 
 
@@ -73,6 +76,8 @@ def _kind(record: dict[str, Any]) -> str | None:
         return "failed"
     if "checkpoint_blocked_s" in record:
         return "saves"
+    if "straggler_count" in record:
+        return "ranks"
     if "loss" in record:
         return "train"
     return None  # a kind this report does not draw (written by a newer version): left out

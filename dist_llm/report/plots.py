@@ -1,4 +1,5 @@
-"""The report's PNGs: loss, throughput, learning rate and memory, drawn from a RunHistory.
+"""The report's PNGs: loss, throughput, learning rate, memory and per-rank timings, drawn from a
+RunHistory.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no display, no global
 backend switch), so a report works on a headless node and leaves the caller's matplotlib alone.
@@ -8,13 +9,15 @@ Resumes are drawn as dotted vertical lines: a jump in throughput or memory there
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from dist_llm.report.history import RunHistory
 
@@ -168,18 +171,70 @@ def plot_memory(h: RunHistory, path: str) -> str:
     return _save(fig, path)
 
 
+_RANK_BUSY = re.compile(r"rank(\d+)_busy_ms")
+
+
+def rank_busy(record: dict[str, Any]) -> dict[int, float]:
+    """Rank -> its busy ms per step (step less waiting for others) in one rank-timing record."""
+    return {int(m[1]): v for k, v in record.items() if (m := _RANK_BUSY.fullmatch(k))}
+
+
+def plot_ranks(h: RunHistory, path: str) -> str:
+    """Per rank: its time per step split into own work and waiting for others, averaged over the
+    checks (top); each check's excess over the median rank, stragglers labelled (bottom)."""
+    fig = Figure(figsize=(10, 6.5))
+    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    busy = [rank_busy(r) for r in h.ranks]
+    ranks = sorted({rank for b in busy for rank in b})
+    mean_busy = [np.mean([b[r] for b in busy if r in b]) for r in ranks]
+    mean_wait = [
+        np.mean([rec[f"rank{r}_wait_ms"] for rec in h.ranks if f"rank{r}_wait_ms" in rec]) for r in ranks
+    ]
+    named = {r: sum(f"rank {r} on " in rec.get("stragglers", "") for rec in h.ranks) for r in ranks}
+    colors = ["tab:red" if named[r] else "tab:blue" for r in ranks]
+    top.bar(ranks, mean_busy, color=colors, label="own work (busy)")
+    top.bar(ranks, mean_wait, bottom=mean_busy, color="0.75", label="waiting for other ranks")
+    for r, b, w in zip(ranks, mean_busy, mean_wait):
+        if named[r]:
+            top.annotate(
+                f"straggler {named[r]}/{len(h.ranks)}", (r, b + w), ha="center", va="bottom", fontsize=8
+            )
+    top.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _finish(
+        top, f"Time per step by rank (mean of {len(h.ranks)} checks; red: named a straggler)", "rank", "ms"
+    )
+    for r in ranks:
+        xs = [rec["step"] for rec in h.ranks if f"rank{r}_excess" in rec]
+        ys = [100 * rec[f"rank{r}_excess"] for rec in h.ranks if f"rank{r}_excess" in rec]
+        if named[r]:
+            bottom.plot(xs, ys, marker="o", lw=1.4, label=f"rank {r}")
+        else:
+            bottom.plot(xs, ys, color="0.6", lw=0.8)
+    thresholds = sorted({rec["straggler_threshold"] for rec in h.ranks if "straggler_threshold" in rec})
+    for t in thresholds:
+        bottom.axhline(100 * t, color="tab:red", ls="--", lw=1.0, label=f"threshold +{100 * t:.0f}%")
+    _mark_resumes(bottom, h.resumed_at)
+    _finish(
+        bottom, "Own work vs the median rank of its stage (grey: never a straggler)", "step", "excess (%)"
+    )
+    return _save(fig, path)
+
+
 # png name -> (title in the summary, drawer, the train-record key it cannot be drawn without)
 PLOTS: dict[str, tuple[str, Callable[[RunHistory, str], str], str | None]] = {
     "loss.png": ("Loss", plot_loss, None),
     "throughput.png": ("Throughput and MFU", plot_throughput, "tokens_per_s"),
     "lr.png": ("Learning rate and gradient norm", plot_lr, "lr"),
     "memory.png": ("Memory", plot_memory, None),
+    "ranks.png": ("Per-rank timings and stragglers", plot_ranks, None),
 }
 
 
 def _why_not(h: RunHistory, name: str, needs: str | None) -> str | None:
     if name == "memory.png" and not has_memory(h):
         return f"no memory fields ({', '.join(MEMORY_SERIES)}) in the train records: the run predates them"
+    if name == "ranks.png" and not any(rank_busy(r) for r in h.ranks):
+        return "no per-rank timing records (train.straggler_interval=0, or fewer steps than one interval)"
     if needs and not h.series(needs)[0]:
         return f"no {needs} in the train records"
     return None

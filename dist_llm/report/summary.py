@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+from collections import Counter
 from typing import Any
 
 from dist_llm.config import Config
@@ -176,7 +177,19 @@ def _speed_rows(h: RunHistory) -> list[tuple[str, str]]:
         value = _median(h.train, key)
         if value is not None:
             rows.append((label, fmt.format(value)))
-    return rows
+    return rows + _straggler_rows(h)
+
+
+def _straggler_rows(h: RunHistory) -> list[tuple[str, str]]:
+    """How often each rank was named a straggler, over the per-rank timing checks."""
+    if not h.ranks:
+        return []
+    named = Counter(
+        part.split(" (+")[0] for r in h.ranks for part in r.get("stragglers", "").split(", ") if part
+    )
+    checks = len(h.ranks)
+    value = "; ".join(f"{who}: {n} of {checks} checks" for who, n in named.most_common())
+    return [("Stragglers", value or f"none in {checks} checks")]
 
 
 def _memory_rows(h: RunHistory) -> list[tuple[str, str]]:

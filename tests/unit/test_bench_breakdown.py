@@ -34,7 +34,7 @@ def test_communication_is_split_by_the_phase_it_ran_inside():
     # (a metrics all-reduce) is left out.
     comm = [Span("gloo:all_reduce", a * ms, b * ms) for a, b in ((70, 84), (75, 78), (120, 130))]
     [row] = step_breakdowns(markers, comm)
-    assert row["step"] == 100 and row["comm"] == 14
+    assert row["step"] == 100 and row["comm"] == 14 and row["comm_ops"] == 17  # 75-78 twice in the sum
     assert row["comm_in_backward"] == 10 and row["comm_exposed"] == 4
     assert row["other"] == 6  # 80-85 less the exposed 80-84, and 95-100
     assert sum(row[k] for k in PARTS) == row["step"]

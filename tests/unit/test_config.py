@@ -60,6 +60,14 @@ def test_impossible_combinations_rejected():
         load_config(None, ["model.n_heads=3"]).validate()
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         load_config(None, ["train.precision=fp16"]).validate()
+    with pytest.raises(ConfigError, match=r"train.hang_timeout_s=0.5: give seconds >= 1, 0 to turn"):
+        load_config(None, ["train.hang_timeout_s=0.5"]).validate()
+    with pytest.raises(ConfigError, match="train.straggler_threshold=0.0 must be > 0"):
+        load_config(None, ["train.straggler_threshold=0"]).validate()
+    with pytest.raises(ConfigError, match="train.straggler_interval=-1 must be >= 0"):
+        load_config(None, ["train.straggler_interval=-1"]).validate()
+    for hang in ("null", "0", "30"):  # sized from step times, off, fixed
+        load_config(None, [f"train.hang_timeout_s={hang}"]).validate()
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

@@ -198,6 +198,7 @@ def test_sbatch_script_options():
         "--container-image=img.sqsh",
         "--nproc_per_node=4",
         "--shutdown_timeout=210",
+        "--max_restarts=3",  # a hung or dead rank restarts the job in place
         "optim.lr=3e-4",
         "checkpoint.resume=auto",
         '"--rdzv_endpoint=${MASTER_ADDR}:${MASTER_PORT}"',
@@ -220,6 +221,7 @@ def test_sbatch_script_is_valid_bash():
         ({"gpus_per_node": 8, "time": "four hours"}, "is not sbatch syntax"),
         ({"gpus_per_node": 8, "signal_before_s": 20}, "too short"),
         ({"gpus_per_node": 8, "nodes": 0}, "must be >= 1"),
+        ({"gpus_per_node": 8, "max_restarts": -1}, "--max-restarts -1 must be >= 0"),
     ],
 )
 def test_sbatch_spec_errors(kwargs, error):

@@ -19,7 +19,7 @@ from dist_llm.report.history import read_history
 from dist_llm.report.plots import has_memory
 from tests.conftest import make_trainer, read_metrics
 
-RUN = ["train.eval_interval=4", "checkpoint.interval=4"]
+RUN = ["train.eval_interval=4", "checkpoint.interval=4", "train.straggler_interval=4"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_report_of_a_resumed_run(resumed_run, capsys):
     assert os.path.join(out_dir, "summary.md") in printed
     records = read_metrics(resumed_run)
     has_memory = any("memory_rss_bytes" in r or "memory_gpu_peak_bytes" in r for r in records)
-    pngs = ["loss.png", "throughput.png", "lr.png", *(["memory.png"] if has_memory else [])]
+    pngs = ["loss.png", "throughput.png", "lr.png", *(["memory.png"] if has_memory else []), "ranks.png"]
     for png in pngs:
         path = os.path.join(out_dir, png)
         assert path in printed
@@ -72,6 +72,11 @@ def test_report_of_a_resumed_run(resumed_run, capsys):
     kept = sorted(committed_steps(os.path.join(resumed_run, "checkpoints")))
     assert f"on storage (steps {', '.join(map(str, kept))})" in summary
     assert "| Model | decoder: 2 layers, d_model 64, 4 heads (2 KV)" in summary
+    # One rank: its timings every 4 steps (a resume continues the schedule), never a straggler.
+    timings = [r for r in records if "straggler_count" in r]
+    assert [r["step"] for r in timings] == [4, 8, 12, 16]
+    assert all(r["rank0_busy_ms"] > 0 and r["rank0_wait_ms"] == 0 and not r["stragglers"] for r in timings)
+    assert "| Stragglers | none in 4 checks |" in summary
 
 
 def _write(run_dir, lines: list) -> str:
