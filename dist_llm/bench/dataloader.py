@@ -71,6 +71,7 @@ def _train_records(config: str, overrides: list[str], steps: int, run_dir: str) 
         f"train.max_steps={steps}",
         "train.log_interval=1",
         "train.eval_interval=0",
+        "eval.tasks=[]",
         "checkpoint.interval=0",
     ]
     cmd = [sys.executable, "-m", "dist_llm.cli", *args] if ranks == 1 else torchrun_command(args, ranks)
