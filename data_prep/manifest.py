@@ -1,20 +1,24 @@
 """The dataset manifest: the contract between data prep and the training data loader.
 
 Two files. `manifest-shards.arrow`, the shard table, holds one row per shard (path, docs, tokens,
-bytes, sha256): the train split's rows as one Arrow record batch, the validation split's as a
-second. A rank maps it and reads its columns as arrays, so a million shards cost a few arrays and
-no parsing, where a JSON list would cost a million Python objects per rank. `manifest.json`, the
-header, is small: format, token dtype, tokenizer, per-split totals and fingerprints, and the
-table's name, size and sha256, which the loader checks. The table is written first and the header
-last, atomically, and prep deletes the header when it starts, so a header's presence means "the
-table it names and every shard listed there are complete". All paths are relative to the data
-directory. Token ids other than `eos_id` may be null for foreign (HF) tokenizers that lack that
-token.
+bytes, sha256, values_offset): the train split's rows as one Arrow record batch, the validation
+split's as a second. A rank maps it and reads its columns as arrays, so a million shards cost a
+few arrays and no parsing, where a JSON list would cost a million Python objects per rank.
+`manifest.json`, the header, is small: format, token dtype, chunk size, tokenizer, per-split totals
+and fingerprints, and the table's name, size and sha256, which the loader checks. The table is
+written first and the header last, atomically, and prep deletes the header when it starts, so a
+header's presence means "the table it names and every shard listed there are complete". All paths
+are relative to the data directory. Token ids other than `eos_id` may be null for foreign (HF)
+tokenizers that lack that token.
 
 Shards hold uint16 token ids when the vocabulary has at most 65,536 entries (half the bytes of
-uint32 on disk, in the page cache and on the network), else uint32. Datasets written before the
-table existed (`dist_llm.shards/1`: every shard listed inside the JSON, int32 ids) still load:
-their list becomes the same columns.
+uint32 on disk, in the page cache and on the network), else uint32. `values_offset` (where a
+shard's token ids start in its file) and the header's `chunk_bytes` let a remote reader fetch and
+verify only the byte ranges it needs, against the checks file next to each shard (see
+`data_prep.checks`). Datasets of earlier formats still load, read as whole shards: those written
+before range reads (`dist_llm.shards/2`: no offsets, no checks) and before the table existed
+(`dist_llm.shards/1`: every shard listed inside the JSON, int32 ids), whose list becomes the same
+columns.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep import store
-from dist_llm.data.cache import cached_name, dataset_cache_dir, fetch
+from data_prep.checks import CHUNK_BYTES
+from dist_llm.data.cache import DataCache, cached_name
 from dist_llm.errors import DataError
 from dist_llm.uri import filesystem, is_local, join
 
@@ -38,20 +43,26 @@ if TYPE_CHECKING:  # the training loader imports this module; keep sentencepiece
 
 MANIFEST_NAME = "manifest.json"
 SHARD_TABLE_NAME = "manifest-shards.arrow"
-FORMAT = "dist_llm.shards/2"
+FORMAT = "dist_llm.shards/3"
+WHOLE_SHARD_FORMAT = "dist_llm.shards/2"
+"""The earlier format with a shard table but no range-read layout: remote shards download whole."""
 LIST_FORMAT = "dist_llm.shards/1"
-"""The earlier format: the shard list inside the JSON."""
-TOKEN_DTYPES = {FORMAT: ("uint16", "uint32"), LIST_FORMAT: ("int32",)}
+"""The earliest format: the shard list inside the JSON."""
+TOKEN_DTYPES = {
+    FORMAT: ("uint16", "uint32"),
+    WHOLE_SHARD_FORMAT: ("uint16", "uint32"),
+    LIST_FORMAT: ("int32",),
+}
 SPLITS = ("train", "validation")
-SHARD_SCHEMA = pa.schema(
-    [
-        pa.field("path", pa.string()),
-        pa.field("docs", pa.int64()),
-        pa.field("tokens", pa.int64()),
-        pa.field("bytes", pa.int64()),
-        pa.field("sha256", pa.binary(32)),
-    ]
-)
+_WHOLE_SHARD_FIELDS = [
+    pa.field("path", pa.string()),
+    pa.field("docs", pa.int64()),
+    pa.field("tokens", pa.int64()),
+    pa.field("bytes", pa.int64()),
+    pa.field("sha256", pa.binary(32)),
+]
+SHARD_SCHEMA = pa.schema([*_WHOLE_SHARD_FIELDS, pa.field("values_offset", pa.int64())])
+TABLE_SCHEMAS = {FORMAT: SHARD_SCHEMA, WHOLE_SHARD_FORMAT: pa.schema(_WHOLE_SHARD_FIELDS)}
 
 _TOP_KEYS = ("format", "token_dtype", "tokenizer", "splits", "skipped", "args", "created_unix")
 _TOKENIZER_KEYS = ("kind", "path", "sha256", "vocab_size", "bos_id", "eos_id", "pad_id", "unk_id", "mask_id")
@@ -78,6 +89,9 @@ class ShardTable:
     docs: np.ndarray
     tokens: np.ndarray
     bytes: np.ndarray
+    values_offsets: np.ndarray | None
+    """Where each shard's token ids start in its file (bytes); None in datasets of earlier formats,
+    which are read as whole shards."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -91,33 +105,37 @@ class ShardTable:
     @classmethod
     def from_batch(cls, batch: pa.RecordBatch) -> ShardTable:
         """Columns of `batch` without copying them (views of the mapped table)."""
+        ranged = "values_offset" in batch.schema.names
         return cls(
             paths=batch.column("path"),
             checksums=batch.column("sha256"),
             docs=_int64_view(batch.column("docs")),
             tokens=_int64_view(batch.column("tokens")),
             bytes=_int64_view(batch.column("bytes")),
+            values_offsets=_int64_view(batch.column("values_offset")) if ranged else None,
         )
 
     @classmethod
     def from_entries(cls, entries: list[dict]) -> ShardTable:
-        """From per-shard dicts with the table's columns as keys (what prep's unit records hold)."""
+        """From per-shard dicts with the table's columns as keys (what prep's unit records hold);
+        entries without `values_offset` (earlier formats) give a table without offsets."""
+        schema = (
+            SHARD_SCHEMA if all("values_offset" in e for e in entries) else TABLE_SCHEMAS[WHOLE_SHARD_FORMAT]
+        )
+
+        def values(name: str) -> list:
+            return [bytes.fromhex(e[name]) if name == "sha256" else e[name] for e in entries]
+
         return cls.from_batch(
-            pa.record_batch(
-                [
-                    pa.array([e["path"] for e in entries], pa.string()),
-                    pa.array([e["docs"] for e in entries], pa.int64()),
-                    pa.array([e["tokens"] for e in entries], pa.int64()),
-                    pa.array([e["bytes"] for e in entries], pa.int64()),
-                    pa.array([bytes.fromhex(e["sha256"]) for e in entries], pa.binary(32)),
-                ],
-                schema=SHARD_SCHEMA,
-            )
+            pa.record_batch([pa.array(values(f.name), f.type) for f in schema], schema=schema)
         )
 
     def to_batch(self) -> pa.RecordBatch:
+        """The table as written by this version (with offsets)."""
+        assert self.values_offsets is not None, "a table without offsets is only ever read"
         counts = [pa.array(c, pa.int64()) for c in (self.docs, self.tokens, self.bytes)]
-        return pa.record_batch([self.paths, *counts, self.checksums], schema=SHARD_SCHEMA)
+        offsets = pa.array(self.values_offsets, pa.int64())
+        return pa.record_batch([self.paths, *counts, self.checksums, offsets], schema=SHARD_SCHEMA)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,6 +179,7 @@ def manifest_header(tokenizer: Tokenizer, tokenizer_rel_path: str, skipped: dict
     return {
         "format": FORMAT,
         "token_dtype": token_dtype(tokenizer.vocab_size).name,
+        "chunk_bytes": CHUNK_BYTES,
         "tokenizer": {
             "kind": tokenizer.kind,
             "path": tokenizer_rel_path,
@@ -256,7 +275,7 @@ def read_header(data_dir: str) -> dict:
     except Exception as exc:  # botocore, aiohttp and OSError subclasses all mean "cannot reach it"
         raise _unreadable(path, exc) from None
     _require(header, _TOP_KEYS, "", path)
-    if header["format"] not in (FORMAT, LIST_FORMAT):
+    if header["format"] not in TOKEN_DTYPES:
         raise DataError(
             f"{path}: key 'format' is {header['format']!r}, expected {FORMAT!r}; re-run `dist-llm prep`"
         )
@@ -272,8 +291,10 @@ def read_header(data_dir: str) -> dict:
     split_keys = _LIST_SPLIT_KEYS if header["format"] == LIST_FORMAT else _SPLIT_KEYS
     for split in SPLITS:
         _require(header["splits"][split], split_keys, f"splits.{split}", path)
-    if header["format"] == FORMAT:
+    if header["format"] != LIST_FORMAT:
         _require(header.get("shard_table"), _TABLE_KEYS, "shard_table", path)
+    if header["format"] == FORMAT:
+        _require(header, ("chunk_bytes",), "", path)
     _require(header["skipped"], ("total", "by_reason"), "skipped", path)
     return header
 
@@ -295,17 +316,17 @@ def _from_list(header: dict, path: str) -> Manifest:
     return Manifest(header | {"splits": splits}, shards)
 
 
-def _map_table(data_dir: str, entry: dict, cache_dir: str) -> pa.Buffer:
+def _map_table(data_dir: str, entry: dict, cache: DataCache | None) -> pa.Buffer:
     """The shard table's bytes, mapped: in place when local, else from a verified copy in the
     node's data cache (downloaded once per node, like a shard)."""
     uri = join(data_dir, entry["path"])
-    if is_local(data_dir):
-        local = uri.removeprefix("file://")
-    else:
-        local = cached_name(dataset_cache_dir(cache_dir, data_dir), entry["path"], entry["sha256"])
-        fetch(uri, local, entry["sha256"], entry["bytes"])
     try:
-        data = pa.memory_map(local, "r").read_buffer()
+        if is_local(data_dir):
+            data = pa.memory_map(uri.removeprefix("file://"), "r").read_buffer()
+        else:
+            cache = cache or DataCache()
+            local = cached_name(cache.dataset_dir(data_dir), entry["path"], entry["sha256"])
+            data = cache.map_file(uri, local, entry["sha256"], entry["bytes"]).read_buffer()
     except FileNotFoundError:
         raise DataError(
             f"{uri}: the shard table named by {MANIFEST_NAME} is missing; re-run `dist-llm prep`"
@@ -318,24 +339,26 @@ def _map_table(data_dir: str, entry: dict, cache_dir: str) -> pa.Buffer:
     return data
 
 
-def read_manifest(data_dir: str, cache_dir: str = "") -> Manifest:
+def read_manifest(data_dir: str, cache: DataCache | None = None) -> Manifest:
     """The header and shard tables of the dataset at `data_dir` (a local path or URI); a remote
-    table is kept in `cache_dir` ("" = the default data cache). Raises DataError naming the file."""
+    table is kept in `cache` (by default the default cache directory, unbounded). Raises DataError
+    naming the file."""
     header = read_header(data_dir)
     path = manifest_path(data_dir)
     if header["format"] == LIST_FORMAT:
         return _from_list(header, path)
     entry = header["shard_table"]
     try:
-        data = _map_table(data_dir, entry, cache_dir)
+        data = _map_table(data_dir, entry, cache)
     except DataError:
         raise
     except Exception as exc:
         raise _unreadable(join(data_dir, entry["path"]), exc) from None
     reader = pa.ipc.open_file(data)
-    if not reader.schema.equals(SHARD_SCHEMA) or reader.num_record_batches != len(SPLITS):
+    if not reader.schema.equals(TABLE_SCHEMAS[header["format"]]) or reader.num_record_batches != len(SPLITS):
         raise DataError(
-            f"{join(data_dir, entry['path'])}: not a shard table of format {FORMAT}; re-run `dist-llm prep`"
+            f"{join(data_dir, entry['path'])}: not a shard table of format {header['format']}; "
+            "re-run `dist-llm prep`"
         )
     shards = {split: ShardTable.from_batch(reader.get_batch(i)) for i, split in enumerate(SPLITS)}
     for split in SPLITS:

@@ -3,10 +3,10 @@
 The dataset's token stream is the units' shards in unit order, whichever machine wrote them, so
 merging N parts gives the same stream as one machine doing everything. Merge also does what
 needs the whole corpus: exact dedup across units (the first copy in corpus order wins; later
-copies are removed by rewriting the shards that hold them as `*.merged.arrow`), and the
-small-corpus rule (if validation would be empty, the last train document moves there). The
-manifest (shard table, then `manifest.json`) is written last: its presence means every shard it
-lists is complete.
+copies are removed by rewriting the shards that hold them as `*.merged.arrow`, with their
+checks), and the small-corpus rule (if validation would be empty, the last train document moves
+there). The manifest (shard table, then `manifest.json`) is written last: its presence means
+every shard it lists is complete.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from data_prep.identity import read_prep
 from data_prep.manifest import Manifest, ShardTable, manifest_header, remove_manifest, write_manifest
 from data_prep.tokenizer import load_tokenizer
 from data_prep.workers import RECORD_FORMAT, record_uri
-from data_prep.writer import SPLITS, UNITS_DIR
+from data_prep.writer import SPLITS, UNITS_DIR, write_shard
 from dist_llm.errors import DataError
 from dist_llm.log import get_logger
 from dist_llm.uri import join
@@ -68,16 +68,8 @@ def _write_table(out: str, rel: str, table: pa.Table) -> dict:
     sink = io.BytesIO()
     with pa.ipc.new_file(sink, table.schema) as ipc:
         ipc.write_table(table.combine_chunks())
-    data = sink.getvalue()
-    store.write_bytes(join(out, rel), data, durable=False)
     tokens = int(pc.list_value_length(table.column("tokens")).to_numpy().sum()) if len(table) else 0
-    return {
-        "path": rel,
-        "docs": len(table),
-        "tokens": tokens,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    return _manifest_entry({"docs": len(table), "tokens": tokens, **write_shard(out, rel, sink.getvalue())})
 
 
 def _read_table(out: str, rel: str) -> pa.Table:
@@ -91,7 +83,7 @@ def _read_table(out: str, rel: str) -> pa.Table:
 
 
 def _manifest_entry(shard: dict) -> dict:
-    return {k: shard[k] for k in ("path", "docs", "tokens", "bytes", "sha256")}
+    return {k: shard[k] for k in ("path", "docs", "tokens", "bytes", "sha256", "values_offset")}
 
 
 def _apply(out: str, shard: dict, keep: np.ndarray) -> dict | None:

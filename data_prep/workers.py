@@ -25,9 +25,9 @@ from data_prep.units import ReadOptions, WorkUnit
 from data_prep.writer import SPLITS, UnitShardWriter, unit_dir
 from dist_llm.uri import join
 
-RECORD_FORMAT = "dist_llm.prep_unit/2"
-"""Changes when shards change form (2: uint16/uint32 ids), so an earlier run's units are redone,
-never mixed into a dataset with the new ones."""
+RECORD_FORMAT = "dist_llm.prep_unit/3"
+"""Changes when shards change form (2: uint16/uint32 ids; 3: checks files for range reads), so an
+earlier run's units are redone, never mixed into a dataset with the new ones."""
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 
@@ -58,11 +58,13 @@ def verified_record(job: UnitJob, index: int) -> dict | None:
         return None
     for block in record["splits"].values():
         for shard in block["shards"]:
-            if (
-                store.sha256(join(job.out, shard["path"])) != shard["sha256"]
-                or store.sha256(join(job.out, shard["hashes"])) != shard["hashes_sha256"]
+            for path, sha256 in (
+                ("path", "sha256"),
+                ("checks", "checks_sha256"),
+                ("hashes", "hashes_sha256"),
             ):
-                return None
+                if store.sha256(join(job.out, shard[path])) != shard[sha256]:
+                    return None
     return record
 
 

@@ -4,8 +4,9 @@ Shard layout: `<out>/units/u-NNNNNN/<split>-KKK.arrow`, an Arrow IPC *file* (ran
 be memory-mapped by the loader) with exactly one column `tokens: list<uint16>` (`list<uint32>`
 for a vocabulary over 65,536 entries, see `manifest.token_dtype`), one row per document. A shard
 closes once it holds >= `shard_tokens` tokens; documents are never split, so a shard may exceed
-the target by one document. Next to each shard, `<split>-KKK.hashes` holds the 16-byte hash of
-each row's document, in row order.
+the target by one document. Next to each shard, `<split>-KKK.checks` holds the checks that let a
+reader verify byte ranges of its token ids (see `checks`), and `<split>-KKK.hashes` the 16-byte
+hash of each row's document, in row order.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep import store
+from data_prep.checks import CHUNK_BYTES, checks_path, chunk_checks, values_span
 from data_prep.filters import HASH_BYTES
 from data_prep.manifest import shard_schema
 from dist_llm.errors import DataError
@@ -49,20 +51,37 @@ def shard_bytes(values: np.ndarray, lengths: np.ndarray) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def publish_shard(out: str, rel_path: str, values: np.ndarray, lengths: np.ndarray, hashes: bytes) -> dict:
-    """Write one shard and its hashes file; returns the shard's record (paths relative to `out`)."""
-    data = shard_bytes(values, lengths)
-    hashes_rel = rel_path.removesuffix(".arrow") + ".hashes"
-    # Hashes first: a shard under its final name always has its hashes next to it. No fsync per
-    # file: the unit record holds both checksums and a resume verifies them (see store).
-    store.write_bytes(join(out, hashes_rel), hashes, durable=False)
+def write_shard(out: str, rel_path: str, data: bytes) -> dict:
+    """Write a shard file's bytes and then its checks; returns what the shard table and the unit
+    record need to know about the two files (besides docs and tokens)."""
+    sha256 = hashlib.sha256(data).digest()
+    offset, length = values_span(data)
+    checks = chunk_checks(memoryview(data)[offset : offset + length], sha256, 0, CHUNK_BYTES)
+    checks_rel = checks_path(rel_path)
+    store.write_bytes(join(out, checks_rel), checks, durable=False)
     store.write_bytes(join(out, rel_path), data, durable=False)
+    return {
+        "path": rel_path,
+        "bytes": len(data),
+        "sha256": sha256.hex(),
+        "values_offset": offset,
+        "checks": checks_rel,
+        "checks_sha256": hashlib.sha256(checks).hexdigest(),
+    }
+
+
+def publish_shard(out: str, rel_path: str, values: np.ndarray, lengths: np.ndarray, hashes: bytes) -> dict:
+    """Write one shard, its checks and its hashes file; returns the shard's record (paths relative
+    to `out`)."""
+    hashes_rel = rel_path.removesuffix(".arrow") + ".hashes"
+    # Hashes and checks first: a shard under its final name always has both next to it. No fsync
+    # per file: the unit record holds every checksum and a resume verifies them (see store).
+    store.write_bytes(join(out, hashes_rel), hashes, durable=False)
     return {
         "path": rel_path,
         "docs": len(lengths),
         "tokens": len(values),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        **write_shard(out, rel_path, shard_bytes(values, lengths)),
         "hashes": hashes_rel,
         "hashes_sha256": hashlib.sha256(hashes).hexdigest(),
     }

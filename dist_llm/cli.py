@@ -105,7 +105,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d = kinds.add_parser(
         "dataloader",
         help="ms per step spent getting the batch, alone and in a real "
-        "training run, as a share of the step time (local, or s3)",
+        "training run, as a share of the step time (local, or s3), and bytes "
+        "fetched from object storage per trained token",
     )
     d.add_argument("--config", default="configs/tiny.yaml", help="the training config to measure")
     d.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
@@ -114,6 +115,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="also measure a copy of the dataset here, e.g. s3://bucket/data (repeatable)",
+    )
+    d.add_argument(
+        "--s3",
+        action="store_true",
+        help="also start a local SeaweedFS (the `weed` binary) and measure the dataset uploaded there, "
+        "read by byte range and, as the baseline, as whole shards (the format before range reads)",
     )
     d.add_argument("--steps", type=int, default=40)
     d.add_argument("--warmup", type=int, default=5, help="leading steps left out of the medians")
@@ -195,7 +202,7 @@ def _run_bench(args: argparse.Namespace):
         from dist_llm.bench import dataloader
 
         return dataloader, dataloader.bench_dataloader(
-            args.config, args.overrides, args.uri, args.steps, args.warmup
+            args.config, args.overrides, args.uri, args.steps, args.warmup, args.s3
         )
     if args.kind == "prep":
         from dist_llm.bench import prep

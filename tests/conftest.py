@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_llm.bench.s3_server import free_port
 from dist_llm.checkpoint.commit import check_manifest, read_verified
 from dist_llm.checkpoint.discovery import find_resumable
 from dist_llm.checkpoint.offline import model_tensors
@@ -62,12 +62,6 @@ def dataset(tmp_path_factory) -> str:
         cwd=REPO,
     )
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_command(run_dir: str, dataset: str, overrides: list[str], nproc: int = 1) -> list[str]:

@@ -57,13 +57,16 @@ class DataConfig:
     mean_span_length: float = 3.0
     """span_corruption: mean length of a hidden span (T5: 3)."""
     cache_dir: str = ""
-    """Local cache for remote shards (one subdirectory per dataset URI); empty =
-    $XDG_CACHE_HOME/dist_llm/data or ~/.cache/dist_llm/data. Use a node-local disk."""
+    """Local cache for remote data, shared by the ranks of a node (one subdirectory per dataset
+    URI); empty = $XDG_CACHE_HOME/dist_llm/data or ~/.cache/dist_llm/data. Use a node-local disk."""
+    cache_max_gb: float = 100.0
+    """Remote data: the cache holds at most this many GB (1e9 bytes) on disk; past it, the least
+    recently read ranges and files are deleted."""
     prefetch_steps: int = 8
-    """Remote data: download in background threads the shards the next N steps will read (0 = only
-    the current step's, still in parallel)."""
+    """Remote data: fetch in background threads the byte ranges the next N steps will read (0 =
+    only the current step's, still in parallel)."""
     download_workers: int = 4
-    """Remote data: parallel shard downloads per process."""
+    """Remote data: parallel downloads per process."""
     max_open_shards: int = 64
     """Shards kept memory-mapped at once per split of each source (least recently read closed first)."""
 
@@ -83,6 +86,8 @@ class DataConfig:
             fail("data.seq_len", f"data.seq_len={d.seq_len} must be > 0")
         if d.prefetch_steps < 0:
             fail("data.prefetch_steps", f"data.prefetch_steps={d.prefetch_steps} must be >= 0")
+        if not (d.cache_max_gb > 0 and math.isfinite(d.cache_max_gb)):
+            fail("data.cache_max_gb", f"data.cache_max_gb={d.cache_max_gb} must be a finite number > 0")
         if d.download_workers < 1:
             fail("data.download_workers", f"data.download_workers={d.download_workers} must be >= 1")
         if d.max_open_shards < 1:

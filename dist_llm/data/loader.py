@@ -64,6 +64,7 @@ class TrainBatches:
         rank: int,
         world_size: int,
         prefetch_steps: int = 0,
+        end_samples: int | None = None,
     ) -> None:
         if global_batch % (micro_batch * world_size):
             raise DataError(
@@ -85,9 +86,11 @@ class TrainBatches:
         self.rank = rank
         self.world_size = world_size
         self.prefetch_steps = prefetch_steps
+        self.end_samples = end_samples
+        """Where the run stops (max_steps x global batch), so prefetching fetches nothing past it."""
         self.remote = any(s.samples.shards.remote for s in sources)
         self.consumed_samples = 0
-        self._prefetched_to = 0  # global position up to which this rank's shards were asked for
+        self._prefetched_to = 0  # global position up to which this rank's data was asked for
 
     @property
     def per_rank(self) -> int:
@@ -99,9 +102,11 @@ class TrainBatches:
         return start, self.order.sample_ids(start, self.per_rank)
 
     def _prefetch(self) -> None:
-        """Ask for the shards of this step and the next `prefetch_steps` steps: they download in
-        parallel background threads, so a step normally finds its shards local already."""
+        """Ask for the data of this step and the next `prefetch_steps` steps: it is fetched in
+        parallel background threads, so a step normally finds its data local already."""
         ahead = self.consumed_samples + (self.prefetch_steps + 1) * self.global_batch
+        if self.end_samples is not None:
+            ahead = min(ahead, self.end_samples)
         step_start = max(self._prefetched_to, self.consumed_samples)
         while step_start < ahead:
             wanted: dict[int, list[int]] = {}
@@ -114,8 +119,8 @@ class TrainBatches:
 
     def next_step(self) -> list[Batch]:
         """This rank's contiguous slice of the next global batch, split into micro-batches."""
-        if self.remote:
-            self._prefetch()
+        if self.remote and self._prefetched_to <= self.consumed_samples:
+            self._prefetch()  # the first step of a run or a resume: nothing asked for yet
         start, ids = self._slice(self.consumed_samples)
         length = self.sources[0].samples.window.length
         micro_batches = []
@@ -126,6 +131,10 @@ class TrainBatches:
             positions = list(range(start + first, start + first + self.micro_batch))
             micro_batches.append(self.collator(windows, sample_seeds(self.collate_seed, positions)))
         self.consumed_samples += self.global_batch
+        if self.remote:
+            # Asked for after this step's reads, so the fetches run while the step computes
+            # rather than contending with the reads for the interpreter.
+            self._prefetch()
         return micro_batches
 
     def source_samples(self) -> dict[str, int]:

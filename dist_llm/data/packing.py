@@ -38,6 +38,6 @@ class PackedSamples:
         return out
 
     def prefetch(self, sample_ids: Sequence[int]) -> None:
-        """Start fetching the shards these samples read (remote datasets)."""
-        stride, length = self.window.stride, self.window.length
-        self.shards.prefetch({i for s in sample_ids for i in self.shards.shards_of(s * stride, length)})
+        """Start fetching the data these samples read (remote datasets)."""
+        for s in sample_ids:
+            self.shards.prefetch(s * self.window.stride, self.window.length)

@@ -1,27 +1,32 @@
-"""Memory-mapped token shards of one dataset split, seen as one flat token stream.
+"""Token shards of one dataset split, seen as one flat token stream.
 
 Shards are Arrow IPC files with one `tokens: list<uint16>` row per document (`list<uint32>` for a
-large vocabulary, `list<int32>` in datasets of the earlier manifest format; see data_prep).
-Their flattened value buffers are mapped, never copied, so reading a 100 GB dataset costs
-page-table entries, not RAM. Opening a split reads only its columns of the manifest's shard table:
-the cumulative token offsets become one numpy array, and a shard is mapped when a read first needs it. At most
-`max_open` shards stay mapped, the least recently read unmapped first, so a split of millions of
-shards stays far below the kernel's per-process limit on mappings (`vm.max_map_count`, 65,530 by
-default) and the open-file limit. A broken or missing shard raises DataError naming the file when it
-is first read. A remote split (s3://...) downloads each shard into the `ShardCache` when a read
-first needs it, or earlier when `prefetch` asks for it, and maps the verified local copy.
+large vocabulary, `list<int32>` in datasets of the earliest manifest format; see data_prep).
+Opening a split reads only its columns of the manifest's shard table: the cumulative token offsets
+become one numpy array. A local shard is memory-mapped when a read first needs it, its flattened
+values a view of the mapping, never a copy, so reading a 100 GB dataset costs page-table entries,
+not RAM. At most `max_open` shards stay mapped, the least recently read unmapped first, so a split
+of millions of shards stays far below the kernel's per-process limit on mappings
+(`vm.max_map_count`, 65,530 by default) and the open-file limit. A broken or missing shard raises
+DataError naming the file when it is first read.
+
+A remote split (s3://...) is read by byte range through the node's `DataCache`: a read fetches the
+verified chunks holding its tokens (`ShardRanges`), and `prefetch` starts fetching the ranges of
+reads to come. Datasets written before range reads have no offsets or checks: their shards are
+downloaded whole, verified against the manifest's sha256, and mapped like local ones.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from data_prep.manifest import Manifest, manifest_path, read_manifest, shard_schema
-from dist_llm.data.cache import ShardCache, cached_name, dataset_cache_dir
+from dist_llm.data.cache import DataCache, cached_name
+from dist_llm.data.ranges import ShardRanges
 from dist_llm.errors import DataError
 from dist_llm.uri import is_local, join
 
@@ -33,9 +38,10 @@ def local_path(uri: str) -> str:
 class TokenShards:
     """The concatenated token stream of one split (train/validation) of a prepared dataset.
 
-    `manifest` saves reading it again; remote datasets download through `cache` (one pool per
-    process serves every split and source) into `cache_dir` (`data.cache_dir`; "" = the default);
-    `max_open` bounds the shards mapped at once (`data.max_open_shards`).
+    `manifest` saves reading it again; remote datasets are read through `cache` (the node's cache
+    directory and this process's download pool, one for every split and source; by default an
+    unbounded one at the default location); `max_open` bounds the shards mapped at once
+    (`data.max_open_shards`).
     """
 
     def __init__(
@@ -43,14 +49,16 @@ class TokenShards:
         data_dir: str,
         split: str,
         manifest: Manifest | None = None,
-        cache_dir: str = "",
-        cache: ShardCache | None = None,
+        cache: DataCache | None = None,
         max_open: int = 64,
     ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open={max_open}: at least one shard must stay mapped to read it")
         self.data_dir = data_dir
-        self.manifest = manifest if manifest is not None else read_manifest(data_dir, cache_dir)
+        self.remote = not is_local(data_dir)
+        if self.remote:
+            cache = cache or DataCache()
+        self.manifest = manifest if manifest is not None else read_manifest(data_dir, cache)
         tables = self.manifest.shards
         if split not in tables or not len(tables[split]):
             raise DataError(
@@ -66,21 +74,27 @@ class TokenShards:
         self._starts = np.zeros(len(self.table) + 1, dtype=np.int64)
         np.cumsum(self.table.tokens, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
-        self.remote = not is_local(data_dir)
         self.max_open = max_open
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
         """Mapped shards by index, least recently read first."""
-        if self.remote:
-            self._cache = cache or ShardCache()
-            self._cache_dir = dataset_cache_dir(cache_dir, data_dir)
+        self._ranges: ShardRanges | None = None
+        if self.remote and self.table.values_offsets is not None:
+            dtype = np.dtype(self.manifest.header["token_dtype"])
+            self._ranges = ShardRanges(
+                data_dir, self.table, dtype, self.manifest.header["chunk_bytes"], cache
+            )
+        elif self.remote:
+            self._cache = cache
+            self._cache_dir = cache.dataset_dir(data_dir)
 
     def _uri(self, index: int) -> str:
         return join(self.data_dir, self.table.path(index))
 
-    def _fetch_args(self, index: int) -> tuple[str, str, str, int]:
+    def _whole_shard(self, index: int) -> tuple[str, str, str, int]:
+        """(URI, cache entry, sha256, bytes) of a shard that is downloaded whole."""
         path, sha256 = self.table.path(index), self.table.sha256(index)
         return (
-            join(self.data_dir, path),
+            self._uri(index),
             cached_name(self._cache_dir, path, sha256),
             sha256,
             int(self.table.bytes[index]),
@@ -92,8 +106,12 @@ class TokenShards:
         if array is not None:
             self._open.move_to_end(index)
             return array
-        path = self._cache.get(*self._fetch_args(index)) if self.remote else local_path(self._uri(index))
-        array = self._open[index] = self._map(path, int(self.table.tokens[index]), self._schema)
+        if self.remote:
+            uri, label, sha256, size = self._whole_shard(index)
+            source = self._cache.map_file(uri, label, sha256, size)
+        else:
+            source = label = local_path(self._uri(index))
+        array = self._open[index] = self._map(source, label, int(self.table.tokens[index]), self._schema)
         while len(self._open) > self.max_open:
             # The mapping goes with its last reference: reads copy out and keep none.
             self._open.popitem(last=False)
@@ -105,23 +123,35 @@ class TokenShards:
         last = int(np.searchsorted(self._starts, start + length - 1, side="right")) - 1
         return range(first, last + 1)
 
-    def prefetch(self, shard_indices: Iterable[int]) -> None:
-        """Start background downloads of these shards (remote datasets; a no-op locally)."""
-        if self.remote:
-            for index in shard_indices:
-                if index not in self._open:
-                    self._cache.prefetch(*self._fetch_args(index))
+    def _pieces(self, start: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """(shard, offset in the shard, tokens) of each shard's part of tokens [start, start+length)."""
+        stop = start + length
+        for shard in self.shards_of(start, length):
+            first, end = int(self._starts[shard]), int(self._starts[shard + 1])
+            yield shard, max(start, first) - first, min(stop, end) - max(start, first)
+
+    def prefetch(self, start: int, length: int) -> None:
+        """Start fetching what `read(start, length)` needs (remote datasets; a no-op locally)."""
+        if not self.remote:
+            return
+        for shard, offset, take in self._pieces(start, length):
+            if self._ranges is not None:
+                self._ranges.prefetch(shard, offset, take)
+            elif shard not in self._open:
+                self._cache.prefetch_file(*self._whole_shard(shard))
 
     @staticmethod
-    def _map(path: str, expected_tokens: int, schema: pa.Schema) -> np.ndarray:
+    def _map(
+        source: str | pa.MemoryMappedFile, label: str, expected_tokens: int, schema: pa.Schema
+    ) -> np.ndarray:
         # A corrupt footer/schema can surface as any Arrow error (or a missing column) at any of
         # these calls, not only when opening, so all of them sit inside the try.
         try:
-            reader = pa.ipc.open_file(pa.memory_map(path, "r"))
-            table = reader.read_all()
+            mapped = pa.memory_map(source, "r") if isinstance(source, str) else source
+            table = pa.ipc.open_file(mapped).read_all()
             if not table.schema.equals(schema):
                 raise DataError(
-                    f"{path}: schema is {table.schema.to_string()!r}, expected "
+                    f"{label}: schema is {table.schema.to_string()!r}, expected "
                     f"{schema.to_string()!r} as the manifest says; re-run `dist-llm prep` for this dataset"
                 )
             chunks = table.column("tokens").chunks
@@ -132,11 +162,11 @@ class TokenShards:
             values = column.flatten().to_numpy(zero_copy_only=True)
         except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
             raise DataError(
-                f"{path}: cannot read shard ({e}); re-run `dist-llm prep` for this dataset"
+                f"{label}: cannot read shard ({e}); re-run `dist-llm prep` for this dataset"
             ) from None
         if len(values) != expected_tokens:
             raise DataError(
-                f"{path}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
+                f"{label}: holds {len(values)} tokens but the manifest says {expected_tokens}; "
                 "the shard is stale or corrupt, re-run `dist-llm prep`"
             )
         return values
@@ -149,10 +179,10 @@ class TokenShards:
         if out is None:
             out = np.empty(length, dtype=np.int64)
         filled = 0
-        for shard in self.shards_of(start, length):
-            array = self._array(shard)
-            offset = start + filled - int(self._starts[shard])
-            take = min(length - filled, len(array) - offset)
-            out[filled : filled + take] = array[offset : offset + take]
+        for shard, offset, take in self._pieces(start, length):
+            if self._ranges is not None:
+                out[filled : filled + take] = self._ranges.read(shard, offset, take)
+            else:
+                out[filled : filled + take] = self._array(shard)[offset : offset + take]
             filled += take
         return out

@@ -2,7 +2,7 @@
 
 `check_sources` reads only the manifests (a JSON header and a columnar shard table each, local or
 remote), so the launcher can run it before any rank is spawned; `open_sources` then opens the splits
-in each rank.
+in each rank. Remote data goes through one `DataCache` per process (`data_cache`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from data_prep import store
 from data_prep.manifest import Manifest, read_header, read_manifest
 from dist_llm.config import Config, DataConfig, SourceConfig
 from dist_llm.data.batch import Collator
-from dist_llm.data.cache import ShardCache
+from dist_llm.data.cache import DataCache
 from dist_llm.data.collate import build_collator
 from dist_llm.data.loader import TrainBatches
 from dist_llm.data.mixture import Source
@@ -30,12 +30,19 @@ def _label(source: SourceConfig) -> str:
     return f"data.sources {source.name!r} ({source.path})" if source.name else f"data.path {source.path}"
 
 
-def check_sources(cfg: DataConfig) -> tuple[list[Manifest], Collator]:
+def data_cache(cfg: DataConfig) -> DataCache:
+    """The node's cache of remote data as configured (`data.cache_dir`, `data.cache_max_gb`,
+    `data.download_workers`)."""
+    return DataCache(cfg.cache_dir, int(cfg.cache_max_gb * 1e9), cfg.download_workers)
+
+
+def check_sources(cfg: DataConfig, cache: DataCache | None = None) -> tuple[list[Manifest], Collator]:
     """Every source's manifest (in config order) and the objective's collator (built from the shared
     tokenizer's ids), after checking that all share one tokenizer and that each split holds at least
     one sample of `data.seq_len`. Raises DataError naming paths."""
     sources = cfg.source_list()
-    manifests = [read_manifest(s.path, cfg.cache_dir) for s in sources]
+    cache = cache or data_cache(cfg)
+    manifests = [read_manifest(s.path, cache) for s in sources]
     first, first_sha = sources[0], manifests[0].tokenizer["sha256"]
     collator = build_collator(cfg, manifests[0].tokenizer)
     window = collator.window(cfg.seq_len)
@@ -63,19 +70,20 @@ def open_sources(
     cfg: DataConfig,
     collator: Collator,
     split: str,
-    cache: ShardCache | None = None,
+    cache: DataCache | None = None,
     manifests: list[Manifest] | None = None,
 ) -> list[Source]:
-    """One `Source` per configured source over `split`; remote shards download through `cache`."""
+    """One `Source` per configured source over `split`; remote data is read through `cache`."""
     configs = cfg.source_list()
-    manifests = manifests or [read_manifest(s.path, cfg.cache_dir) for s in configs]
+    cache = cache or data_cache(cfg)
+    manifests = manifests or [read_manifest(s.path, cache) for s in configs]
     window = collator.window(cfg.seq_len)
     return [
         Source(
             name=s.name,
             weight=s.weight,
             samples=PackedSamples(
-                TokenShards(s.path, split, manifest, cfg.cache_dir, cache, cfg.max_open_shards),
+                TokenShards(s.path, split, manifest, cache, cfg.max_open_shards),
                 cfg.seq_len,
                 window,
             ),
@@ -86,22 +94,22 @@ def open_sources(
 
 @dataclass
 class TrainingData:
-    """What a training process reads: both splits of every source and the one download pool."""
+    """What a training process reads: both splits of every source and the one data cache."""
 
     train: list[Source]
     validation: list[Source]
     manifest: Manifest
     """The first source's manifest (all sources share its tokenizer)."""
     collator: Collator
-    cache: ShardCache
+    cache: DataCache
 
     def close(self) -> None:
         self.cache.close()
 
 
 def open_training_data(cfg: DataConfig) -> TrainingData:
-    manifests, collator = check_sources(cfg)
-    cache = ShardCache(cfg.download_workers)
+    cache = data_cache(cfg)
+    manifests, collator = check_sources(cfg, cache)
     return TrainingData(
         train=open_sources(cfg, collator, "train", cache, manifests),
         validation=open_sources(cfg, collator, "validation", cache, manifests),
@@ -123,6 +131,7 @@ def train_batches(cfg: Config, data: TrainingData, dp_rank: int, dp: int) -> Tra
         dp_rank,
         dp,
         cfg.data.prefetch_steps,
+        t.max_steps * t.global_batch_size,
     )
 
 

@@ -25,7 +25,7 @@ FullTensor = Callable[[str], torch.Tensor]
 """A parameter/buffer name -> its full, unsharded value (e.g. read from a pretrained model)."""
 
 Gather = Callable[[list[torch.Tensor]], AbstractContextManager]
-"""Makes a unit's tensors whole while their values are written (DeepSpeed ZeRO-3 partitions)."""
+"""Makes tensors whole while their values are written (DeepSpeed ZeRO-3 partitions)."""
 
 
 def unit_prefixes(model: nn.Module) -> list[str]:
@@ -113,8 +113,7 @@ def fill(
 ) -> None:
     """Write `model`'s values, unit by unit, from `skeleton` (an unsharded meta-device build of the
     same model, consumed here): initialized from `seed`, or taken from `source` (pretrained weights)
-    when given. `gather` makes each unit's tensors writable in full where the engine partitions
-    them itself."""
+    when given. `gather` makes a tensor writable in full where the engine partitions it itself."""
     targets = dict(named_tensors(model))
     prefixes = unit_prefixes(skeleton)
     by_unit: dict[str, list[str]] = {}
@@ -126,9 +125,8 @@ def fill(
         torch.manual_seed(derive_seed(seed, f"init/{unit or 'root'}"))
         skeleton.init_weights()  # tensors outside this unit are on meta: untouched, no RNG drawn
         values = dict(named_tensors(skeleton))
-        unique = list({id(targets[n]): targets[n] for n in names}.values())  # a tied weight once
-        with gather(unique):
-            for name in names:
+        for name in names:  # one tensor at a time: offloaded partitions swap in through few buffers
+            with gather([targets[name]]):
                 copy_into(
                     targets[name],
                     source(name) if source is not None and _is_param(skeleton, name) else values[name],

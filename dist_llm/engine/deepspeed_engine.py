@@ -174,8 +174,8 @@ def _build_partitioned(cfg: Config, ds_config: dict) -> nn.Module:
 
 
 def _gather_for_write(tensors: list[torch.Tensor]) -> AbstractContextManager:
-    """A unit's ZeRO-3 parameters, whole while `fill` writes them; every rank writes the same values,
-    and rank 0's are what DeepSpeed partitions again on exit. Buffers are never partitioned."""
+    """ZeRO-3 parameters, whole while `fill` writes them; every rank writes the same values, and
+    rank 0's are what DeepSpeed partitions again on exit. Buffers are never partitioned."""
     import deepspeed
 
     return deepspeed.zero.GatheredParameters([t for t in tensors if hasattr(t, "ds_id")], modifier_rank=0)

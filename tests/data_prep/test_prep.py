@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from data_prep.checks import CHUNK_BYTES, checks_path, chunk_checks
 from data_prep.cli import add_arguments, run
 from data_prep.filters import doc_hash, is_validation
 from data_prep.manifest import SHARD_TABLE_NAME, Manifest, ShardTable, read_manifest, shard_schema
@@ -33,6 +35,22 @@ def shard_rows(out: Path, table: ShardTable) -> list[list[int]]:
     for i in range(len(table)):
         rows.extend(pa.ipc.open_file(str(out / table.path(i))).read_all().column("tokens").to_pylist())
     return rows
+
+
+def assert_range_layout(out: Path, table: ShardTable) -> None:
+    """A reader that fetches bytes by range finds each shard's token ids where the table says, and
+    the shard's checks file verifies them."""
+    for i in range(len(table)):
+        data = (out / table.path(i)).read_bytes()
+        tokens = pa.ipc.open_file(pa.py_buffer(data)).read_all().column("tokens").combine_chunks().flatten()
+        offset, size = int(table.values_offsets[i]), int(table.tokens[i]) * tokens.type.byte_width
+        assert np.array_equal(
+            np.frombuffer(data[offset : offset + size], tokens.type.to_pandas_dtype()), tokens
+        )
+        checks = (out / checks_path(table.path(i))).read_bytes()
+        assert checks == chunk_checks(
+            data[offset : offset + size], bytes.fromhex(table.sha256(i)), 0, CHUNK_BYTES
+        )
 
 
 def val(doc: str, fraction: float = 0.01) -> bool:
@@ -57,7 +75,8 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
     )
     header = manifest.header
     # 512 tokens: ids fit uint16, half the bytes of uint32
-    assert header["format"] == "dist_llm.shards/2" and header["token_dtype"] == "uint16"
+    assert header["format"] == "dist_llm.shards/3" and header["token_dtype"] == "uint16"
+    assert header["chunk_bytes"] == CHUNK_BYTES
     assert header["units"] > 2  # ~30 KB of JSONL in 10 KB units
     tok_meta = manifest.tokenizer
     assert tok_meta["path"] == "tokenizer.model" and tok_meta["kind"] == "sentencepiece"
@@ -84,6 +103,7 @@ def test_end_to_end_manifest_matches_files_and_decodes_back(tmp_path, corpus_jso
             lengths = [len(row) for row in table.column("tokens").to_pylist()]
             assert (len(lengths), sum(lengths)) == (shards.docs[i], shards.tokens[i])
             assert shards.tokens[i] - lengths[-1] < 2000  # closes once the target is reached
+        assert_range_layout(out, shards)
         rows = shard_rows(out, shards)
         block = header["splits"][split]
         assert block["docs"] == len(rows) == len(expected[split]) and block["num_shards"] == len(shards)
@@ -113,7 +133,12 @@ def test_token_stream_is_identical_for_any_worker_count_and_unit_size(tmp_path, 
     first = streams[1, 0]
     assert all(stream == first for stream in streams.values())
     # Same plan, different worker count: byte-identical files.
-    for rel in ("units/u-000000/train-000.arrow", SHARD_TABLE_NAME, "manifest.json"):
+    for rel in (
+        "units/u-000000/train-000.arrow",
+        "units/u-000000/train-000.checks",
+        SHARD_TABLE_NAME,
+        "manifest.json",
+    ):
         a, b = (tmp_path / "w1-0" / rel).read_bytes(), (tmp_path / "w2-0" / rel).read_bytes()
         assert a == b or rel == "manifest.json" and json.loads(a)["splits"] == json.loads(b)["splits"]
 
@@ -222,15 +247,18 @@ def test_dedup_across_units_keeps_the_first_copy(tmp_path, sp_model, corpus_docs
     a = jsonl_file("a.jsonl", corpus_docs[:40] + corpus_docs[:5])
     b = jsonl_file("b.jsonl", corpus_docs[40:60] + corpus_docs[10:40])
     c = jsonl_file("c.jsonl", corpus_docs[:60])
-    streams = []
+    streams, merged = [], 0
     for unit_mb in (0, 0.002):
         out = tmp_path / f"d{unit_mb}"
         manifest = prep(
             out, a, b, c, "--tokenizer", sp_model, "--unit-mb", unit_mb, "--workers", 2, "--val-fraction", 0
         )
         assert manifest.header["filters"]["removed"]["duplicate"] == 5 + 30 + 60
+        train = manifest.shards["train"]
+        merged += sum(train.path(i).endswith(".merged.arrow") for i in range(len(train)))
+        assert_range_layout(out, train)  # shards rewritten without the copies come with new checks
         streams.append({s: shard_rows(out, t) for s, t in manifest.shards.items()})
-    assert streams[0] == streams[1]
+    assert streams[0] == streams[1] and merged > 0
     tok = load_tokenizer(sp_model)
     kept = [tok.decode(r[:-1]) for r in streams[0]["train"]]
     assert kept == corpus_docs[:60]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from data_prep.checks import checks_path
 from data_prep.cli import add_arguments, run
 from data_prep.manifest import Manifest, read_manifest
 from data_prep.tokenizer import file_sha256
@@ -58,18 +59,19 @@ def test_rerun_reuses_finished_units_and_redoes_corrupt_ones(tmp_path, corpus, s
     assert mtimes(out) == before  # every unit reused, nothing rewritten
     assert stream(out, again) == stream(out, first)
 
-    # A corrupt shard (bit flip) and a missing one: only their units are redone.
+    # A corrupt shard (bit flip), a missing one and a shard's corrupt checks: only their units
+    # are redone.
     train = first.shards["train"]
-    bad = [train.path(i) for i in (0, len(train) - 1)]
-    shard = out / bad[0]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    bad = [train.path(i) for i in (0, len(train) - 1, len(train) // 2)]
+    for rel in (bad[0], checks_path(bad[2])):
+        data = bytearray((out / rel).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (out / rel).write_bytes(bytes(data))
     (out / bad[1]).unlink()
     fixed = prep(out, *args)
     changed = [rel for rel, t in mtimes(out).items() if before.get(rel) != t]
     redone = {rel.split("/")[1].removesuffix(".json") for rel in changed}
-    assert redone == {path.split("/")[1] for path in bad}  # exactly the two damaged units
+    assert redone == {path.split("/")[1] for path in bad} and len(redone) == 3  # exactly the damaged units
     assert stream(out, fixed) == stream(out, first)
     for table in fixed.shards.values():  # the manifest never points at a corrupt shard
         assert all(file_sha256(str(out / table.path(i))) == table.sha256(i) for i in range(len(table)))

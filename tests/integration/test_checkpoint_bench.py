@@ -7,8 +7,8 @@ import json
 
 import s3fs
 
+from dist_llm.bench.s3_server import ACCESS_KEY, SECRET_KEY
 from dist_llm.cli import main
-from tests.integration.conftest import ACCESS_KEY, SECRET_KEY
 
 
 def test_bench_checkpoint_on_s3(tmp_path, s3_env, capsys):

@@ -25,6 +25,7 @@ import psutil
 import pytest
 import s3fs
 
+from dist_llm.bench.s3_server import ACCESS_KEY, SECRET_KEY
 from dist_llm.checkpoint import layout
 from dist_llm.checkpoint.discovery import committed_steps, find_resumable
 from dist_llm.checkpoint.offline import model_tensors
@@ -39,7 +40,6 @@ from tests.conftest import (
     train_losses,
     verify_checkpoint,
 )
-from tests.integration.conftest import ACCESS_KEY, SECRET_KEY
 
 STEPS = 10
 COMMON = [f"train.max_steps={STEPS}", "train.precision=fp32", "checkpoint.keep_last=20"]

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import s3fs
 
+from data_prep.checks import checks_path
 from data_prep.cli import add_arguments, run
 from data_prep.manifest import SHARD_TABLE_NAME, read_manifest
 from dist_llm.errors import DataError
@@ -41,6 +42,8 @@ def test_prep_writes_shards_to_s3_and_resumes_there(tmp_path, s3_env):
             assert key in names and fs.size(key) == table.bytes[i]
             # The same bytes as a local run of the same command: s3 is only a destination.
             assert fs.cat_file(key) == (local / table.path(i)).read_bytes()
+            checks = checks_path(table.path(i))
+            assert fs.cat_file(f"{bucket_path}/{checks}") == (local / checks).read_bytes()
     assert {f"{bucket_path}/tokenizer.model", f"{bucket_path}/prep.json"} <= names
     assert fs.cat_file(f"{bucket_path}/{SHARD_TABLE_NAME}") == (local / SHARD_TABLE_NAME).read_bytes()
     assert manifest.header["splits"] == json.loads((local / "manifest.json").read_text())["splits"]

@@ -1,16 +1,17 @@
-"""Small prepared datasets for the data-loader tests, written straight in the manifest format by
-`write_manifest`: milliseconds, no tokenizer training, independent of how `dist-llm prep` lays out
-its shards. Shards go into subdirectories, as prep's work units do."""
+"""Small prepared datasets for the data-loader tests: shards (with their checks) written by prep's
+own shard writer and a manifest by `write_manifest`, in milliseconds and without a tokenizer, cut
+into shards of a given size rather than prep's work units. Shards go into subdirectories, as prep's
+work units do."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pyarrow as pa
 
+from data_prep.checks import CHUNK_BYTES, checks_path
 from data_prep.manifest import (
     FORMAT,
     LIST_FORMAT,
@@ -18,27 +19,19 @@ from data_prep.manifest import (
     SPLITS,
     ShardTable,
     read_manifest,
-    shard_schema,
     token_dtype,
     write_manifest,
 )
+from data_prep.writer import shard_bytes, write_shard
+from dist_llm.bench.dataloader import write_whole_shard_manifest
 
 
-def _write_shard(path: str, docs: list[np.ndarray], dtype: np.dtype) -> dict:
-    offsets = np.zeros(len(docs) + 1, dtype=np.int32)
-    np.cumsum([len(d) for d in docs], out=offsets[1:])
+def _write_shard(data_dir: str, rel: str, docs: list[np.ndarray], dtype: np.dtype) -> dict:
+    """A shard laid out as prep writes it (with its checks); returns its shard table entry."""
     values = np.concatenate(docs).astype(dtype)
-    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-    schema = shard_schema(column.type.value_type)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as ipc:
-        ipc.write_batch(pa.record_batch([column], schema=schema))
-    data = open(path, "rb").read()
-    return {
-        "docs": len(docs),
-        "tokens": int(offsets[-1]),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+    written = write_shard(data_dir, rel, shard_bytes(values, np.array([len(d) for d in docs])))
+    return {"path": rel, "docs": len(docs), "tokens": len(values)} | {
+        k: written[k] for k in ("bytes", "sha256", "values_offset")
     }
 
 
@@ -61,12 +54,13 @@ def make_dataset(
             pending.append(doc)
             if sum(len(d) for d in pending) >= shard_tokens or i == len(docs) - 1:
                 rel = f"units/u-{len(shards) // 2:06d}/{split}-{len(shards) % 2:03d}.arrow"
-                shards.append({"path": rel, **_write_shard(os.path.join(data_dir, rel), pending, dtype)})
+                shards.append(_write_shard(data_dir, rel, pending, dtype))
                 pending = []
         tables[split] = ShardTable.from_entries(shards)
     header = {
         "format": FORMAT,
         "token_dtype": dtype.name,
+        "chunk_bytes": CHUNK_BYTES,
         "tokenizer": {
             "kind": "sentencepiece",
             "path": "tokenizer.model",
@@ -89,7 +83,7 @@ def make_dataset(
 
 def to_list_format(data_dir: str) -> None:
     """Rewrite a dataset as earlier versions wrote it: int32 token ids, every shard listed in the
-    JSON (`dist_llm.shards/1`), no shard table."""
+    JSON (`dist_llm.shards/1`), no shard table, no checks."""
     manifest = read_manifest(data_dir)
     splits = {}
     for split, table in manifest.shards.items():
@@ -97,15 +91,27 @@ def to_list_format(data_dir: str) -> None:
         for i in range(len(table)):
             path = os.path.join(data_dir, table.path(i))
             docs = pa.ipc.open_file(path).read_all().column("tokens").to_numpy()
-            shards.append({"path": table.path(i), **_write_shard(path, list(docs), np.dtype(np.int32))})
+            entry = _write_shard(data_dir, table.path(i), list(docs), np.dtype(np.int32))
+            os.remove(os.path.join(data_dir, checks_path(table.path(i))))
+            shards.append({k: v for k, v in entry.items() if k != "values_offset"})
         splits[split] = {k: manifest.header["splits"][split][k] for k in ("docs", "tokens")} | {
             "shards": shards
         }
-    header = {k: v for k, v in manifest.header.items() if k != "shard_table"}
+    header = {k: v for k, v in manifest.header.items() if k not in ("shard_table", "chunk_bytes")}
     header |= {"format": LIST_FORMAT, "token_dtype": "int32", "splits": splits}
     with open(os.path.join(data_dir, "manifest.json"), "w") as f:
         json.dump(header, f, indent=1)
     os.remove(os.path.join(data_dir, SHARD_TABLE_NAME))
+
+
+def to_whole_shard_format(data_dir: str) -> None:
+    """Rewrite a dataset's manifest as the version before range reads wrote it
+    (`dist_llm.shards/2`: no offsets, no checks), which remote readers download as whole shards."""
+    manifest = read_manifest(data_dir)
+    write_whole_shard_manifest(data_dir, manifest)
+    for table in manifest.shards.values():
+        for i in range(len(table)):
+            os.remove(os.path.join(data_dir, checks_path(table.path(i))))
 
 
 def counting_docs(num_docs: int, first_len: int = 7, first_token: int = 0) -> list[np.ndarray]:

@@ -167,7 +167,7 @@ def test_any_corrupted_header_or_footer_byte_raises_data_error_or_reads_right_co
         with open(path, "wb") as f:
             f.write(corrupt)
         try:
-            values = TokenShards._map(path, expected, shard_schema(manifest.token_type))
+            values = TokenShards._map(path, path, expected, shard_schema(manifest.token_type))
         except DataError as e:
             assert path in str(e)
             errors += 1

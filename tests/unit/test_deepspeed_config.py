@@ -62,7 +62,7 @@ def test_generated_config_follows_train_and_optim():
 @pytest.mark.parametrize("path", READY_MADE, ids=[p.name for p in READY_MADE])
 def test_ready_made_configs_are_valid(path):
     stage = json.loads(path.read_text())["zero_optimization"]["stage"]
-    precision = "fp16" if "fp16" in path.name else "bf16"
+    precision = path.stem.rsplit("_", 1)[1]
     cfg = ds_cfg(
         f"engine.deepspeed_config={path}", f"engine.zero_stage={stage}", f"train.precision={precision}"
     )
@@ -74,7 +74,7 @@ def test_ready_made_configs_are_valid(path):
 def test_ready_made_configs_cover_every_stage_and_precision():
     names = {p.stem for p in READY_MADE}
     stages = ("zero1", "zero2", "zero3", "zero3_offload")
-    assert names == {f"{z}_{p}" for z in stages for p in ("bf16", "fp16")}
+    assert names == {f"{z}_{p}" for z in stages for p in ("bf16", "fp16")} | {"zero3_nvme_fp32"}
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 from dist_llm.callbacks.base import Callback
@@ -87,9 +88,21 @@ ENGINES = {
 }
 
 
+@pytest.fixture(scope="module")
+def own_process_group():
+    """The DeepSpeed engine starts a 1-rank process group in this process (and sets torchrun's
+    variables); the cases share it, and it goes with the module, so later tests start from none."""
+    with pytest.MonkeyPatch.context() as env:
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            env.setenv(key, "1" if key == "WORLD_SIZE" else "0")
+        yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_steps_between_logs_and_checkpoints_read_nothing_from_the_device(
-    tmp_path, dataset, monkeypatch, engine
+    tmp_path, dataset, monkeypatch, own_process_group, engine
 ):
     watch = WatchSteps()
     item = DeferredRead.item

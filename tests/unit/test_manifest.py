@@ -14,10 +14,13 @@ import pyarrow as pa
 import pytest
 
 from data_prep import manifest as manifest_mod
+from data_prep.checks import CHUNK_BYTES
 from data_prep.manifest import (
+    FORMAT,
     LIST_FORMAT,
     MANIFEST_NAME,
     SHARD_TABLE_NAME,
+    WHOLE_SHARD_FORMAT,
     ShardTable,
     read_manifest,
     token_dtype,
@@ -25,7 +28,7 @@ from data_prep.manifest import (
 )
 from dist_llm.data.shards import TokenShards
 from dist_llm.errors import DataError
-from tests.unit.shard_data import counting_docs, make_dataset, to_list_format
+from tests.unit.shard_data import counting_docs, make_dataset, to_list_format, to_whole_shard_format
 
 
 @pytest.fixture
@@ -122,6 +125,23 @@ def test_a_dataset_of_the_earlier_list_format_still_loads(dataset):
     assert again.fingerprint == earlier.hexdigest()[:16]
 
 
+def test_a_dataset_of_the_format_before_range_reads_still_loads(dataset):
+    """A shard table without offsets and no checks files (`dist_llm.shards/2`): the same stream and
+    fingerprint, and no offsets, so remote readers download its shards whole."""
+    before = read_manifest(dataset)
+    assert before.header["format"] == FORMAT and before.header["chunk_bytes"] == CHUNK_BYTES
+    shards = TokenShards(dataset, "train")
+    stream = shards.read(0, shards.num_tokens)
+    to_whole_shard_format(dataset)
+    old = read_manifest(dataset)
+    assert old.header["format"] == WHOLE_SHARD_FORMAT and "chunk_bytes" not in old.header
+    for split in ("train", "validation"):
+        assert old.shards[split].values_offsets is None
+        assert old.header["splits"][split] == before.header["splits"][split]
+    again = TokenShards(dataset, "train")
+    assert np.array_equal(again.read(0, again.num_tokens), stream) and again.fingerprint == shards.fingerprint
+
+
 def test_an_earlier_format_shard_entry_without_a_key_is_named(dataset):
     to_list_format(dataset)
     path = os.path.join(dataset, MANIFEST_NAME)
@@ -168,7 +188,7 @@ def _synthetic_table(num_shards: int, first: int) -> ShardTable:
         pa.binary(32), num_shards, [None, pa.py_buffer(np.random.default_rng(first).bytes(32 * num_shards))]
     )
     tokens = np.full(num_shards, 1_048_576, dtype=np.int64) + index % 1000
-    return ShardTable(paths, checksums, tokens // 400, tokens, tokens * 4 + 1024)
+    return ShardTable(paths, checksums, tokens // 400, tokens, tokens * 4 + 1024, np.full(num_shards, 1024))
 
 
 def test_a_million_shards_open_as_arrays(tmp_path, dataset):
