@@ -19,6 +19,10 @@ from data_prep.pipeline import PrepConfig, prepare
 from data_prep.readers import FORMATS, ON_ERROR, TEXT_SPLITS
 from data_prep.tokenizer import MODEL_TYPES
 from dist_llm.errors import DataError
+from dist_llm.log import get_logger
+from dist_llm.uri import is_local
+
+log = get_logger("data_prep.cli")
 
 _DEFAULTS = PrepConfig()
 _FILTERS = FilterConfig()
@@ -203,5 +207,16 @@ def run(args: argparse.Namespace) -> int:
         workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
         merge(args.out, None, num_parts, part, workers, args.dedup_piece_keys)
         return 0
-    prepare(config_from_args(args))
+    manifest = prepare(config_from_args(args))
+    if manifest is not None and not args.inputs and is_local(args.out):
+        # The default corpus comes with tasks made from its held-out documents, which the main
+        # job (configs/tiny.yaml) scores while it trains. Imported here: reading shards back pulls
+        # in torch, which prep itself never needs.
+        from dist_llm.tasks.continuation import DEFAULT_CORPUS_TASKS, write_continuation_task
+        from dist_llm.tasks.files import TASKS_DIR
+
+        for name, distractors in DEFAULT_CORPUS_TASKS.items():
+            path = os.path.join(args.out, TASKS_DIR, f"{name}.jsonl")
+            n = write_continuation_task(args.out, path, distractors=distractors)
+            log.info("wrote task %s (%d examples)", path, n)
     return 0

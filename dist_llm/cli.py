@@ -454,6 +454,7 @@ COMMANDS = {
     "slurm": _delegated("dist_llm.launch.slurm_cli"),
     "env": _delegated("dist_llm.envinfo.cli"),
     "report": _delegated("dist_llm.report.cli"),
+    "tasks": _delegated("dist_llm.tasks.cli"),
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from data_prep.manifest import Manifest
-from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback
+from dist_llm.callbacks import Callback, CheckpointCallback, EvalCallback, MetricsCallback, TaskEvalCallback
 from dist_llm.callbacks.nonfinite import NonFiniteCallback
 from dist_llm.callbacks.profiling import ProfilingCallback
 from dist_llm.callbacks.signals import PreemptionCallback
@@ -81,6 +81,7 @@ class Trainer:
             NonFiniteCallback(),
             MetricsCallback(),
             EvalCallback(self.data.validation, self.data.collator),
+            *([TaskEvalCallback()] if cfg.eval.tasks else []),
             CheckpointCallback(),
             ProfilingCallback(),
             StragglerCallback(),

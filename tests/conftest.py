@@ -36,6 +36,7 @@ SMALL_MODEL = [
     "optim.warmup_steps=2",
     "train.eval_interval=0",
     "train.eval_batches=2",
+    "eval.tasks=[]",
     "train.log_interval=1",
     "logging.peak_tflops=1.0",
 ]

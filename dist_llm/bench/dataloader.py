@@ -172,6 +172,7 @@ def _train_records(config: str, overrides: list[str], steps: int, run_dir: str) 
         "train.log_interval=1",
         "train.eval_interval=0",
         "train.eval_batches=1",  # the final validation pass: one batch, a sliver of the bytes read
+        "eval.tasks=[]",
         "checkpoint.interval=0",
     ]
     cmd = [sys.executable, "-m", "dist_llm.cli", *args] if ranks == 1 else torchrun_command(args, ranks)

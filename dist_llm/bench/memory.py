@@ -71,6 +71,7 @@ def bench_memory(
                 f"logging.run_dir={tmp}/run",
                 "checkpoint.interval=0",
                 "train.eval_interval=0",
+                "eval.tasks=[]",
                 "train.eval_batches=1",
                 f"launch.nproc_per_node={nproc}",
                 *overrides,

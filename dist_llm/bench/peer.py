@@ -199,6 +199,7 @@ def bench_peer(
                     "train.exit_at_step=0",
                     "train.log_interval=1",
                     "train.eval_interval=0",
+                    "eval.tasks=[]",
                     "train.eval_batches=1",
                     "checkpoint.interval=0",
                     "checkpoint.resume=none",

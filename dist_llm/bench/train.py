@@ -72,6 +72,7 @@ def _run(config: str, overrides: list[str], ranks: int, steps: int, run_dir: str
         f"train.max_steps={steps}",
         "train.log_interval=1",
         "train.eval_interval=0",
+        "eval.tasks=[]",
         "checkpoint.interval=0",
         f"launch.nproc_per_node={ranks}",
         *overrides,

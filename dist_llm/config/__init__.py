@@ -1,4 +1,4 @@
-"""The one typed config tree: model / data / optim / train / engine / checkpoint / logging / launch.
+"""The one typed config tree: model / data / optim / train / eval / engine / checkpoint / logging / launch.
 
 `sections` holds the sections (each validates itself), `tree` the root `Config` (checks across
 sections), `loader` the YAML loading (a file may name `base:` files it extends, dotted `key=value`
@@ -12,6 +12,7 @@ from dist_llm.config.sections import (
     DataConfig,
     DistillConfig,
     EngineConfig,
+    EvalConfig,
     LaunchConfig,
     LoggingConfig,
     OptimConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EngineConfig",
+    "EvalConfig",
     "LaunchConfig",
     "LoggingConfig",
     "OptimConfig",

@@ -161,7 +161,15 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: _Source, default
 
 
 def _build_list(item_cls: type, value: Any, dotted: str, source: _Source, where: str) -> list[Any]:
-    """A list of sections: each item is built like a section, its keys named `key[i].field`."""
+    """A list of sections (each item built like a section, its keys named `key[i].field`) or of
+    plain values (each item type-checked)."""
+    if not dataclasses.is_dataclass(item_cls):
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"{where}: {dotted} must be a list, e.g. {dotted}=[a, b] or one item per line "
+                f"as `- a` in YAML; got {value!r}"
+            )
+        return [_check_type(item, item_cls, f"{dotted}[{i}]", where) for i, item in enumerate(value)]
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ConfigError(
             f"{where}: {dotted} must be a list of mappings "

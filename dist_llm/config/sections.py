@@ -232,6 +232,53 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)
+    """Downstream task files (JSONL of multiple-choice or completion examples, see the README) scored
+    in the loop by log-likelihood. A path names the task after its file (`bench/arc.jsonl` -> arc); a
+    bare name (no '/', no .jsonl) is the file <data.path>/tasks/<name>.jsonl, where `dist-llm prep`
+    and `dist-llm tasks make` write (the first source's path for a mixture)."""
+    tasks_interval: int = 0
+    """Score the tasks every N steps (and at step 0 and at the end); 0 = only at the end."""
+    tasks_max_examples: int = 0
+    """Score only the first N examples of each task file; 0 = all of them."""
+
+    def task_names(self) -> list[str]:
+        """Each task's label in metrics (task/NAME/acc): a bare name itself, else the file's name
+        without directory and `.jsonl`."""
+        return [_last_component(t).removesuffix(".jsonl") for t in self.tasks]
+
+    def validate(self, fail: Fail, arch: str) -> None:
+        """Checks of this section; `arch` (model.arch) says whether continuations can be scored. The
+        task files themselves are read by the preflight check (`tasks.files.check_task_files`)."""
+        for key in ("tasks_interval", "tasks_max_examples"):
+            if getattr(self, key) < 0:
+                fail(f"eval.{key}", f"eval.{key}={getattr(self, key)} must be >= 0")
+        if self.tasks and arch != "decoder":
+            fail(
+                "eval.tasks",
+                f"eval.tasks scores each continuation by its log-likelihood under a causal language "
+                f"model; model.arch={arch!r} is not one (BERT predicts masked tokens, T5 decodes from "
+                "an encoder and is not supported yet): remove eval.tasks for this model",
+            )
+        seen: dict[str, int] = {}
+        for i, (path, name) in enumerate(zip(self.tasks, self.task_names())):
+            if not _SOURCE_NAME.fullmatch(name):
+                fail(
+                    "eval.tasks",
+                    f"eval.tasks[{i}]={path!r}: the task name {name!r} (the file name) must be "
+                    "letters, digits, '_', '-' or '.' (it becomes a metric key); rename the file",
+                )
+            if name in seen:
+                fail(
+                    "eval.tasks",
+                    f"eval.tasks[{i}]={path!r} has the same name {name!r} as eval.tasks[{seen[name]}]; "
+                    "task names (file names without .jsonl) must be unique: rename one file",
+                )
+            seen[name] = i
+
+
+@dataclass
 class DistillConfig:
     teacher: str = ""
     """Knowledge distillation from this frozen model (a dist_llm checkpoint/run directory or a local

@@ -13,6 +13,7 @@ from dist_llm.config.sections import (
     DataConfig,
     DistillConfig,
     EngineConfig,
+    EvalConfig,
     LaunchConfig,
     LoggingConfig,
     OptimConfig,
@@ -28,6 +29,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -66,6 +68,7 @@ class Config:
             raise ConfigError(f"{origin}: {e}") from None
         self.engine.validate(fail, world, self.model, self.data.seq_len, t.precision)
         self.data.validate(fail, self.model.arch)
+        self.eval.validate(fail, self.model.arch)
         self.distill.validate(fail, self.engine)
         dp = self.engine.dims(world).dp
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:

@@ -9,14 +9,16 @@ first stage ids -> hidden, middle hidden -> hidden, last hidden -> logits.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle
-from torch.distributed.tensor import DTensor
 
-from dist_llm.models.decoder import lm_loss
+from dist_llm.distributed.tensor_parallel import full_value
+from dist_llm.models.decoder import label_logprobs, lm_loss
 
 
 def partition_layers(costs: list[int], n_stages: int) -> list[range]:
@@ -120,7 +122,27 @@ class Pipeline:
 
     @torch.no_grad()
     def forward_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of one batch, forward only, with plain point-to-point sends between stages."""
+        """Loss of one batch, forward only, on every stage."""
+        return self._forward(input_ids, lambda logits: lm_loss(logits, labels), ())
+
+    @torch.no_grad()
+    def forward_scores(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[2, B, T] on every stage: the labels' log-probabilities and the largest log-probability
+        at each position (`label_logprobs`)."""
+
+        def scores(logits: torch.Tensor) -> torch.Tensor:
+            return torch.stack([full_value(t) for t in label_logprobs(logits, labels)])
+
+        return self._forward(input_ids, scores, (2, *labels.shape))
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        head: Callable[[torch.Tensor], torch.Tensor],
+        out_shape: tuple[int, ...],
+    ) -> torch.Tensor:
+        """`head` of the logits of one batch, computed on the last stage and broadcast to the others
+        (its result has `out_shape`); forward only, with plain point-to-point sends between stages."""
         if self.is_first:
             x = input_ids
         else:
@@ -130,16 +152,14 @@ class Pipeline:
             dist.recv(x, group=self.group, group_src=self.stage - 1)
         out = self.module(x)
         if self.is_last:
-            return self._from_last(lm_loss(out, labels).detach())
+            return self._from_last(head(out).detach())
         out = out.float().contiguous()
         shape = torch.tensor(out.shape, dtype=torch.int64, device=self.device)
         dist.send(shape, group=self.group, group_dst=self.stage + 1)
         dist.send(out, group=self.group, group_dst=self.stage + 1)
-        return self._from_last(torch.zeros((), device=self.device))
+        return self._from_last(torch.zeros(out_shape, device=self.device))
 
     def _from_last(self, value: torch.Tensor) -> torch.Tensor:
-        if isinstance(value, DTensor):  # a loss over vocabulary-sharded logits (tensor parallel)
-            value = value.full_tensor()
-        value = value.float().contiguous()
+        value = full_value(value).float().contiguous()
         dist.broadcast(value, src=self._last_rank, group=self.group)
         return value

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -75,3 +76,9 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 def loss_context(tp: int) -> contextlib.AbstractContextManager:
     """Around forward and backward: cross-entropy over vocabulary-sharded logits (tp > 1)."""
     return loss_parallel() if tp > 1 else contextlib.nullcontext()
+
+
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A value computed from vocabulary-sharded logits (a DTensor: a loss, per-token log-probabilities)
+    as the plain tensor it stands for, the same on every rank; a plain tensor is returned as is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t

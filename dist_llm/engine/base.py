@@ -26,6 +26,21 @@ class StepResult:
     step needs no host sync (read a step later, see `callbacks.nonfinite`)."""
 
 
+@dataclass
+class TokenScores:
+    logprobs: torch.Tensor
+    """[B, T] float32: log-probability of each label given the tokens before it; 0 where it is -100."""
+    greedy: torch.Tensor
+    """[B, T] bool: the label is a most likely next token (greedy decoding would emit it); True
+    where the label is -100, so `.all()` over a row asks whether its scored labels all are."""
+
+    @classmethod
+    def from_logprobs(cls, picked: torch.Tensor, best: torch.Tensor, labels: torch.Tensor) -> "TokenScores":
+        """From the labels' log-probabilities and the largest log-probability at each position (the
+        two values `models.decoder.label_logprobs` returns)."""
+        return cls(logprobs=picked, greedy=(picked >= best) | (labels == -100))
+
+
 class Engine(Protocol):
     """One optimizer step over a model replica (or shard), plus its checkpointable state.
 
@@ -48,6 +63,12 @@ class Engine(Protocol):
 
     def evaluate_loss(self, batch: Batch) -> torch.Tensor:
         """Mean loss of one batch without gradients."""
+        ...
+
+    def score_tokens(self, batch: Batch) -> TokenScores:
+        """Per-token log-likelihood of `batch["labels"]` given `batch["input_ids"]` (a causal LM),
+        without gradients, the same on every rank of one replica (tensor and pipeline peers): what
+        downstream task evaluation sums over each continuation."""
         ...
 
     def memory_report(self) -> dict[str, int]:

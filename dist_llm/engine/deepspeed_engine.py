@@ -20,7 +20,7 @@ from dist_llm.distributed import World, ensure_process_group
 from dist_llm.distributed.activation_checkpointing import apply_activation_checkpointing
 from dist_llm.distributed.compile import apply_compile
 from dist_llm.distributed.materialize import FullTensor, fill, materialize
-from dist_llm.engine.base import Batch, MicroBatches, StepResult
+from dist_llm.engine.base import Batch, MicroBatches, StepResult, TokenScores
 from dist_llm.engine.deepspeed_config import load_deepspeed_config, offload_device
 from dist_llm.engine.deepspeed_memory import zero_memory_report
 from dist_llm.engine.device import to_device
@@ -28,6 +28,7 @@ from dist_llm.engine.optim import build_adamw, param_groups
 from dist_llm.errors import ConfigError
 from dist_llm.metrics.phases import BACKWARD, EVAL, FORWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
+from dist_llm.models.decoder import label_logprobs
 from dist_llm.seeding import derive_seed
 
 # DeepSpeed's ZeRO calls these renamed torch collectives every step, and torch warns each time:
@@ -150,6 +151,15 @@ class DeepSpeedEngine:
             loss = self.engine(**to_device(batch, self.world.device))
         self.engine.train()
         return loss.detach().float()
+
+    @torch.no_grad()
+    def score_tokens(self, batch: Batch) -> TokenScores:
+        self.engine.eval()
+        batch = to_device(batch, self.world.device)
+        with phase(EVAL, self.world.device):
+            picked, best = label_logprobs(self.engine(input_ids=batch["input_ids"]), batch["labels"])
+        self.engine.train()
+        return TokenScores.from_logprobs(picked, best, batch["labels"])
 
     def memory_report(self) -> dict[str, int]:
         return zero_memory_report(self.model, self.zero_optimizer, self.engine.zero_optimization_stage())

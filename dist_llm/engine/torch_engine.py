@@ -20,7 +20,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 
 from dist_llm.config import Config
 from dist_llm.distributed import World
@@ -29,13 +28,14 @@ from dist_llm.distributed.grads import clip_grad_norm_, local, reduce_partial_gr
 from dist_llm.distributed.materialize import FullTensor, materialize
 from dist_llm.distributed.parallelize import parallelize
 from dist_llm.distributed.pipeline import Pipeline, split_pipeline_stage
-from dist_llm.distributed.tensor_parallel import loss_context
-from dist_llm.engine.base import Batch, MicroBatches, StepResult
+from dist_llm.distributed.tensor_parallel import full_value, loss_context
+from dist_llm.engine.base import Batch, MicroBatches, StepResult, TokenScores
 from dist_llm.engine.device import autocast, to_device
 from dist_llm.engine.optim import build_adamw, step_if_finite
 from dist_llm.errors import ConfigError
 from dist_llm.metrics.phases import BACKWARD, EVAL, FORWARD, FORWARD_BACKWARD, OPTIMIZER, phase
 from dist_llm.models import build_model
+from dist_llm.models.decoder import label_logprobs
 from dist_llm.seeding import derive_seed
 
 EMBEDDING, HEAD = "tok_embeddings.weight", "output.weight"
@@ -62,11 +62,6 @@ def build_on_meta(
         split_pipeline_stage(model, dims.pp_rank, dims.pp)
     parallelize(model, mesh, dims, cfg.engine)
     return model, skeleton, tied
-
-
-def _value(t: torch.Tensor) -> torch.Tensor:
-    """A replicated DTensor (the loss under loss_parallel) as a plain tensor."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 class TorchEngine:
@@ -159,7 +154,7 @@ class TorchEngine:
                         micro_loss = self.model(**to_device(batch, self.device))
                     with phase(BACKWARD, self.device):  # FSDP's reduce-scatters run in here
                         self.scaler.scale(micro_loss / n).backward()
-                    loss += _value(micro_loss.detach())
+                    loss += full_value(micro_loss.detach())
                 loss = loss / n
         with phase(OPTIMIZER, self.device):
             reduce_partial_grads(self.params)
@@ -208,7 +203,20 @@ class TorchEngine:
             else:
                 loss = self.model(**batch)
         self.model.train()
-        return _value(loss.detach())
+        return full_value(loss.detach())
+
+    @torch.no_grad()
+    def score_tokens(self, batch: Batch) -> TokenScores:
+        self.model.eval()
+        with phase(EVAL, self.device), loss_context(self.dims.tp), autocast(self.device, self.precision):
+            batch = to_device(batch, self.device)
+            if self.pipeline is not None:
+                picked, best = self.pipeline.forward_scores(batch["input_ids"], batch["labels"])
+            else:
+                scores = label_logprobs(self.model(batch["input_ids"]), batch["labels"])
+                picked, best = (full_value(t) for t in scores)
+        self.model.train()
+        return TokenScores.from_logprobs(picked, best, batch["labels"])
 
     # ---- state: sharded tensors keyed like the unsharded model -----------------------------------
 

@@ -12,6 +12,7 @@ def check_training(config: str, overrides: list[str], world_size: int | None = N
     launch.nnodes); raises ConfigError/DataError naming the file, line or override at fault."""
     from dist_llm.data.sources import check_sources
     from dist_llm.pretrained import check_pretrained
+    from dist_llm.tasks.files import check_task_files
 
     cfg = load_config(config, overrides)
     cfg.validate(world_size=world_size, origin=config)
@@ -22,6 +23,8 @@ def check_training(config: str, overrides: list[str], world_size: int | None = N
         validate_deepspeed_config(cfg, world)
     # Missing datasets, mixed tokenizers, too-short splits fail here, not in N spawned ranks.
     check_sources(cfg.data)
+    # A malformed task file fails here naming its line, not in every rank after the model is built.
+    check_task_files(cfg.eval, cfg.data.source_list()[0].path)
     for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
         if path:
             check_pretrained(path, key)

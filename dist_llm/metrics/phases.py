@@ -28,7 +28,8 @@ OPTIMIZER = "dist_llm/optimizer"
 PHASES = (DATA, FORWARD, BACKWARD, FORWARD_BACKWARD, OPTIMIZER)
 """The disjoint parts of a STEP; what they leave out is communication outside them, or other."""
 EVAL = "dist_llm/eval"
-"""One validation batch (outside steps; for the hang watchdog, not the step breakdown)."""
+"""One validation or task-scoring batch (outside steps; for the hang watchdog, not the step
+breakdown)."""
 CHECKPOINT = "dist_llm/checkpoint"
 """The part of a checkpoint save the loop waits for."""
 

@@ -1,10 +1,10 @@
 """Where metrics go: console (human, with ETA) and JSONL (machine, one line per record).
 
 W&B is `wandb_sink`, TensorBoard `tensorboard_sink`. A record is one of: a training step (`loss`,
-...), a validation (`val_loss`, ...), a checkpoint snapshot (`checkpoint_blocked_s`), a checkpoint
-outcome (`checkpoint_committed` or `checkpoint_failed`) or per-rank timings (`ranks_busy_ms`,
-`rank<r>_..._ms`; `metrics.rank_timing`). All carry `step`; consumers pick the kind they read by its
-keys."""
+...), a validation (`val_loss`, ...), a task evaluation (`task/acc`, ...), a checkpoint snapshot
+(`checkpoint_blocked_s`), a checkpoint outcome (`checkpoint_committed` or `checkpoint_failed`) or
+per-rank timings (`ranks_busy_ms`, `rank<r>_..._ms`; `metrics.rank_timing`). All carry `step`;
+consumers pick the kind they read by its keys."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ class ConsoleSink:
     def write(self, m: dict[str, Any]) -> None:
         if "val_loss" in m:
             log.info("step %d | val_loss %.4f | val_ppl %.2f", m["step"], m["val_loss"], m["val_ppl"])
+            return
+        if "task/acc" in m:
+            log.info("step %d | %s", m["step"], format_tasks(m))
             return
         if "checkpoint_blocked_s" in m:
             if m["checkpoint_skipped"]:
@@ -61,9 +64,27 @@ class ConsoleSink:
         pass
 
 
+def format_tasks(m: dict[str, Any]) -> str:
+    """A task record in one line: the averages, then each task's accuracies against chance."""
+    parts = [f"task acc {m['task/acc']:.3f}"]
+    if "task/acc_norm" in m:
+        parts[0] += f" acc_norm {m['task/acc_norm']:.3f}"
+    names = [
+        k.removeprefix("task/").removesuffix("/acc") for k in m if k.endswith("/acc") and k.count("/") == 2
+    ]
+    for name in names:
+        line = f"{name} acc {m[f'task/{name}/acc']:.3f}"
+        if f"task/{name}/acc_norm" in m:
+            line += f" acc_norm {m[f'task/{name}/acc_norm']:.3f} (chance {m[f'task/{name}/chance']:.3f})"
+        parts.append(f"{line}, {m[f'task/{name}/examples']} examples")
+    return " | ".join(parts)
+
+
 def grouped_key(key: str) -> str:
-    """Our flat record keys grouped into dashboard sections (W&B, TensorBoard): eval/, checkpoint/,
-    memory/, ranks/ (per-rank timings, stragglers), train/."""
+    """Our flat record keys grouped into dashboard sections (W&B, TensorBoard): eval/, task/ (as
+    they are), checkpoint/, memory/, ranks/ (per-rank timings, stragglers), train/."""
+    if key.startswith("task/"):
+        return key
     if key.startswith("val_"):
         return f"eval/{key}"
     if key.startswith("checkpoint_"):

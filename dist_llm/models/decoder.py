@@ -73,3 +73,14 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # The loss is computed in fp32 even under bf16 autocast: log-softmax over a 32k-50k vocab
     # in bf16 is visibly biased, and this is the number every run is judged by.
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position of logits [B, T, V]: the log-probability of the label (0 where it is -100) and
+    the largest log-probability of any token, both [B, T] in fp32 like `lm_loss`. The label is the
+    greedy choice where the two are equal; they are computed with log_softmax, nll_loss and amax
+    only, never indexing or gathering the vocabulary dimension, so the same code runs on logits
+    split over the vocabulary."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    picked = -F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
+    return picked.view(labels.shape), logp.amax(dim=-1)

@@ -29,6 +29,8 @@ class RunHistory:
     """Train step records (loss, lr, tokens_per_s, ...), one per logged step, by step."""
     val: list[dict[str, Any]] = field(default_factory=list)
     """Validation records (val_loss, val_ppl, val_loss/<source>), by step."""
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    """Downstream task records (task/acc, task/<name>/acc, ...), by step."""
     saves: list[dict[str, Any]] = field(default_factory=list)
     """Checkpoint save records (checkpoint_blocked_s, checkpoint_skipped), by step."""
     committed: list[dict[str, Any]] = field(default_factory=list)
@@ -60,6 +62,7 @@ class RunHistory:
 _KEYS = {
     "train": "step",
     "val": "step",
+    "tasks": "step",
     "saves": "step",
     "committed": "checkpoint_committed",
     "failed": "checkpoint_failed",
@@ -70,6 +73,8 @@ _KEYS = {
 def _kind(record: dict[str, Any]) -> str | None:
     if "val_loss" in record:
         return "val"
+    if "task/acc" in record:
+        return "tasks"
     if "checkpoint_committed" in record:
         return "committed"
     if "checkpoint_failed" in record:

@@ -1,5 +1,5 @@
-"""The report's PNGs: loss, throughput, learning rate, memory and per-rank timings, drawn from a
-RunHistory.
+"""The report's PNGs: loss, throughput, learning rate, memory, per-rank timings and downstream
+tasks, drawn from a RunHistory.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no display, no global
 backend switch), so a report works on a headless node and leaves the caller's matplotlib alone.
@@ -220,6 +220,32 @@ def plot_ranks(h: RunHistory, path: str) -> str:
     return _save(fig, path)
 
 
+def task_names(h: RunHistory) -> list[str]:
+    """The tasks of the run's task records, in first-seen order (keys task/<name>/acc)."""
+    keys = dict.fromkeys(k for r in h.tasks for k in r if k.endswith("/acc") and k.count("/") == 2)
+    return [k.split("/")[1] for k in keys]
+
+
+def plot_tasks(h: RunHistory, path: str) -> str:
+    """Each task's accuracy (solid) and length-normalized accuracy (dashed) against its chance level
+    (dotted) over the run."""
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, name in enumerate(task_names(h)):
+        color = _SOURCE_COLORS[i % len(_SOURCE_COLORS)]
+        ax.plot(*h.series(f"task/{name}/acc", h.tasks), "o-", color=color, ms=4, lw=1.4, label=f"{name} acc")
+        steps, acc_norm = h.series(f"task/{name}/acc_norm", h.tasks)
+        if steps:
+            ax.plot(steps, acc_norm, "s--", color=color, ms=3, lw=1.0, label=f"{name} acc_norm")
+        _, chance = h.series(f"task/{name}/chance", h.tasks)
+        if chance:
+            ax.axhline(chance[-1], color=color, ls=":", lw=1.0, label=f"{name} chance")
+    _mark_resumes(ax, h.resumed_at)
+    ax.set_ylim(0, 1)
+    _finish(ax, "Downstream tasks", "step", "accuracy")
+    return _save(fig, path)
+
+
 # png name -> (title in the summary, drawer, the train-record key it cannot be drawn without)
 PLOTS: dict[str, tuple[str, Callable[[RunHistory, str], str], str | None]] = {
     "loss.png": ("Loss", plot_loss, None),
@@ -227,6 +253,7 @@ PLOTS: dict[str, tuple[str, Callable[[RunHistory, str], str], str | None]] = {
     "lr.png": ("Learning rate and gradient norm", plot_lr, "lr"),
     "memory.png": ("Memory", plot_memory, None),
     "ranks.png": ("Per-rank timings and stragglers", plot_ranks, None),
+    "tasks.png": ("Downstream tasks", plot_tasks, None),
 }
 
 
@@ -235,6 +262,8 @@ def _why_not(h: RunHistory, name: str, needs: str | None) -> str | None:
         return f"no memory fields ({', '.join(MEMORY_SERIES)}) in the train records: the run predates them"
     if name == "ranks.png" and not any(rank_busy(r) for r in h.ranks):
         return "no per-rank timing records (train.straggler_interval=0, or fewer steps than one interval)"
+    if name == "tasks.png" and not h.tasks:
+        return "no task evaluations (eval.tasks is empty)"
     if needs and not h.series(needs)[0]:
         return f"no {needs} in the train records"
     return None

@@ -1,5 +1,6 @@
-"""summary.md: the run in a page of numbers (model, engine, progress, losses, speed, checkpoints,
-resumes) followed by the PNGs, for a reader who wants the outcome without reading metrics.jsonl."""
+"""summary.md: the run in a page of numbers (model, engine, progress, losses, downstream tasks,
+speed, checkpoints, resumes) followed by the PNGs, for a reader who wants the outcome without
+reading metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dist_llm.config import Config
 from dist_llm.models import count_params
 from dist_llm.report.facts import RunFacts
 from dist_llm.report.history import RunHistory
-from dist_llm.report.plots import MEMORY_SERIES, STATE_KEYS, fmt_bytes
+from dist_llm.report.plots import MEMORY_SERIES, STATE_KEYS, fmt_bytes, task_names
 
 
 def _fmt_count(n: float) -> str:
@@ -205,6 +206,26 @@ def _memory_rows(h: RunHistory) -> list[tuple[str, str]]:
     return rows
 
 
+def _task_rows(h: RunHistory) -> list[tuple[str, str]]:
+    """Per task: accuracy at the first and last evaluation and at its best, against chance."""
+    first, last = h.tasks[0], h.tasks[-1]
+    rows = []
+    for name in task_names(h):
+        parts = []
+        for metric in ("acc", "acc_norm"):
+            key = f"task/{name}/{metric}"
+            best = max(_finite(h.tasks, key), key=lambda r: r[key], default=None)
+            if best is not None:
+                start = f"{first[key]:.3f} (step {first['step']}) -> " if key in first else ""
+                end = f"{last[key]:.3f} (step {last['step']})" if key in last else "n/a"
+                parts.append(f"{metric} {start}{end}, best {best[key]:.3f} (step {best['step']})")
+        chance = last.get(f"task/{name}/chance")
+        parts.append(f"chance {chance:.3f}" if chance is not None else "completion (greedy match)")
+        examples = last.get(f"task/{name}/examples")
+        rows.append((name, "; ".join(parts) + (f"; {examples} examples" if examples else "")))
+    return rows
+
+
 def format_summary(h: RunHistory, facts: RunFacts, plots: dict[str, str], out_dir: str) -> str:
     """The markdown page; `plots` maps titles to the PNGs written (embedded relative to out_dir)."""
     name = os.path.basename(os.path.normpath(facts.run_dir))
@@ -223,6 +244,8 @@ def format_summary(h: RunHistory, facts: RunFacts, plots: dict[str, str], out_di
         "",
         *_table(_speed_rows(h)),
     ]
+    if h.tasks:
+        lines += ["## Downstream tasks", "", *_table(_task_rows(h))]
     memory = _memory_rows(h)
     if memory:
         lines += ["## Memory", "", *_table(memory)]
