@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -318,25 +320,31 @@ def _from_list(header: dict, path: str) -> Manifest:
 
 def _map_table(data_dir: str, entry: dict, cache: DataCache | None) -> pa.Buffer:
     """The shard table's bytes, mapped: in place when local, else from a verified copy in the
-    node's data cache (downloaded once per node, like a shard)."""
+    node's data cache (downloaded once per node, like a shard). The checksum is computed from
+    reads of the file, not through the mapping, so the table's pages stay out of this process's
+    resident memory until a column is used (at 1M shards, 100 MB of paths and checksums that a
+    rank reads a few entries of)."""
     uri = join(data_dir, entry["path"])
     try:
         if is_local(data_dir):
-            data = pa.memory_map(uri.removeprefix("file://"), "r").read_buffer()
+            fh = open(uri.removeprefix("file://"), "rb")
         else:
             cache = cache or DataCache()
             local = cached_name(cache.dataset_dir(data_dir), entry["path"], entry["sha256"])
-            data = cache.map_file(uri, local, entry["sha256"], entry["bytes"]).read_buffer()
+            fh = cache.open_file(uri, local, entry["sha256"], entry["bytes"])
     except FileNotFoundError:
         raise DataError(
             f"{uri}: the shard table named by {MANIFEST_NAME} is missing; re-run `dist-llm prep`"
         ) from None
-    if data.size != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise DataError(
-            f"{uri}: does not match the size and sha256 {MANIFEST_NAME} records for it; the "
-            "dataset was modified or copied incompletely, re-run `dist-llm prep` or copy it again"
-        )
-    return data
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != entry["bytes"] or hashlib.file_digest(fh, "sha256").hexdigest() != entry["sha256"]:
+            raise DataError(
+                f"{uri}: does not match the size and sha256 {MANIFEST_NAME} records for it; the "
+                "dataset was modified or copied incompletely, re-run `dist-llm prep` or copy it again"
+            )
+        # The open file itself, so a copy renamed over the path meanwhile cannot be what is mapped.
+        return pa.py_buffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def read_manifest(data_dir: str, cache: DataCache | None = None) -> Manifest:

@@ -108,6 +108,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         k.add_argument("--tokenizer", help="tokenizer to use (default: train one on the default corpus)")
         k.add_argument("--work-dir", help="keep the corpora and outputs here (default: a temp dir, removed)")
         k.add_argument("--json", help="also write the results to this JSON file")
+    ds = kinds.add_parser(
+        "data-scale",
+        help="a training rank's data start-up on a synthetic manifest of the given size (no token "
+        "data): memory, start, resume at a random step, next global batch's ids and shard ranges",
+    )
+    ds.add_argument("--tokens", default="1e9,1e11,1e13", help="comma-separated dataset sizes in tokens")
+    ds.add_argument("--shards", default="1000000", help="comma-separated shard counts (both splits)")
+    ds.add_argument("--seq-len", type=int, default=4096, help="data.seq_len")
+    ds.add_argument("--world", type=int, default=512, help="data-parallel ranks")
+    ds.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
+    ds.add_argument("--ranks", help="comma-separated ranks to measure (default: the first and the last)")
+    ds.add_argument("--config", default="configs/tiny.yaml", help="training config for the other data keys")
+    ds.add_argument("--seed", type=int, default=0, help="seeds the shard sizes and the resume steps")
+    ds.add_argument("--work-dir", help="write the manifests here (default: a temp dir, removed)")
+    ds.add_argument("--json", help="also write the results to this JSON file")
     c = kinds.add_parser(
         "checkpoint",
         help="training time blocked per checkpoint (async vs synchronous "
@@ -245,6 +260,20 @@ def _run_bench(args: argparse.Namespace):
         from dist_llm.bench import prep_scale
 
         return prep_scale, prep_scale.bench_long_doc(args.mb, args.tokenizer, args.work_dir)
+    if args.kind == "data-scale":
+        from dist_llm.bench import data_scale
+
+        return data_scale, data_scale.bench_data_scale(
+            [int(float(t)) for t in args.tokens.split(",")],
+            [int(float(n)) for n in args.shards.split(",")],
+            args.seq_len,
+            args.world,
+            args.global_batch,
+            [int(r) for r in args.ranks.split(",")] if args.ranks else None,
+            args.config,
+            args.work_dir,
+            args.seed,
+        )
     if args.kind == "checkpoint":
         from dist_llm.bench import checkpoint
 

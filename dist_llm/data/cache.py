@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import pyarrow as pa
 
@@ -142,9 +142,17 @@ class DataCache:
             return future.result()
         return self._obtain(uri, local, size, download, shared)
 
+    def open_file(self, uri: str, local: str, sha256: str, size: int) -> BinaryIO:
+        """The verified whole copy of `uri`, opened for reading (another process may evict the
+        entry between fetching and opening it: then it is fetched again)."""
+        download = verified_copy(uri, sha256, size)
+        try:
+            return open(self.get(uri, local, size, download, shared=True), "rb")
+        except FileNotFoundError:
+            return open(self._obtain(uri, local, size, download, shared=True), "rb")
+
     def map_file(self, uri: str, local: str, sha256: str, size: int) -> pa.MemoryMappedFile:
-        """The verified whole copy of `uri`, memory-mapped (another process may evict the entry
-        between fetching and mapping it: then it is fetched again)."""
+        """The verified whole copy of `uri`, memory-mapped (fetched again if evicted meanwhile)."""
         download = verified_copy(uri, sha256, size)
         try:
             return pa.memory_map(self.get(uri, local, size, download, shared=True), "r")

@@ -96,8 +96,12 @@ class TrainBatches:
     def per_rank(self) -> int:
         return self.global_batch // self.world_size
 
-    def _slice(self, step_start: int) -> tuple[int, list[tuple[int, int]]]:
-        """This rank's first global position in a step, and its (source, sample id) pairs."""
+    def step_samples(self, step_start: int | None = None) -> tuple[int, list[tuple[int, int]]]:
+        """This rank's first global position in the step starting at global position `step_start`
+        (default: the next step), and its (source, sample id) pairs: what `next_step` reads,
+        computed from the seed and the index alone."""
+        if step_start is None:
+            step_start = self.consumed_samples
         start = step_start + self.rank * self.per_rank
         return start, self.order.sample_ids(start, self.per_rank)
 
@@ -110,7 +114,7 @@ class TrainBatches:
         step_start = max(self._prefetched_to, self.consumed_samples)
         while step_start < ahead:
             wanted: dict[int, list[int]] = {}
-            for source, sample in self._slice(step_start)[1]:
+            for source, sample in self.step_samples(step_start)[1]:
                 wanted.setdefault(source, []).append(sample)
             for source, samples in wanted.items():
                 self.sources[source].samples.prefetch(samples)
@@ -121,7 +125,7 @@ class TrainBatches:
         """This rank's contiguous slice of the next global batch, split into micro-batches."""
         if self.remote and self._prefetched_to <= self.consumed_samples:
             self._prefetch()  # the first step of a run or a resume: nothing asked for yet
-        start, ids = self._slice(self.consumed_samples)
+        start, ids = self.step_samples()
         length = self.sources[0].samples.window.length
         micro_batches = []
         for first in range(0, self.per_rank, self.micro_batch):

@@ -19,7 +19,7 @@ downloaded whole, verified against the manifest's sha256, and mapped like local 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,14 @@ from dist_llm.uri import is_local, join
 
 def local_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+class Piece(NamedTuple):
+    """One shard's part of a token range: `tokens` tokens from `offset` (in tokens) of `shard`."""
+
+    shard: int
+    offset: int
+    tokens: int
 
 
 class TokenShards:
@@ -71,6 +79,7 @@ class TokenShards:
         """Identifies the split's exact data (shard checksums + tokenizer), so a resume can refuse
         other data; recorded in the manifest when it was written."""
         self._schema = shard_schema(self.manifest.token_type)
+        self._itemsize = np.dtype(self.manifest.header["token_dtype"]).itemsize
         self._starts = np.zeros(len(self.table) + 1, dtype=np.int64)
         np.cumsum(self.table.tokens, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
@@ -123,18 +132,28 @@ class TokenShards:
         last = int(np.searchsorted(self._starts, start + length - 1, side="right")) - 1
         return range(first, last + 1)
 
-    def _pieces(self, start: int, length: int) -> Iterator[tuple[int, int, int]]:
-        """(shard, offset in the shard, tokens) of each shard's part of tokens [start, start+length)."""
-        stop = start + length
+    def pieces(self, start: int, length: int) -> list[Piece]:
+        """Each shard's part of tokens [start, start+length): what `read` reads and `prefetch`
+        fetches, computed from the index alone (no shard is opened)."""
+        stop, pieces = start + length, []
         for shard in self.shards_of(start, length):
             first, end = int(self._starts[shard]), int(self._starts[shard + 1])
-            yield shard, max(start, first) - first, min(stop, end) - max(start, first)
+            pieces.append(Piece(shard, max(start, first) - first, min(stop, end) - max(start, first)))
+        return pieces
+
+    def byte_range(self, piece: Piece) -> tuple[int, int] | None:
+        """Where a piece's token ids lie in its shard file, [first byte, end); None in datasets
+        of formats without `values_offset` (read as whole shards)."""
+        if self.table.values_offsets is None:
+            return None
+        first = int(self.table.values_offsets[piece.shard]) + piece.offset * self._itemsize
+        return first, first + piece.tokens * self._itemsize
 
     def prefetch(self, start: int, length: int) -> None:
         """Start fetching what `read(start, length)` needs (remote datasets; a no-op locally)."""
         if not self.remote:
             return
-        for shard, offset, take in self._pieces(start, length):
+        for shard, offset, take in self.pieces(start, length):
             if self._ranges is not None:
                 self._ranges.prefetch(shard, offset, take)
             elif shard not in self._open:
@@ -179,7 +198,7 @@ class TokenShards:
         if out is None:
             out = np.empty(length, dtype=np.int64)
         filled = 0
-        for shard, offset, take in self._pieces(start, length):
+        for shard, offset, take in self.pieces(start, length):
             if self._ranges is not None:
                 out[filled : filled + take] = self._ranges.read(shard, offset, take)
             else:

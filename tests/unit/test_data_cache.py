@@ -143,7 +143,7 @@ def _runs(shards: TokenShards, samples: list[int], cache_root: str) -> set[str]:
     return {
         os.path.relpath(shards._ranges._run(shard, offset, take)[1], cache_root)
         for sample in samples
-        for shard, offset, take in shards._pieces(sample * SEQ, SEQ + 1)
+        for shard, offset, take in shards.pieces(sample * SEQ, SEQ + 1)
     }
 
 
