@@ -8,15 +8,15 @@ prep's default `val_fraction` puts there, with plausible document counts, byte s
 
 Each measured rank then runs in a fresh process (so its memory is its own) the code a training
 rank runs, up to the point where it would open token files:
-- start: `load_config`, `open_training_data` (both manifests' checks, both splits' shard tables
-  and token indices) and `train_batches` (the global order of the mixture) for rank r of `world`;
+- start: `load_config`, `open_training_data` (the manifest read and checked, both splits' shard
+  tables and token indices) and `train_batches` (the global sample order) for rank r of `world`;
 - resume: `load_state` of the data state a checkpoint at a random step (in the first two epochs)
   holds, and `state()` as the next checkpoint would take it;
 - next batch: `step_samples` (this rank's sample ids of the next step, as `next_step` asks for
   them) and each sample's shard pieces and their byte ranges in the shard files (`pieces`,
   `byte_range`), which is what `next_step` would then read (locally by memory map, remotely by
   range request, rounded out to the dataset's checked chunks); and the same for every sample of
-  the whole next global batch (all ranks' slices).
+  the whole next global batch (all ranks' slices); medians of 5, the rest timed once.
 Reading the tokens is left out: there are none. The peak RSS of the process (the kernel's
 high-water mark) is reported with that of a process that only imported the same modules,
 measured in the same run: the difference is what the data path costs the rank.
@@ -28,18 +28,23 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from data_prep.checks import CHUNK_BYTES
 from data_prep.manifest import FORMAT, SPLITS, ShardTable, token_dtype, write_manifest
+from dist_llm.config import load_config
+from dist_llm.data.sources import open_training_data, train_batches
 
+T = TypeVar("T")
 VAL_FRACTION = 0.01
 """Share of shards and tokens in the validation split (prep's default `val_fraction`)."""
 DOC_TOKENS = 800
@@ -128,9 +133,9 @@ class RankFigures:
     resume_s: float
     """`load_state` at `resume_step` and the `state()` a checkpoint takes."""
     next_ms: float
-    """This rank's sample ids of the next step and their shard pieces and byte ranges."""
+    """This rank's sample ids of the next step and their shard pieces and byte ranges (median of 5)."""
     global_ms: float
-    """The same for every sample of the next global batch."""
+    """The same for every sample of the next global batch (median of 5)."""
     global_pieces: int
     """Shard pieces the next global batch reads (one per sample, two where it crosses a shard)."""
     global_bytes: int
@@ -153,12 +158,20 @@ def _ranges(sources: list, ids: list[tuple[int, int]]) -> list[list[int]]:
     return out
 
 
+def _median_ms(plan: Callable[[], T], repeats: int = 5) -> tuple[float, T]:
+    """Median milliseconds of `repeats` calls (a step's planning is too short to time once on a
+    shared machine) and the last result."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = plan()
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times), result
+
+
 def measure_rank(config: str, overrides: list[str], rank: int, world: int, resume_step: int) -> RankFigures:
     """Rank `rank` of `world`'s data start-up, resume at `resume_step` and next batch, timed (the
     real loader's code; the config's data must be local or reachable)."""
-    from dist_llm.config import load_config
-    from dist_llm.data.sources import open_training_data, train_batches
-
     started = time.perf_counter()
     cfg = load_config(config, overrides)
     data = open_training_data(cfg.data)
@@ -171,15 +184,17 @@ def measure_rank(config: str, overrides: list[str], rank: int, world: int, resum
     batches.state()
     resume_s = time.perf_counter() - started
 
-    started = time.perf_counter()
-    _, ids = batches.step_samples()
-    ranges = _ranges(batches.sources, ids)
-    next_ms = (time.perf_counter() - started) * 1e3
+    def plan_next() -> tuple[list[tuple[int, int]], list[list[int]]]:
+        ids = batches.step_samples()[1]
+        return ids, _ranges(batches.sources, ids)
 
-    started = time.perf_counter()
-    everything = batches.order.sample_ids(batches.consumed_samples, batches.global_batch)
-    global_ranges = _ranges(batches.sources, everything)
-    global_ms = (time.perf_counter() - started) * 1e3
+    def plan_global() -> list[list[int]]:
+        return _ranges(
+            batches.sources, batches.order.sample_ids(batches.consumed_samples, batches.global_batch)
+        )
+
+    next_ms, (ids, ranges) = _median_ms(plan_next)
+    global_ms, global_ranges = _median_ms(plan_global)
     data.close()
     return RankFigures(
         rank=rank,
@@ -202,15 +217,18 @@ def _peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+def _seconds_since_exec() -> float:
+    """Time since this process started (the interpreter and every import so far)."""
+    with open("/proc/self/stat") as f:
+        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _worker(argv: list[str]) -> int:
     """In a fresh process: `baseline` (imports only) or one rank's figures, as one JSON line."""
-    started = time.perf_counter()
-    from dist_llm.config import load_config  # noqa: F401  the modules a rank's data path imports
-    from dist_llm.data import sources  # noqa: F401
-
-    imports_s = time.perf_counter() - started
     args = json.loads(argv[0])
-    report: dict = {"imports_s": imports_s}
+    report: dict = {"imports_s": _seconds_since_exec()}
     if not args.get("baseline"):
         report |= asdict(measure_rank(**args))
     print(json.dumps(report | {"peak_rss_mb": _peak_rss_mb()}))
@@ -245,7 +263,7 @@ class DataScaleResult:
     """Peak RSS of a process that only imported the data path's modules."""
     peak_rss_mb: float
     imports_s: float
-    """Importing the data path's modules (torch among them), before `start_s`."""
+    """From the process's start to `start_s`'s: the interpreter and its imports (torch among them)."""
     start_s: float
     resume_step: int
     resume_s: float
