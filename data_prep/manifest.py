@@ -29,7 +29,7 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -318,12 +318,20 @@ def _from_list(header: dict, path: str) -> Manifest:
     return Manifest(header | {"splits": splits}, shards)
 
 
+def _file_sha256(fh: BinaryIO) -> str:
+    """sha256 of an open file, read in blocks (through the page cache, not a mapping)."""
+    digest, block = hashlib.sha256(), bytearray(1 << 20)
+    while n := fh.readinto(block):
+        digest.update(memoryview(block)[:n])
+    return digest.hexdigest()
+
+
 def _map_table(data_dir: str, entry: dict, cache: DataCache | None) -> pa.Buffer:
     """The shard table's bytes, mapped: in place when local, else from a verified copy in the
     node's data cache (downloaded once per node, like a shard). The checksum is computed from
     reads of the file, not through the mapping, so the table's pages stay out of this process's
-    resident memory until a column is used (at 1M shards, 100 MB of paths and checksums that a
-    rank reads a few entries of)."""
+    resident memory until a column is used (at 1M shards the table is 100 MB, mostly paths and
+    checksums, of which a rank reads the entries of the shards it opens)."""
     uri = join(data_dir, entry["path"])
     try:
         if is_local(data_dir):
@@ -338,7 +346,7 @@ def _map_table(data_dir: str, entry: dict, cache: DataCache | None) -> pa.Buffer
         ) from None
     with fh:
         size = os.fstat(fh.fileno()).st_size
-        if size != entry["bytes"] or hashlib.file_digest(fh, "sha256").hexdigest() != entry["sha256"]:
+        if size != entry["bytes"] or _file_sha256(fh) != entry["sha256"]:
             raise DataError(
                 f"{uri}: does not match the size and sha256 {MANIFEST_NAME} records for it; the "
                 "dataset was modified or copied incompletely, re-run `dist-llm prep` or copy it again"
