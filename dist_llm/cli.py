@@ -121,7 +121,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ds.add_argument("--ranks", help="comma-separated ranks to measure (default: the first and the last)")
     ds.add_argument("--config", default="configs/tiny.yaml", help="training config for the other data keys")
     ds.add_argument("--seed", type=int, default=0, help="seeds the shard sizes and the resume steps")
-    ds.add_argument("--work-dir", help="write the manifests here (default: a temp dir, removed)")
+    ds.add_argument("--work-dir", help="put each manifest here, removed once measured (default: a temp dir)")
     ds.add_argument("--json", help="also write the results to this JSON file")
     c = kinds.add_parser(
         "checkpoint",
