@@ -366,7 +366,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"checkpoint.resume={args.resume}")
     if args.nproc_per_node:
         overrides.append(f"launch.nproc_per_node={args.nproc_per_node}")
-    cfg = check_training(args.config, overrides, int(os.environ["WORLD_SIZE"]) if in_torchrun() else None)
+    if in_torchrun():
+        cfg = check_training(args.config, overrides, int(os.environ["WORLD_SIZE"]))
+    else:  # before any rank is spawned: also the memory fit of the layout
+        cfg = check_training(args.config, overrides, check_fit=True)
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
@@ -451,6 +454,7 @@ COMMANDS = {
     "export": (_add_export, _export),
     "finetune": _delegated("dist_llm.finetune.cli"),
     "launch": _delegated("dist_llm.launch.cli"),
+    "plan": _delegated("dist_llm.plan.cli"),
     "slurm": _delegated("dist_llm.launch.slurm_cli"),
     "env": _delegated("dist_llm.envinfo.cli"),
     "report": _delegated("dist_llm.report.cli"),
