@@ -41,7 +41,7 @@ def local_hardware(ranks_per_node: int, peak_tflops: float | None) -> Hardware:
     import torch
 
     if not torch.cuda.is_available():
-        return hardware("cpu", ranks_per_node, peak_tflops or 1.0)  # the time is not needed here
+        return hardware("cpu", ranks_per_node, peak_tflops, timing=False)  # memory only
     props = torch.cuda.get_device_properties(0)
     spec = next((GPUS[k] for k in GPUS if k in props.name.lower()), GPUS["h100"])
     return replace(spec, name=props.name, memory_bytes=float(props.total_memory))

@@ -3,8 +3,9 @@ assumptions about how much of them training gets. Every figure here is printed w
 
 GPU figures are datasheet values (SXM parts); `cpu` is this machine, measured: its memory is
 MemTotal split over the ranks of a node, its peak a matmul timed on this process's threads (one
-rank's worth of cores under OMP_NUM_THREADS), its fixed per-process cost the resident memory of this
-process once torch and the training code are imported.
+rank's worth of cores under OMP_NUM_THREADS), its links gloo's all-reduce, all-gather and latency
+between two processes (`links`), its fixed per-process cost the resident memory of this process
+once torch and the training code are imported.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Hardware:
     runtime_bytes: float
     """Fixed per-rank cost besides the training state (CUDA context, NCCL, allocator slack; cpu:
     the measured resident memory of torch and the training code)."""
+    gather_ratio: float = 1.0
+    """All-gather / reduce-scatter bandwidth relative to all-reduce's (NCCL: about 1; gloo on a
+    CPU host: measured, about 0.1-0.2)."""
     overlap: float = 0.7
     """Share of the compute time during which data-parallel traffic is hidden (prefetched
     all-gathers, bucketed reductions); TP and pipeline traffic is never hidden."""
@@ -53,6 +57,7 @@ class Hardware:
             "peak TFLOP/s": self.peak_tflops,
             "share of peak reached": self.efficiency,
             "intra-node GB/s": self.intra_gbps,
+            "all-gather/reduce-scatter vs all-reduce bandwidth": round(self.gather_ratio, 3),
             "inter-node GB/s": self.inter_gbps,
             "collective latency us": round(self.latency_s * 1e6, 1),
             "data-parallel traffic hidden behind compute": self.overlap,
@@ -134,30 +139,44 @@ def runtime_resident_bytes() -> int:
     return resident_bytes()
 
 
-def hardware(kind: str, ranks_per_node: int, peak_tflops: float | None = None) -> Hardware:
+def hardware(
+    kind: str, ranks_per_node: int, peak_tflops: float | None = None, timing: bool = True
+) -> Hardware:
     """The spec of `kind` (h100, h200, a100, cpu) for `ranks_per_node` ranks on each node;
-    `peak_tflops` (logging.peak_tflops) replaces the peak when given."""
+    `peak_tflops` (logging.peak_tflops) replaces the peak when given. `timing=False` (a memory check
+    only) skips measuring this host's peak and links."""
     if kind in GPUS:
         hw = GPUS[kind]
     elif kind == "cpu":
-        peaks = {"fp32": peak_tflops} if peak_tflops else _measured_cpu_peaks()
-        hw = Hardware(
-            name=f"cpu (this host: {host_memory_bytes() / GB:.1f} GB over {ranks_per_node} ranks, "
-            f"fp32 peak {'configured' if peak_tflops else 'measured by a matmul'})",
-            memory_bytes=host_memory_bytes() / ranks_per_node,
-            peak_tflops={**peaks, "bf16": peaks["fp32"] / 50},  # bf16 is emulated without AVX512-BF16
-            intra_gbps=2.0,
-            inter_gbps=1.0,
-            latency_s=200e-6,
-            efficiency=0.6,
-            memory_gbps=10.0,
-            host_gbps=0.0,
-            runtime_bytes=runtime_resident_bytes(),
-            overlap=0.0,
-            is_cpu=True,
-        )
+        hw = _cpu(ranks_per_node, peak_tflops, timing)
     else:
         raise ValueError(f"unknown device kind {kind!r}; choose from {', '.join(KINDS)}")
     if peak_tflops and not hw.is_cpu:
         hw = replace(hw, peak_tflops={k: peak_tflops for k in hw.peak_tflops})
     return hw
+
+
+def _cpu(ranks_per_node: int, peak_tflops: float | None, timing: bool) -> Hardware:
+    from dist_llm.plan.links import Links, measure_links
+
+    if peak_tflops or not timing:
+        peaks, source = {"fp32": peak_tflops or 1.0}, "configured" if peak_tflops else "not measured"
+    else:
+        peaks, source = _measured_cpu_peaks(), "measured by a matmul"
+    links = measure_links() if timing else Links(1.0, 1.0, 1e-3)
+    return Hardware(
+        name=f"cpu (this host: {host_memory_bytes() / GB:.1f} GB over {ranks_per_node} ranks, "
+        f"fp32 peak {source}, gloo links {'measured' if timing else 'not measured'})",
+        memory_bytes=host_memory_bytes() / ranks_per_node,
+        peak_tflops={**peaks, "bf16": peaks["fp32"] / 50},  # bf16 is emulated without AVX512-BF16
+        intra_gbps=round(links.allreduce_gbps, 3),
+        inter_gbps=round(links.allreduce_gbps, 3),
+        latency_s=links.latency_s,
+        efficiency=0.6,
+        memory_gbps=10.0,
+        host_gbps=0.0,
+        runtime_bytes=runtime_resident_bytes(),
+        gather_ratio=links.gather_gbps / links.allreduce_gbps,
+        overlap=0.0,
+        is_cpu=True,
+    )

@@ -14,10 +14,12 @@ recomputed in full. A pipeline's first stage holds min(micro-batches, pp) micro-
 (1F1B); without pipelining one micro-batch is live at a time.
 
 Buffers: the last stage's logits, their fp32 log-softmax and its gradient ((a + 8) x vocab / t per
-token); FSDP2's unsharded copies in engine.param_dtype — two blocks (the one computing and the one
-prefetched) plus one block's unsharded gradient in reduce_dtype, or with reshard_after_forward off
-(pipelines) the whole stage's blocks — and the root unit (embedding, final norm, head), which is
-never resharded; replication in bf16 keeps a bf16 copy of the parameters. The fixed runtime cost
+token); FSDP2's unsharded copies in engine.param_dtype — two blocks in flight (the one computing
+and the one prefetched), each twice: the all-gather's flat output and the unsharded parameters it is
+copied into (with reshard_after_forward off, as with pipelines, the whole stage's blocks stay
+unsharded) — and in reduce_dtype one block's unsharded gradients plus the reduce-scatter's flat
+input; the root unit (embedding, final norm, head), never resharded, likewise twice in each dtype;
+replication in bf16 keeps a bf16 copy of the parameters. The fixed runtime cost
 comes from `Hardware`.
 """
 
@@ -107,11 +109,13 @@ def estimate_memory(
     block_local = _block_params(m) / dims.tp
     if cfg.engine.type == "torch" and dims.dp_shard > 1:
         reshard = e.reshard_after_forward if e.reshard_after_forward is not None else dims.pp == 1
-        gathered = 2 * block_local if reshard else layers * block_local
-        buffers += gathered * p_b + block_local * r_b
+        # Two units in flight, each as the all-gather's flat output and the unsharded parameters it
+        # is copied into; backward adds a unit's unsharded gradients and the reduce-scatter's input.
+        kept = 2 * block_local if reshard else layers * block_local
+        buffers += (kept + 2 * block_local) * p_b + 2 * block_local * r_b
         root = m.vocab_size * m.d_model / dims.tp * ((first + last) if not m.tie_embeddings else 1)
         if first or last:
-            buffers += root * (p_b + r_b)
+            buffers += 2 * root * (p_b + r_b)
     elif cfg.engine.type == "torch" and dims.dp > 1 and p_b != 4:
         buffers += share.param_bytes / 4 * p_b
     state = [float(share.param_bytes), float(share.grad_bytes), float(share.optimizer_bytes)]

@@ -16,7 +16,8 @@ Per rank and step:
 - every collective also pays a fixed latency;
 - the optimizer step reads and writes ~32 bytes per local parameter at the memory bandwidth (CPU
   offload: over the host link, plus the shards' copies to and from the device every micro-batch).
-A group's traffic runs at the intra-node bandwidth while the group fits in a node, else inter-node.
+A group's traffic runs at the intra-node bandwidth while the group fits in a node, else inter-node;
+all-gathers and reduce-scatters at `gather_ratio` of it (gloo's are much slower than its all-reduce).
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ class TimeEstimate:
     mfu: float
 
 
-def _bandwidth(hw: Hardware, stride: int, size: int, ranks_per_node: int) -> float:
-    """Bytes/s of a group of `size` ranks `stride` apart (intra-node while it fits in one node)."""
-    return (hw.intra_gbps if stride * size <= ranks_per_node else hw.inter_gbps) * GB
+def _bandwidth(hw: Hardware, stride: int, size: int, ranks_per_node: int, gather: bool = False) -> float:
+    """Bytes/s of a group of `size` ranks `stride` apart (intra-node while it fits in one node);
+    `gather`: all-gather / reduce-scatter rather than all-reduce."""
+    link = hw.intra_gbps if stride * size <= ranks_per_node else hw.inter_gbps
+    return link * GB * (hw.gather_ratio if gather else 1.0)
 
 
 def estimate_time(
@@ -73,7 +76,7 @@ def estimate_time(
         reshard = e.reshard_after_forward if e.reshard_after_forward is not None else dims.pp == 1
         gathers = 2 if reshard else 1
         volume = n_micro * (dims.dp_shard - 1) / dims.dp_shard * local * (gathers * p_b + r_b)
-        dp_comm += volume / _bandwidth(hw, dims.tp, dims.dp_shard, ranks_per_node)
+        dp_comm += volume / _bandwidth(hw, dims.tp, dims.dp_shard, ranks_per_node, gather=True)
         collectives += n_micro * (layers + 1) * (gathers + 1)
     if dims.dp_replicate > 1:
         volume = 2 * (dims.dp_replicate - 1) / dims.dp_replicate * shard * r_b
@@ -85,7 +88,7 @@ def estimate_time(
         per_block = 12 if layout.activation_checkpointing else 8
         count = layers * n_micro * per_block
         tp_comm = count * (dims.tp - 1) / dims.tp * layout.micro_batch * seq * m.d_model * a
-        tp_comm /= _bandwidth(hw, 1, dims.tp, ranks_per_node)
+        tp_comm /= _bandwidth(hw, 1, dims.tp, ranks_per_node, gather=True)
         collectives += count
     pp_comm = 0.0
     if dims.pp > 1:
