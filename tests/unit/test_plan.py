@@ -4,6 +4,8 @@ spawning, unless launch.check_fit=false."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dist_llm.cli import main
@@ -88,3 +90,25 @@ def test_train_refuses_a_layout_that_cannot_fit_before_spawning(dataset, capsys)
 
 def test_the_readme_job_passes_the_fit_check(dataset, capsys):
     assert main(["launch", TINY, f"data.path={dataset}", "--dry-run"]) == 0
+
+
+def test_plan_command_prints_the_table_and_its_assumptions(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = [TINY, *SMALL_MODEL, "model.vocab_size=1024", "--gpus-per-node", "2", "--gpu", "a100"]
+    assert main(["plan", *args, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "layouts fit" in text and "best: engine.dp_shard=" in text
+    assert "assumptions:" in text and "share of peak reached 0.5" in text and "fake process group" in text
+    layouts = json.loads(out.read_text())["layouts"]
+    assert layouts and all({"params", "activations", "total"} <= set(e["memory_bytes"]) for e in layouts)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_shares_follow_the_stage(stage):
+    cfg = small_config("engine.type=deepspeed", f"engine.zero_stage={stage}")
+    n, whole = count_params(cfg.model), rank_share(cfg, 1, 0)
+    share = rank_share(cfg, 4, 1)
+    assert whole.param_bytes == n * FP32 and whole.optimizer_bytes == n * ADAM_STATE
+    assert share.param_bytes == (-(-n // 4) if stage == 3 else n) * FP32
+    assert share.grad_bytes == (-(-n // 4) if stage >= 2 else n) * FP32
+    assert share.optimizer_bytes == (-(-n // 4) if stage >= 1 else n) * ADAM_STATE
