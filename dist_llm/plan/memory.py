@@ -9,9 +9,10 @@ f = ffn hidden size, t = TP degree (sequence parallelism shards what is d-wide b
   attention:       (8(q + kv) + a(3q + 2kv)) / t   RoPE keeps fp32 q, k and their rotated halves;
                    SDPA (a fused kernel: no T x T matrix) keeps q, k, v and its output; wo's input
   SwiGLU MLP:      4 a f / t               w1 and w3 outputs, silu(w1 x), their product
-With activation checkpointing a block keeps only its fp32 input (4d/t) and one block at a time is
-recomputed in full. A pipeline's first stage holds min(micro-batches, pp) micro-batches in flight
-(1F1B); without pipelining one micro-batch is live at a time.
+This is eager mode: `engine.compile=true` fuses the norms and RoPE and keeps less, so the estimate
+is an upper bound there. With activation checkpointing a block keeps only its fp32 input (4d/t)
+and one block at a time is recomputed in full. A pipeline's first stage holds min(micro-batches, pp)
+micro-batches in flight (1F1B); without pipelining one micro-batch is live at a time.
 
 Buffers: the last stage's logits, their fp32 log-softmax and its gradient ((a + 8) x vocab / t per
 token); FSDP2's unsharded copies in engine.param_dtype — two blocks in flight (the one computing
@@ -48,8 +49,8 @@ class MemoryEstimate:
     buffers: float
     runtime: float
     offloaded: float
-    """Parameters, gradients and optimizer state kept in host memory (CPU offload): not on the
-    device, counted on the host."""
+    """Parameters, gradients and optimizer state kept off the device (in host memory with CPU
+    offload, on disk with DeepSpeed's NVMe offload)."""
 
     @property
     def device_total(self) -> float:
@@ -120,12 +121,13 @@ def estimate_memory(
         buffers += share.param_bytes / 4 * p_b
     state = [float(share.param_bytes), float(share.grad_bytes), float(share.optimizer_bytes)]
     if e.type == "deepspeed":
-        on_host = [e.offload_params != "none", False, e.offload_optimizer != "none"]
+        places = [e.offload_params, "none", e.offload_optimizer]
     else:
-        on_host = [layout.cpu_offload] * 3
+        places = ["cpu" if layout.cpu_offload else "none"] * 3
     offloaded = 0.0
-    for i, moved in enumerate(on_host):
-        if moved and not hw.is_cpu:
+    for i, place in enumerate(places):
+        # On a GPU, offloaded state leaves the device; on a CPU host only NVMe takes it out of memory.
+        if place == "nvme" or (place == "cpu" and not hw.is_cpu):
             offloaded, state[i] = offloaded + state[i], 0.0
     return MemoryEstimate(
         rank=share.rank,
