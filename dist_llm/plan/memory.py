@@ -12,7 +12,9 @@ f = ffn hidden size, t = TP degree (sequence parallelism shards what is d-wide b
 This is eager mode: `engine.compile=true` fuses the norms and RoPE and keeps less, so the estimate
 is an upper bound there. With activation checkpointing a block keeps only its fp32 input (4d/t)
 and one block at a time is recomputed in full. A pipeline's first stage holds min(micro-batches, pp)
-micro-batches in flight (1F1B); without pipelining one micro-batch is live at a time.
+micro-batches in flight (1F1B); without pipelining one micro-batch is live at a time. The encoder
+(BERT) and the encoder-decoder (T5, both stacks) are counted with the same per-block formula, an
+approximation (GELU MLPs, no RoPE, T5's cross-attention left out).
 
 Buffers: the last stage's logits, their fp32 log-softmax and its gradient ((a + 8) x vocab / t per
 token); FSDP2's unsharded copies in engine.param_dtype — two blocks in flight (the one computing
@@ -94,6 +96,8 @@ def estimate_memory(
     stage = dims.pp_rank
     first, last = stage == 0, stage == dims.pp - 1
     layers = stage_layers(m, dims.pp)[stage]
+    if m.arch == "encoder_decoder":
+        layers += m.decoder_layers
     a = DTYPE_BYTES[precision]
     tokens = layout.micro_batch * cfg.data.seq_len
     n_micro = cfg.train.global_batch_size // (layout.micro_batch * dims.dp)

@@ -129,6 +129,9 @@ def plan(cfg: Config, nodes: int, ranks_per_node: int, kind: str, max_pp: int = 
             (with_layout(cfg, lay), lay) for lay in candidate_layouts(cfg, world, ranks_per_node, max_pp)
         ]
     if not layouts:
+        # A check that no layout can satisfy (a key of another section) says so itself.
+        fsdp = Layout(1, 1, world, 1, cfg.train.micro_batch_size, False, False)
+        with_layout(cfg, fsdp).validate(world_size=world)
         raise ConfigError(
             f"no layout of this config fits the config checks on {world} ranks (global batch "
             f"{cfg.train.global_batch_size}, {cfg.model.n_heads} heads, {cfg.model.n_layers} layers)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dist_llm.config import Config
+from dist_llm.data.collate import target_length
 from dist_llm.models import count_params, flops_per_token
 from dist_llm.plan.hardware import GB, Hardware
 from dist_llm.plan.layouts import Layout
@@ -62,7 +63,7 @@ def estimate_time(
     p_b, r_b = DTYPE_BYTES[e.param_dtype], DTYPE_BYTES[e.reduce_dtype]
     n_micro = t.global_batch_size // (layout.micro_batch * dims.dp)
     tokens = t.global_batch_size * seq
-    fpt = flops_per_token(m, seq)
+    fpt = flops_per_token(m, seq, target_length(cfg.data))
     peak = hw.peak_tflops.get(precision, hw.peak_tflops["fp32"]) * 1e12
     compute = tokens * fpt / world / (peak * hw.efficiency)
     if layout.activation_checkpointing:
