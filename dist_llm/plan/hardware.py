@@ -54,7 +54,7 @@ class Hardware:
         return {
             "device": self.name,
             "memory GB per rank": round(self.memory_bytes / GB, 2),
-            "peak TFLOP/s": self.peak_tflops,
+            "peak TFLOP/s": {k: float(f"{v:.3g}") for k, v in self.peak_tflops.items()},
             "share of peak reached": self.efficiency,
             "intra-node GB/s": self.intra_gbps,
             "all-gather/reduce-scatter vs all-reduce bandwidth": round(self.gather_ratio, 3),

@@ -126,7 +126,9 @@ def plan(cfg: Config, nodes: int, ranks_per_node: int, kind: str, max_pp: int = 
         ]
     else:
         layouts = [
-            (with_layout(cfg, lay), lay) for lay in candidate_layouts(cfg, world, ranks_per_node, max_pp)
+            (with_layout(cfg, lay), lay)
+            for lay in candidate_layouts(cfg, world, ranks_per_node, max_pp)
+            if not (lay.cpu_offload and hw.is_cpu)  # offloading to the host a CPU run is on: no change
         ]
     if not layouts:
         # A check that no layout can satisfy (a key of another section) says so itself.
