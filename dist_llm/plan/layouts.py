@@ -22,6 +22,8 @@ class Layout:
     micro_batch: int
     activation_checkpointing: bool
     cpu_offload: bool
+    zero_stage: int | None = None
+    """DeepSpeed's ZeRO stage (a DeepSpeed config); None for the torch engine."""
 
     @property
     def dp(self) -> int:
@@ -43,6 +45,8 @@ class Layout:
         return keys
 
     def label(self) -> str:
+        if self.zero_stage is not None:
+            return f"zero{self.zero_stage} x {self.dp}"
         parts = [f"pp{self.pp}"] if self.pp > 1 else []
         if self.dp_replicate > 1:
             parts.append(f"rep{self.dp_replicate}")
@@ -65,6 +69,7 @@ def configured_layout(cfg: Config, world: int) -> Layout:
         activation_checkpointing=cfg.engine.activation_checkpointing,
         cpu_offload=cfg.engine.cpu_offload
         or "cpu" in (cfg.engine.offload_optimizer, cfg.engine.offload_params),
+        zero_stage=cfg.engine.zero_stage if cfg.engine.type == "deepspeed" else None,
     )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import torch
 
 from dist_llm.config import Config
 from dist_llm.errors import ConfigError
@@ -15,7 +17,7 @@ from dist_llm.plan.layouts import Layout, candidate_layouts, configured_layout, 
 from dist_llm.plan.memory import MemoryEstimate, estimate_memory
 from dist_llm.plan.shares import RankShare, corner_ranks, loaded_ranks, rank_share
 from dist_llm.plan.step_time import TimeEstimate, estimate_time
-from dist_llm.precision import choose_precision
+from dist_llm.precision import choose_precision, native_bf16
 
 
 @dataclass
@@ -46,20 +48,12 @@ class Plan:
     estimates: list[Estimate]
     share_seconds: float
     """Time spent building layouts on meta tensors under the fake process group."""
-    assumptions: list[str] = field(default_factory=list)
 
 
 def plan_precision(cfg: Config, hw: Hardware) -> str:
     """The compute dtype a run would get on `hw` (train.precision=auto: bf16 on GPUs, and on CPUs
     with native bf16)."""
-    if hw.is_cpu:
-        import torch
-
-        from dist_llm.precision import native_bf16
-
-        native = native_bf16(torch.device("cpu"))
-    else:
-        native = True
+    native = native_bf16(torch.device("cpu")) if hw.is_cpu else True
     return choose_precision(cfg.train.precision, native, None)
 
 
@@ -116,14 +110,12 @@ def plan(cfg: Config, nodes: int, ranks_per_node: int, kind: str, max_pp: int = 
     shares = ShareCache()
     if cfg.engine.type == "deepspeed":
         cfg.validate(world_size=world)
-        base = configured_layout(cfg, world)
         per_rank = cfg.train.global_batch_size // world
-        layouts = [
-            (cfg_mb, Layout(**{**base.__dict__, "micro_batch": mb}))
-            for mb in range(1, per_rank + 1)
-            if per_rank % mb == 0
-            for cfg_mb in [_with_micro_batch(cfg, mb)]
-        ]
+        layouts = []
+        for mb in (d for d in range(1, per_rank + 1) if per_rank % d == 0):
+            with_mb = copy.deepcopy(cfg)
+            with_mb.train.micro_batch_size = mb
+            layouts.append((with_mb, configured_layout(with_mb, world)))
     else:
         layouts = [
             (with_layout(cfg, lay), lay)
@@ -153,12 +145,6 @@ def plan(cfg: Config, nodes: int, ranks_per_node: int, kind: str, max_pp: int = 
         estimates=estimates,
         share_seconds=shares.seconds,
     )
-
-
-def _with_micro_batch(cfg: Config, mb: int) -> Config:
-    out = copy.deepcopy(cfg)
-    out.train.micro_batch_size = mb
-    return out
 
 
 def check_layout(cfg: Config, world: int, ranks_per_node: int, hw: Hardware) -> Estimate:

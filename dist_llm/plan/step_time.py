@@ -16,8 +16,10 @@ Per rank and step:
 - every collective also pays a fixed latency;
 - the optimizer step reads and writes ~32 bytes per local parameter at the memory bandwidth (CPU
   offload: over the host link, plus the shards' copies to and from the device every micro-batch).
-A group's traffic runs at the intra-node bandwidth while the group fits in a node, else inter-node;
-all-gathers and reduce-scatters at `gather_ratio` of it (gloo's are much slower than its all-reduce).
+DeepSpeed ZeRO is estimated as FSDP over every rank (ZeRO-1/2 gather no parameters per micro-batch,
+so this overstates their traffic). A group's traffic runs at the intra-node bandwidth while the
+group fits in a node, else inter-node; all-gathers and reduce-scatters at `gather_ratio` of it
+(gloo's are much slower than its all-reduce).
 """
 
 from __future__ import annotations
