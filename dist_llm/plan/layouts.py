@@ -31,6 +31,8 @@ class Layout:
 
     def overrides(self) -> list[str]:
         """The config keys that select this layout (for `dist-llm train`)."""
+        if self.zero_stage is not None:  # DeepSpeed: its layout is the config's; only the batch varies
+            return [f"train.micro_batch_size={self.micro_batch}"]
         keys = [
             f"engine.dp_shard={self.dp_shard}",
             f"engine.dp_replicate={self.dp_replicate}",
