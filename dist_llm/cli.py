@@ -208,6 +208,26 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--work-dir", help="directory for the runs' checkpoints (default: system temp)")
     m.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=1024")
     m.add_argument("--json", help="also write the results to this JSON file")
+    pl = kinds.add_parser(
+        "plan",
+        help="the planner against real CPU runs: predicted vs measured per-rank peak memory of "
+        "each layout, and predicted vs measured tokens/s ranking",
+    )
+    pl.add_argument("--config", default="configs/tiny.yaml", help="training config")
+    pl.add_argument(
+        "--layouts", default="fsdp2,tp2,pp2", help="comma-separated: fsdp2, tp2, pp2, fsdp4, tp2-fsdp2"
+    )
+    pl.add_argument("--steps", type=int, default=4, help="training steps per run")
+    pl.add_argument("--work-dir", help="directory for the runs (default: system temp)")
+    pl.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=0,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for the ranks, e.g. 1048576: freed buffers above it leave "
+        "the resident set, so the peak follows live memory (default: glibc's dynamic threshold)",
+    )
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=1024")
+    pl.add_argument("--json", help="also write the results to this JSON file")
     dr = kinds.add_parser(
         "dry-run",
         help="a real-scale layout on meta tensors with a fake process group: "
@@ -300,6 +320,17 @@ def _run_bench(args: argparse.Namespace):
 
         return memory, memory.bench_memory(
             args.config, args.overrides, [int(r) for r in args.ranks.split(",")], args.steps, args.work_dir
+        )
+    if args.kind == "plan":
+        from dist_llm.bench import plan
+
+        return plan, plan.bench_plan(
+            args.config,
+            args.overrides,
+            args.layouts.split(","),
+            args.steps,
+            args.work_dir,
+            args.mmap_threshold,
         )
     if args.kind == "dry-run":
         from dist_llm.bench import dry_run
@@ -395,7 +426,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"checkpoint.resume={args.resume}")
     if args.nproc_per_node:
         overrides.append(f"launch.nproc_per_node={args.nproc_per_node}")
-    cfg = check_training(args.config, overrides, int(os.environ["WORLD_SIZE"]) if in_torchrun() else None)
+    if in_torchrun():
+        cfg = check_training(args.config, overrides, int(os.environ["WORLD_SIZE"]))
+    else:  # before any rank is spawned: also the memory fit of the layout
+        cfg = check_training(args.config, overrides, check_fit=True)
     if not in_torchrun() and cfg.launch.nproc_per_node > 1:
         argv = ["train", args.config, *overrides]
         return subprocess.call(torchrun_command(argv, cfg.launch.nproc_per_node))
@@ -480,6 +514,7 @@ COMMANDS = {
     "export": (_add_export, _export),
     "finetune": _delegated("dist_llm.finetune.cli"),
     "launch": _delegated("dist_llm.launch.cli"),
+    "plan": _delegated("dist_llm.plan.cli"),
     "slurm": _delegated("dist_llm.launch.slurm_cli"),
     "env": _delegated("dist_llm.envinfo.cli"),
     "report": _delegated("dist_llm.report.cli"),

@@ -1,12 +1,7 @@
-"""A real-scale layout laid out without real memory: for each rank, the model is built on the meta
-device and parallelized by the engine's own code (`build_on_meta`: pipeline stage, TP, FSDP2) under
-torch's fake process group (no communication, each rank's shards computed as in a real run), and
-the bytes that rank would hold are read off its local shards. So "a 70B model on 512 GPUs fits" is
-checked with the sharding code that would run, not with a separate formula.
-
-Per rank: fp32 parameters, fp32 gradients (reduce_dtype=fp32), AdamW's two fp32 moments plus a step
-count per tensor, and the checkpoint shard it writes (its parameters and optimizer state: every
-tensor is sharded, so no item is written twice).
+"""A real-scale layout laid out without real memory: each rank's bytes of parameters, gradients,
+optimizer state and checkpoint shard, from the engine's own sharding code on meta tensors under a
+fake process group (`dist_llm.plan.shares`, which the planner uses too). So "a 70B model on 512 GPUs
+fits" is checked with the sharding code that would run, not with a separate formula.
 """
 
 from __future__ import annotations
@@ -14,36 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
-from torch.testing._internal.distributed.fake_pg import FakeStore
-
-from dist_llm.config import Config, load_config
-from dist_llm.distributed.dims import NAMES
-from dist_llm.engine.torch_engine import build_on_meta
+from dist_llm.config import load_config
 from dist_llm.models import count_params
 from dist_llm.models.presets import load_preset
-
-FP32 = 4
-ADAM_STATE = 2 * FP32  # exp_avg and exp_avg_sq per element (+ one step count per tensor)
-
-
-@dataclass
-class RankShare:
-    rank: int
-    pp: int
-    dp: int
-    tp: int
-    param_bytes: int
-    grad_bytes: int
-    optimizer_bytes: int
-    checkpoint_bytes: int
-
-    @property
-    def total(self) -> int:
-        return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+from dist_llm.plan.shares import ADAM_STATE, FP32, RankShare, corner_ranks, rank_share
 
 
 @dataclass
@@ -63,45 +32,6 @@ class DryRunResult:
     max_checkpoint_bytes: int
     seconds_per_rank: float
     shares: list[RankShare]
-
-
-def _local_numel(t: torch.Tensor) -> int:
-    return (t.to_local() if isinstance(t, DTensor) else t).numel()
-
-
-def rank_share(cfg: Config, world: int, rank: int) -> RankShare:
-    """What `rank` of `world` holds under `cfg`'s layout (fake process group, meta tensors)."""
-    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
-    try:
-        dims = cfg.engine.dims(world, rank)
-        mesh = init_device_mesh("cpu", dims.shape, mesh_dim_names=NAMES)
-        model, _, _ = build_on_meta(cfg, dims, mesh)
-        params = list(model.parameters())  # each tied weight once
-        numel = sum(_local_numel(p) for p in params)
-        optimizer = numel * ADAM_STATE + FP32 * len(params)
-        return RankShare(
-            rank=rank,
-            pp=dims.pp_rank,
-            dp=dims.dp_rank,
-            tp=dims.tp_rank,
-            param_bytes=numel * FP32,
-            grad_bytes=numel * FP32,
-            optimizer_bytes=optimizer,
-            checkpoint_bytes=numel * FP32 + optimizer,
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def corner_ranks(cfg: Config, world: int) -> list[int]:
-    """First and last rank of every pipeline stage, and one in the middle: the extremes of uneven
-    shards (embedding on the first stage, head on the last, remainders on the last shard)."""
-    dims = cfg.engine.dims(world)
-    per_stage = world // dims.pp
-    ranks = set()
-    for stage in range(dims.pp):
-        ranks |= {stage * per_stage, stage * per_stage + per_stage // 2, stage * per_stage + per_stage - 1}
-    return sorted(ranks)
 
 
 def dry_run(model: str, overrides: list[str], world: int, ranks: list[int] | None = None) -> DryRunResult:

@@ -34,7 +34,9 @@ class MemoryResult:
     """Phase -> largest / smallest rank peak (1.0: every rank alike)."""
 
 
-def _torchrun(nproc: int, args: list[str], cwd: str) -> None:
+def torchrun_worker(nproc: int, args: list[str], cwd: str, env: dict[str, str] | None = None) -> None:
+    """`memory_worker` on `nproc` ranks: args are its config, output directory and overrides;
+    `env`: extra environment variables for the ranks."""
     cmd = [
         sys.executable,
         "-m",
@@ -45,13 +47,14 @@ def _torchrun(nproc: int, args: list[str], cwd: str) -> None:
         "dist_llm.bench.memory_worker",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"memory benchmark run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def _reports(out: str, nproc: int) -> list[dict]:
+def read_reports(out: str, nproc: int) -> list[dict]:
+    """Each rank's report (peaks by phase, the engine's byte counts) from `memory_worker`."""
     reports = []
     for rank in range(nproc):
         with open(os.path.join(out, f"rank{rank}.json"), encoding="utf-8") as f:
@@ -76,13 +79,13 @@ def bench_memory(
                 f"launch.nproc_per_node={nproc}",
                 *overrides,
             ]
-            _torchrun(nproc, [config, f"{tmp}/first", *run, f"train.max_steps={steps}"], os.getcwd())
-            _torchrun(
+            torchrun_worker(nproc, [config, f"{tmp}/first", *run, f"train.max_steps={steps}"], os.getcwd())
+            torchrun_worker(
                 nproc,
                 [config, f"{tmp}/resumed", *run, f"train.max_steps={steps + 1}", "checkpoint.resume=auto"],
                 os.getcwd(),
             )
-            first, resumed = _reports(f"{tmp}/first", nproc), _reports(f"{tmp}/resumed", nproc)
+            first, resumed = read_reports(f"{tmp}/first", nproc), read_reports(f"{tmp}/resumed", nproc)
         n = first[0]["params"]
         peaks = {
             phase: [r["peaks"].get(phase, 0) / 1e9 for r in (resumed if phase == "load" else first)]

@@ -566,6 +566,10 @@ class LaunchConfig:
     """Processes per node that `dist-llm train` starts through torchrun."""
     nnodes: int = 1
     """Number of nodes (for validation of batch divisibility before launch)."""
+    check_fit: bool = True
+    """`dist-llm train`/`launch`: before spawning, refuse a layout whose predicted per-rank memory
+    (the planner's, as `dist-llm plan` prints it) exceeds this node's device memory (a CUDA GPU's,
+    else host memory / ranks per node); false = launch without the check."""
 
     def validate(self, fail: Fail) -> None:
         for key in ("nproc_per_node", "nnodes"):

@@ -84,7 +84,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
     overrides = [*args.overrides, f"launch.nnodes={nnodes}", f"checkpoint.resume={args.resume}"]
     if nproc:
         overrides.append(f"launch.nproc_per_node={nproc}")
-    cfg = check_training(args.config, overrides)
+    cfg = check_training(args.config, overrides, check_fit=True)
     train = ["train", args.config, *overrides]
     if args.launcher == "deepspeed":
         return deepspeed_command(

@@ -4,12 +4,18 @@ in one process with a clear message, not in N ranks or an hour later in a schedu
 
 from __future__ import annotations
 
+import copy
+
 from dist_llm.config import Config, load_config
 
 
-def check_training(config: str, overrides: list[str], world_size: int | None = None) -> Config:
+def check_training(
+    config: str, overrides: list[str], world_size: int | None = None, check_fit: bool = False
+) -> Config:
     """The loaded and validated config for `world_size` ranks (default: launch.nproc_per_node x
-    launch.nnodes); raises ConfigError/DataError naming the file, line or override at fault."""
+    launch.nnodes); raises ConfigError/DataError naming the file, line or override at fault.
+    `check_fit` (before spawning on the node that runs the ranks): also refuse a layout the planner
+    predicts does not fit this node's devices (`launch.check_fit=false` skips it)."""
     from dist_llm.data.sources import check_sources
     from dist_llm.pretrained import check_pretrained
     from dist_llm.tasks.files import check_task_files
@@ -28,4 +34,8 @@ def check_training(config: str, overrides: list[str], world_size: int | None = N
     for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
         if path:
             check_pretrained(path, key)
+    if check_fit:
+        from dist_llm.plan.fit import check_fit as check_memory
+
+        check_memory(copy.deepcopy(cfg), world, cfg.launch.nproc_per_node)
     return cfg
