@@ -176,27 +176,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="import model.py (GPT, GPTConfig) from this nanoGPT checkout instead of the built-in one",
     )
     pe.add_argument("--json", help="also write the results to this JSON file")
-    sc = kinds.add_parser(
-        "scaling",
-        help="on paper: tokens/s and MFU on 8-512 GPUs from one GPU's "
-        "throughput and each layout's communication volume (assumptions "
-        "printed)",
-    )
-    sc.add_argument("--config", default="configs/models/1.3b.yaml", help="model preset or training config")
-    sc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=4096")
-    sc.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
-    sc.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU per forward/backward")
-    sc.add_argument(
-        "--layouts", default="zero1,zero3,tp8,tp8-pp4", help="comma-separated: zero1, zero3, tp8, tp8-pp4"
-    )
-    sc.add_argument("--gpus", default="8,16,32,64,128,256,512", help="comma-separated GPU counts")
-    sc.add_argument("--mfu", type=float, default=0.45, help="assumed single-GPU MFU (see --tokens-per-s)")
-    sc.add_argument(
-        "--tokens-per-s", type=float, help="measured tokens/s of one GPU at this micro-batch (replaces --mfu)"
-    )
-    sc.add_argument("--internode-gbps", type=float, default=50.0, help="GB/s per GPU between nodes")
-    sc.add_argument("--json", help="also write the results to this JSON file")
-
     m = kinds.add_parser(
         "memory",
         help="per-rank peak host memory by phase (build, train, save, load) of "
@@ -219,13 +198,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     pl.add_argument("--steps", type=int, default=4, help="training steps per run")
     pl.add_argument("--work-dir", help="directory for the runs (default: system temp)")
-    pl.add_argument(
-        "--mmap-threshold",
-        type=int,
-        default=0,
-        help="glibc MALLOC_MMAP_THRESHOLD_ for the ranks, e.g. 1048576: freed buffers above it leave "
-        "the resident set, so the peak follows live memory (default: glibc's dynamic threshold)",
-    )
     pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.d_model=1024")
     pl.add_argument("--json", help="also write the results to this JSON file")
     dr = kinds.add_parser(
@@ -298,23 +270,6 @@ def _run_bench(args: argparse.Namespace):
         from dist_llm.bench import checkpoint
 
         return checkpoint, [checkpoint.bench_checkpoint(args.uri, args.size_mb, args.repeats)]
-    if args.kind == "scaling":
-        from dist_llm.bench import scaling
-
-        hw = scaling.Hardware(internode_gbps=args.internode_gbps)
-        return scaling, [
-            scaling.bench_scaling(
-                args.config,
-                ["data.seq_len=2048", *args.overrides],
-                args.global_batch,
-                args.micro_batch,
-                args.layouts.split(","),
-                [int(g) for g in args.gpus.split(",")],
-                args.mfu,
-                args.tokens_per_s,
-                hw,
-            )
-        ]
     if args.kind == "memory":
         from dist_llm.bench import memory
 
@@ -330,7 +285,6 @@ def _run_bench(args: argparse.Namespace):
             args.layouts.split(","),
             args.steps,
             args.work_dir,
-            args.mmap_threshold,
         )
     if args.kind == "dry-run":
         from dist_llm.bench import dry_run

@@ -34,9 +34,8 @@ class MemoryResult:
     """Phase -> largest / smallest rank peak (1.0: every rank alike)."""
 
 
-def torchrun_worker(nproc: int, args: list[str], cwd: str, env: dict[str, str] | None = None) -> None:
-    """`memory_worker` on `nproc` ranks: args are its config, output directory and overrides;
-    `env`: extra environment variables for the ranks."""
+def torchrun_worker(nproc: int, args: list[str], cwd: str) -> None:
+    """`memory_worker` on `nproc` ranks: args are its config, output directory and overrides."""
     cmd = [
         sys.executable,
         "-m",
@@ -47,7 +46,7 @@ def torchrun_worker(nproc: int, args: list[str], cwd: str, env: dict[str, str] |
         "dist_llm.bench.memory_worker",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"memory benchmark run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -4,11 +4,8 @@ memory measured in a real run of that layout (`memory_worker`: the training phas
 every 5 ms), and the predicted tokens/s of the layouts against the measured ones, as ratios to
 the first layout measured in the same benchmark.
 
-The planner predicts live bytes. glibc keeps some freed memory resident (chunks below its dynamic
-mmap threshold, which grows up to 32 MB, return to the heap, not the OS), and FSDP2 frees and
-allocates a block's gather and reduce buffers every time; `mmap_threshold` (glibc's
-MALLOC_MMAP_THRESHOLD_ for the ranks) fixes the threshold so that freed large buffers leave the
-resident set, and the measured peak follows what is live."""
+The planner predicts live bytes; CPU ranks return freed large buffers to the OS
+(`distributed.host_allocator`), so their resident peak follows what is live."""
 
 from __future__ import annotations
 
@@ -63,7 +60,7 @@ def _measured_tokens_per_s(run_dir: str) -> float:
 
 
 def check_layout_against_run(
-    config: str, overrides: list[str], name: str, steps: int, work_dir: str | None, mmap_threshold: int = 0
+    config: str, overrides: list[str], name: str, steps: int, work_dir: str | None
 ) -> LayoutCheck:
     nproc, keys = LAYOUTS[name]
     run = [*overrides, *keys, f"launch.nproc_per_node={nproc}"]
@@ -94,7 +91,6 @@ def check_layout_against_run(
                 *run,
             ],
             os.getcwd(),
-            {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if mmap_threshold else None,
         )
         reports = read_reports(f"{tmp}/out", nproc)
         measured_speed = _measured_tokens_per_s(f"{tmp}/run")
@@ -119,12 +115,11 @@ def bench_plan(
     layouts: list[str],
     steps: int,
     work_dir: str | None = None,
-    mmap_threshold: int = 0,
 ) -> list[LayoutCheck]:
     unknown = [n for n in layouts if n not in LAYOUTS]
     if unknown:
         raise ValueError(f"unknown layouts {unknown}; choose from {', '.join(LAYOUTS)}")
-    return [check_layout_against_run(config, overrides, n, steps, work_dir, mmap_threshold) for n in layouts]
+    return [check_layout_against_run(config, overrides, n, steps, work_dir) for n in layouts]
 
 
 def format_table(results: list[LayoutCheck]) -> str:

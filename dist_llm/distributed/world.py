@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dist_llm.distributed.host_allocator import return_freed_buffers
+
 
 @dataclass(frozen=True)
 class World:
@@ -32,6 +34,7 @@ def init_distributed(backend: str = "auto") -> World:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+        return_freed_buffers()
     if size > 1 and not dist.is_initialized():
         chosen = ("nccl" if cuda else "gloo") if backend == "auto" else backend
         dist.init_process_group(backend=chosen, device_id=device if chosen == "nccl" else None)

@@ -21,6 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int, default=8, help="ranks per node")
     p.add_argument("--gpu", choices=KINDS, default="h100", help="device kind; cpu = this machine")
     p.add_argument("--max-pp", type=int, default=8, help="deepest pipeline to consider")
+    p.add_argument(
+        "--efficiency",
+        type=float,
+        help="share of the peak FLOPs compute reaches (default per device kind, printed); give one "
+        "device's measured MFU from `dist-llm bench train` at the micro-batch you will use",
+    )
+    p.add_argument("--inter-gbps", type=float, help="GB/s per device between nodes (default per device kind)")
     p.add_argument("--top", type=int, default=10, help="fitting layouts to list")
     p.add_argument("--json", help="also write every layout's estimate to this JSON file")
 
@@ -31,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from dist_llm.plan.report import format_plan, plan_json
 
     cfg = load_for_planning(args.config, args.overrides)
-    result = plan(cfg, args.nodes, args.gpus_per_node, args.gpu, args.max_pp)
+    result = plan(
+        cfg, args.nodes, args.gpus_per_node, args.gpu, args.max_pp, args.efficiency, args.inter_gbps
+    )
     print(format_plan(result, top=args.top))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -97,14 +97,27 @@ def estimate_layout(
     )
 
 
-def plan(cfg: Config, nodes: int, ranks_per_node: int, kind: str, max_pp: int = 8) -> Plan:
+def plan(
+    cfg: Config,
+    nodes: int,
+    ranks_per_node: int,
+    kind: str,
+    max_pp: int = 8,
+    efficiency: float | None = None,
+    inter_gbps: float | None = None,
+) -> Plan:
     """Every candidate layout of `cfg`'s model and batch on `nodes` x `ranks_per_node` devices of
     `kind` (the torch engine's layouts; a DeepSpeed config is estimated as configured, with each
-    micro-batch size that divides its batch)."""
+    micro-batch size that divides its batch). `efficiency` (the share of peak FLOPs compute
+    reaches, e.g. one device's measured MFU) and `inter_gbps` replace the device kind's assumption."""
     world = nodes * ranks_per_node
     cfg = copy.deepcopy(cfg)
     cfg.launch.nnodes, cfg.launch.nproc_per_node = nodes, ranks_per_node
     hw = hardware(kind, ranks_per_node, cfg.logging.peak_tflops)
+    if efficiency:
+        hw = replace(hw, efficiency=efficiency)
+    if inter_gbps:
+        hw = replace(hw, inter_gbps=inter_gbps)
     precision = plan_precision(cfg, hw)
     cfg.train.precision = precision
     shares = ShareCache()
