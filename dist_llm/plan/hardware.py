@@ -11,6 +11,8 @@ once torch and the training code are imported.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -131,9 +133,16 @@ def _measured_cpu_peaks() -> dict[str, float]:
 
 
 @cache
-def runtime_resident_bytes() -> int:
+def runtime_resident_bytes(fresh: bool) -> int:
     """Resident memory of a process that has imported torch and the training code: what every rank
-    holds before its first parameter (this process's, measured after the same imports)."""
+    holds before its first parameter. `fresh=False`: this process's, after the same imports (the
+    fit check, in the `dist-llm train` process that is about to spawn the ranks); `fresh=True`: a
+    new process's (the planner and its benchmark, which may run in a process holding much more,
+    such as a test session or a notebook)."""
+    if fresh:
+        probe = "import dist_llm.trainer, dist_llm.plan.hardware as h; print(h.resident_bytes())"
+        child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        return int(child.stdout)
     import dist_llm.trainer  # noqa: F401  (the imports a rank makes, counted in its resident size)
 
     return resident_bytes()
@@ -144,7 +153,8 @@ def hardware(
 ) -> Hardware:
     """The spec of `kind` (h100, h200, a100, cpu) for `ranks_per_node` ranks on each node;
     `peak_tflops` (logging.peak_tflops) replaces the peak when given. `timing=False` (a memory check
-    only) skips measuring this host's peak and links."""
+    only, from the `dist-llm train` process) skips measuring this host's peak and links and takes
+    the runtime's memory from this process."""
     if kind in GPUS:
         hw = GPUS[kind]
     elif kind == "cpu":
@@ -175,7 +185,7 @@ def _cpu(ranks_per_node: int, peak_tflops: float | None, timing: bool) -> Hardwa
         efficiency=0.6,
         memory_gbps=10.0,
         host_gbps=0.0,
-        runtime_bytes=runtime_resident_bytes(),
+        runtime_bytes=runtime_resident_bytes(fresh=timing),
         gather_ratio=links.gather_gbps / links.allreduce_gbps,
         overlap=0.0,
         is_cpu=True,
