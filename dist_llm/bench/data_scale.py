@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -315,26 +315,16 @@ def bench_data_scale(
                 for rank in ranks:
                     args = {"config": config, "overrides": overrides, "rank": rank, "world": world}
                     got = _run_worker(args | {"resume_step": resume_step})
+                    measured = {f.name: got[f.name] for f in fields(DataScaleResult) if f.name in got}
                     results.append(
                         DataScaleResult(
+                            **measured,
                             tokens=n_tokens,
                             shards=n_shards,
                             seq_len=seq_len,
-                            world=world,
                             global_batch=global_batch,
-                            rank=rank,
-                            samples=got["samples"],
                             table_mb=table_mb,
                             baseline_rss_mb=baseline,
-                            peak_rss_mb=got["peak_rss_mb"],
-                            imports_s=got["imports_s"],
-                            start_s=got["start_s"],
-                            resume_step=resume_step,
-                            resume_s=got["resume_s"],
-                            next_ms=got["next_ms"],
-                            global_ms=got["global_ms"],
-                            global_pieces=got["global_pieces"],
-                            global_bytes=got["global_bytes"],
                         )
                     )
                 shutil.rmtree(data_dir)
